@@ -1,0 +1,51 @@
+/* KohakuRiver tunnel messages (specs/kohaku-tunnel.md §3-4): an 8-byte
+ * header `>BBIH` (type, proto, client_id, port) followed by the payload,
+ * which is the rest of the WebSocket message. Pure: no I/O. */
+#ifndef CV_KOHAKU_H
+#define CV_KOHAKU_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CV_KH_HDR_LEN 8
+
+enum cv_kh_type {
+    CV_KH_CONNECT = 1,
+    CV_KH_CONNECTED = 2,
+    CV_KH_DATA = 3,
+    CV_KH_CLOSE = 4,
+    CV_KH_ERROR = 5,
+    CV_KH_PING = 6,
+    CV_KH_PONG = 7
+};
+
+enum cv_kh_proto { CV_KH_TCP = 0, CV_KH_UDP = 1 };
+
+struct cv_kh_msg {
+    uint8_t type;
+    uint8_t proto;
+    uint32_t id;
+    uint16_t port;
+    const uint8_t *payload; /* borrowed: points into the decoded input */
+    size_t len;
+};
+
+/* Decodes one whole tunnel message p[0..n). Fills *m whenever n >= 8.
+ * Returns 0 for a valid message, CV_EAGAIN when n < 8 (malformed: a message
+ * is never split), CV_EPROTO for an unknown type or a proto other than 0/1
+ * (m is still filled, so a relay may pass such messages on). */
+int cv_kh_decode(const uint8_t *p, size_t n, struct cv_kh_msg *m);
+
+/* Writes the 8-byte header for (type, proto, id, port) into out. */
+void cv_kh_encode(uint8_t out[CV_KH_HDR_LEN], uint8_t type, uint8_t proto, uint32_t id,
+                  uint16_t port);
+
+/* Rewrites only the client_id (bytes 2-5) of an encoded message of at least
+ * 8 bytes (spec §6.3: ids are translated in place). */
+void cv_kh_set_id(uint8_t *msg, uint32_t id);
+
+/* Returns a static name for a message type ("CONNECT", ..., "UNKNOWN"). */
+const char *cv_kh_type_name(uint8_t type);
+
+#endif

@@ -1,0 +1,82 @@
+#include "core/buf.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/err.h"
+
+/* Storage above this size is released when the buffer empties, so that an
+ * idle connection does not keep a burst's worth of memory. */
+#define KEEP_BYTES (64 * 1024)
+
+void cv_buf_init(struct cv_buf *b, size_t max)
+{
+    b->data = NULL;
+    b->off = b->len = b->cap = 0;
+    b->max = max;
+}
+
+void cv_buf_fini(struct cv_buf *b)
+{
+    if (b == NULL)
+        return;
+    free(b->data);
+    b->data = NULL;
+    b->off = b->len = b->cap = 0;
+}
+
+int cv_buf_reserve(struct cv_buf *b, size_t n)
+{
+    if (n > b->max || b->len > b->max - n)
+        return CV_ETOOBIG;
+    if (cv_buf_tailroom(b) >= n)
+        return 0;
+    if (b->off > 0 && b->cap - b->len >= n) {
+        memmove(b->data, b->data + b->off, b->len);
+        b->off = 0;
+        return 0;
+    }
+    size_t want = b->len + n;
+    size_t ncap = b->cap ? b->cap : 4096;
+    while (ncap < want)
+        ncap *= 2;
+    if (ncap > b->max)
+        ncap = b->max;
+    if (b->off > 0) {
+        memmove(b->data, b->data + b->off, b->len);
+        b->off = 0;
+    }
+    uint8_t *p = realloc(b->data, ncap);
+    if (p == NULL)
+        return CV_ENOMEM;
+    b->data = p;
+    b->cap = ncap;
+    return 0;
+}
+
+int cv_buf_append(struct cv_buf *b, const void *p, size_t n)
+{
+    int rc = cv_buf_reserve(b, n);
+    if (rc != 0)
+        return rc;
+    if (n > 0)
+        memcpy(cv_buf_tail(b), p, n);
+    b->len += n;
+    return 0;
+}
+
+void cv_buf_consume(struct cv_buf *b, size_t n)
+{
+    b->off += n;
+    b->len -= n;
+    if (b->len == 0) {
+        b->off = 0;
+        if (b->cap > KEEP_BYTES)
+            cv_buf_fini(b);
+    }
+}
+
+void cv_buf_reset(struct cv_buf *b)
+{
+    b->off = b->len = 0;
+}

@@ -1,0 +1,38 @@
+/* A byte buffer with a hard maximum. Growing past the maximum fails with
+ * CV_ETOOBIG instead of reallocating forever. Data lives in
+ * data[off .. off+len); free space is at the tail. */
+#ifndef CV_BUF_H
+#define CV_BUF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct cv_buf {
+    uint8_t *data; /* owned */
+    size_t off;
+    size_t len;
+    size_t cap;
+    size_t max;
+};
+
+/* Initialises an empty buffer that may hold at most max bytes. No allocation. */
+void cv_buf_init(struct cv_buf *b, size_t max);
+/* Frees the storage; the buffer may be reused after cv_buf_init. NULL-safe. */
+void cv_buf_fini(struct cv_buf *b);
+/* Makes room for n more bytes at the tail. Returns 0, CV_ETOOBIG if len + n
+ * would exceed max, or CV_ENOMEM. */
+int cv_buf_reserve(struct cv_buf *b, size_t n);
+/* Appends n bytes. Returns 0, CV_ETOOBIG or CV_ENOMEM (buffer unchanged). */
+int cv_buf_append(struct cv_buf *b, const void *p, size_t n);
+/* Drops n bytes from the head (n <= len). Frees storage once empty and large. */
+void cv_buf_consume(struct cv_buf *b, size_t n);
+/* Discards the contents, keeping the storage. */
+void cv_buf_reset(struct cv_buf *b);
+
+static inline uint8_t *cv_buf_head(const struct cv_buf *b) { return b->data + b->off; }
+static inline uint8_t *cv_buf_tail(const struct cv_buf *b) { return b->data + b->off + b->len; }
+static inline size_t cv_buf_tailroom(const struct cv_buf *b) { return b->cap - b->off - b->len; }
+/* Marks n bytes written at the tail (after cv_buf_reserve) as data. */
+static inline void cv_buf_commit(struct cv_buf *b, size_t n) { b->len += n; }
+
+#endif

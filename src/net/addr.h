@@ -1,0 +1,23 @@
+/* Socket address helpers. */
+#ifndef CV_ADDR_H
+#define CV_ADDR_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#define CV_ADDR_STRLEN 64
+
+/* Parses "HOST:PORT" or "[V6]:PORT" with a numeric host into out.
+ * Returns 0 or CV_EINVAL. */
+int cv_addr_parse(const char *s, struct sockaddr_storage *out);
+/* Parses a numeric host and a port into out. Returns 0 or CV_EINVAL. */
+int cv_addr_from(const char *host, uint16_t port, struct sockaddr_storage *out);
+/* Formats an address as "ip:port" ("[v6]:port"). Returns buf. */
+const char *cv_addr_str(const struct sockaddr *sa, char *buf, size_t len);
+/* Returns the port of an IPv4/IPv6 address (host order). */
+uint16_t cv_addr_port(const struct sockaddr *sa);
+/* Parses a decimal port 0..65535. Returns 0 or CV_EINVAL. */
+int cv_port_parse(const char *s, uint16_t *out);
+
+#endif
