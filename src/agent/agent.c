@@ -1,0 +1,265 @@
+#include "agent/agent.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec/kohaku.h"
+#include "core/err.h"
+#include "core/limits.h"
+#include "core/log.h"
+#include "net/ws.h"
+#include "tunnel/local.h"
+
+struct cv_agent {
+    uv_loop_t *loop;        /* borrowed */
+    char *url;              /* owned */
+    struct cv_agent_opts o; /* string fields unused after start */
+    struct cv_local *local; /* owned */
+    struct cv_ws *ws;       /* owned by the ws layer until its on_close */
+    uv_timer_t retry;
+    uint32_t attempt;       /* consecutive failed handshakes + the current one */
+    bool established;       /* the current WebSocket completed its handshake */
+    bool stopping;
+    enum cv_agent_end end;
+    cv_agent_done_cb done;
+    void *data;
+};
+
+static void attempt_connect(struct cv_agent *a);
+
+void cv_agent_opts_default(struct cv_agent_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->reconnect_delay_ms = 5000;
+}
+
+int cv_agent_url(const char *runner_url, const char *container_id, char *buf, size_t len)
+{
+    size_t n = strlen(runner_url);
+    while (n > 0 && runner_url[n - 1] == '/')
+        n--;
+    int w = snprintf(buf, len, "%.*s/ws/tunnel/%s", (int)n, runner_url, container_id);
+    if (w < 0 || (size_t)w >= len)
+        return CV_ETOOBIG;
+    return 0;
+}
+
+/* ---- messages from the relay ------------------------------------------- */
+
+static void send_error(struct cv_agent *a, uint8_t proto, uint32_t id, const char *text)
+{
+    cv_log_debug("agent: id %u: ERROR %s", id, text);
+    cv_tunnel_send(a->ws, CV_KH_ERROR, proto, id, 0, text, strlen(text));
+}
+
+static void handle_connect(struct cv_agent *a, const struct cv_kh_msg *m)
+{
+    if (cv_local_find(a->local, m->id) != NULL) {
+        send_error(a, m->proto, m->id, "Duplicate client id"); /* spec §11.13 */
+        return;
+    }
+    if (cv_local_count(a->local) >= CV_LIMIT_TUNNEL_CONNS) {
+        cv_log_warn("agent: %d connections open: refusing id %u", CV_LIMIT_TUNNEL_CONNS, m->id);
+        send_error(a, m->proto, m->id, "Too many connections");
+        return;
+    }
+    cv_log_debug("agent: id %u: connect %s 127.0.0.1:%u", m->id,
+                 m->proto == CV_KH_UDP ? "udp" : "tcp", m->port);
+    int rc = m->proto == CV_KH_UDP ? cv_local_udp_connect(a->local, m->id, m->port)
+                                   : cv_local_tcp_connect(a->local, m->id, m->port);
+    if (rc < 0) {
+        char msg[128];
+        send_error(a, m->proto, m->id, cv_local_os_error(rc, msg, sizeof msg));
+    }
+}
+
+static void on_msg(struct cv_ws *ws, uint8_t opcode, uint8_t *p, size_t n)
+{
+    struct cv_agent *a = cv_ws_data(ws);
+    struct cv_kh_msg m;
+    if (opcode != CV_WS_BINARY) {
+        cv_log_debug("agent: ignoring a non-binary message (%zu bytes)", n);
+        return;
+    }
+    if (cv_kh_decode(p, n, &m) < 0) {
+        cv_log_debug("agent: ignoring a malformed message (%zu bytes)", n);
+        return;
+    }
+    struct cv_lconn *c;
+    switch (m.type) {
+    case CV_KH_CONNECT:
+        handle_connect(a, &m);
+        break;
+    case CV_KH_DATA:
+        if ((c = cv_local_find(a->local, m.id)) != NULL)
+            cv_local_write(c, m.payload, m.len);
+        break;
+    case CV_KH_CLOSE:
+        if ((c = cv_local_find(a->local, m.id)) != NULL)
+            cv_local_peer_close(c);
+        break;
+    case CV_KH_PING:
+        cv_tunnel_send(ws, CV_KH_PONG, CV_KH_TCP, m.id, 0, NULL, 0);
+        break;
+    default: /* CONNECTED, ERROR, PONG: ignored (spec §5.5) */
+        break;
+    }
+}
+
+/* ---- the reconnect loop ------------------------------------------------ */
+
+static void on_retry_closed(uv_handle_t *h)
+{
+    struct cv_agent *a = h->data;
+    if (a->done != NULL)
+        a->done(a, a->end, a->data);
+    free(a->url);
+    free(a);
+}
+
+static void finish(struct cv_agent *a, enum cv_agent_end end)
+{
+    a->stopping = true;
+    a->end = end;
+    cv_local_free(a->local);
+    a->local = NULL;
+    uv_close((uv_handle_t *)&a->retry, on_retry_closed);
+}
+
+static void on_retry(uv_timer_t *t)
+{
+    attempt_connect(t->data);
+}
+
+/* Full jitter: uniform in [0, min(cap, base * 2^(k-1))], k >= 1. */
+static uint64_t backoff_ms(uint64_t base, uint32_t k)
+{
+    uint64_t top = base;
+    for (uint32_t i = 1; i < k && top < CV_LIMIT_BACKOFF_CAP_MS; i++)
+        top *= 2;
+    if (top > CV_LIMIT_BACKOFF_CAP_MS)
+        top = base > CV_LIMIT_BACKOFF_CAP_MS ? base : CV_LIMIT_BACKOFF_CAP_MS;
+    if (top == 0)
+        return 0;
+    uint64_t r;
+    if (uv_random(NULL, NULL, &r, sizeof r, 0, NULL) != 0)
+        r = (uint64_t)rand();
+    return r % (top + 1);
+}
+
+static void schedule(struct cv_agent *a, uint64_t ms)
+{
+    cv_log_debug("agent: next attempt in %llu ms", (unsigned long long)ms);
+    uv_timer_start(&a->retry, on_retry, ms, 0);
+}
+
+static void on_open(struct cv_ws *ws, int status)
+{
+    struct cv_agent *a = cv_ws_data(ws);
+    if (status < 0)
+        return; /* on_close follows with the reason */
+    a->established = true;
+    a->attempt = 0;
+    cv_local_set_ws(a->local, ws);
+    cv_log_info("tunnel established: %s", a->url);
+}
+
+static void on_drain(struct cv_ws *ws)
+{
+    struct cv_agent *a = cv_ws_data(ws);
+    cv_local_resume(a->local);
+}
+
+static void on_close(struct cv_ws *ws, uint16_t code, const char *reason)
+{
+    struct cv_agent *a = cv_ws_data(ws);
+    a->ws = NULL;
+    cv_local_set_ws(a->local, NULL);
+    cv_local_close_all(a->local); /* nothing resumes (spec §7) */
+    if (a->stopping) {
+        if (a->established)
+            cv_log_info("tunnel closed: %u %s", code, reason);
+        finish(a, CV_AGENT_STOPPED);
+        return;
+    }
+    if (a->established) {
+        a->established = false;
+        cv_log_info("tunnel closed: %u %s", code, reason);
+        schedule(a, a->o.reconnect_delay_ms);
+        return;
+    }
+    cv_log_error("connection to %s failed: %s", a->url, reason);
+    schedule(a, backoff_ms(a->o.reconnect_delay_ms, a->attempt));
+}
+
+static void attempt_connect(struct cv_agent *a)
+{
+    a->attempt++;
+    if (a->o.max_reconnect > 0 && a->attempt > a->o.max_reconnect) {
+        cv_log_error("giving up after %u failed attempts", a->o.max_reconnect);
+        finish(a, CV_AGENT_GAVE_UP);
+        return;
+    }
+    struct cv_ws_opts wo;
+    cv_ws_opts_default(&wo);
+    wo.max_msg = CV_LIMIT_WS_MSG_CLIENT;
+    wo.ping_interval_ms = CV_LIMIT_AGENT_IDLE_PING_MS;
+    wo.pong_timeout_ms = CV_LIMIT_AGENT_SILENT_MS - CV_LIMIT_AGENT_IDLE_PING_MS;
+    wo.idle_timeout_ms = CV_LIMIT_AGENT_SILENT_MS;
+    static const struct cv_ws_cbs cbs = {
+        .on_open = on_open, .on_msg = on_msg, .on_close = on_close, .on_drain = on_drain};
+    cv_log_debug("agent: connecting to %s (attempt %u)", a->url, a->attempt);
+    int rc = cv_ws_connect(a->loop, a->url, &wo, &cbs, a, &a->ws);
+    if (rc < 0) {
+        a->ws = NULL;
+        cv_log_error("connection to %s failed: %s", a->url, cv_strerror(rc));
+        schedule(a, backoff_ms(a->o.reconnect_delay_ms, a->attempt));
+    }
+}
+
+/* ---- public ------------------------------------------------------------ */
+
+int cv_agent_start(uv_loop_t *loop, const struct cv_agent_opts *opts, cv_agent_done_cb done,
+                   void *data, struct cv_agent **out)
+{
+    if (opts->runner_url == NULL || opts->container_id == NULL)
+        return CV_EINVAL;
+    struct cv_agent *a = calloc(1, sizeof *a);
+    if (a == NULL)
+        return CV_ENOMEM;
+    size_t len = strlen(opts->runner_url) + strlen(opts->container_id) + 16;
+    a->url = malloc(len);
+    struct cv_local_opts lo = {.conn_pending_max = opts->conn_pending_max,
+                               .eof_hold_ms = CV_LIMIT_CLOSED_ID_MS,
+                               .name = "agent"};
+    if (a->url == NULL || cv_local_new(loop, &lo, &a->local) < 0) {
+        free(a->url);
+        free(a);
+        return CV_ENOMEM;
+    }
+    cv_agent_url(opts->runner_url, opts->container_id, a->url, len);
+    a->loop = loop;
+    a->o = *opts;
+    a->o.runner_url = a->o.container_id = NULL;
+    a->done = done;
+    a->data = data;
+    uv_timer_init(loop, &a->retry);
+    a->retry.data = a;
+    schedule(a, 0);
+    *out = a;
+    return 0;
+}
+
+void cv_agent_stop(struct cv_agent *a)
+{
+    if (a == NULL || a->stopping)
+        return;
+    a->stopping = true;
+    uv_timer_stop(&a->retry);
+    if (a->ws != NULL)
+        cv_ws_close(a->ws, CV_WS_NORMAL, NULL); /* on_close finishes */
+    else
+        finish(a, CV_AGENT_STOPPED);
+}
