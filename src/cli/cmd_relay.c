@@ -1,0 +1,134 @@
+/* `culvert relay`: flags, signals, run. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "cli/cmds.h"
+#include "core/err.h"
+#include "core/log.h"
+#include "net/addr.h"
+#include "relay/relay.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: culvert relay [--listen HOST:PORT] [options]\n"
+            "\n"
+            "Accepts agents on /ws/tunnel/{id} and forward sessions on\n"
+            "/ws/forward/{id}/{port}?proto=tcp|udp (KohakuRiver-compatible).\n"
+            "\n"
+            "  --listen HOST:PORT     address to listen on (default 127.0.0.1:8001; port 0 = any)\n"
+            "  --ping-interval SEC    WebSocket ping interval (default 20)\n"
+            "  --ping-timeout SEC     close with 1011 when no pong arrives this long (default 20)\n"
+            "  --allow-any-port       let sessions CONNECT to ports other than the URL's\n"
+            "  --log-level LEVEL      error, warn, info, debug or trace (default info)\n"
+            "  -h, --help             show this help\n");
+}
+
+/* Parses a positive number of seconds (fractions allowed) into ms. */
+static int parse_seconds(const char *s, uint32_t *ms)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || *end != 0 || !(v > 0) || v > 86400)
+        return CV_EINVAL;
+    *ms = (uint32_t)(v * 1000 + 0.5);
+    return 0;
+}
+
+struct run {
+    struct cv_relay *relay;
+    uv_signal_t sigint, sigterm;
+};
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    struct run *run = h->data;
+    cv_log_info("signal %d: shutting down", signum);
+    cv_relay_stop(run->relay);
+    uv_close((uv_handle_t *)&run->sigint, NULL);
+    uv_close((uv_handle_t *)&run->sigterm, NULL);
+}
+
+static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, size_t hostlen)
+{
+    static const struct option longopts[] = {
+        {"listen", required_argument, NULL, 'l'},    {"ping-interval", required_argument, NULL, 'i'},
+        {"ping-timeout", required_argument, NULL, 't'}, {"allow-any-port", no_argument, NULL, 'a'},
+        {"log-level", required_argument, NULL, 'L'}, {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        struct sockaddr_storage ss;
+        enum cv_log_level lvl;
+        switch (c) {
+        case 'l':
+            if (cv_addr_parse(optarg, &ss) != 0) {
+                fprintf(stderr, "culvert relay: --listen wants HOST:PORT with a numeric host, got '%s'\n", optarg);
+                return 2;
+            }
+            cv_addr_str((struct sockaddr *)&ss, host, hostlen);
+            *strrchr(host, ':') = 0;
+            if (host[0] == '[') {
+                memmove(host, host + 1, strlen(host));
+                host[strlen(host) - 1] = 0;
+            }
+            o->port = cv_addr_port((struct sockaddr *)&ss);
+            break;
+        case 'i':
+        case 't':
+            if (parse_seconds(optarg, c == 'i' ? &o->ping_interval_ms : &o->pong_timeout_ms) != 0) {
+                fprintf(stderr, "culvert relay: --ping-%s wants a positive number of seconds, got '%s'\n",
+                        c == 'i' ? "interval" : "timeout", optarg);
+                return 2;
+            }
+            break;
+        case 'a': o->any_port = true; break;
+        case 'L':
+            if (cv_log_parse_level(optarg, &lvl) != 0) {
+                fprintf(stderr, "culvert relay: unknown log level '%s'\n", optarg);
+                return 2;
+            }
+            cv_log_set_level(lvl);
+            break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "culvert relay: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    return -1;
+}
+
+int cv_cmd_relay(int argc, char **argv)
+{
+    struct cv_relay_opts o;
+    cv_relay_opts_default(&o);
+    char host[CV_ADDR_STRLEN] = "127.0.0.1";
+    int rc = parse(argc, argv, &o, host, sizeof host);
+    if (rc >= 0)
+        return rc;
+    o.host = host;
+    uv_loop_t *loop = uv_default_loop();
+    struct run run = {0};
+    rc = cv_relay_start(loop, &o, &run.relay);
+    if (rc != 0) {
+        fprintf(stderr, "culvert relay: cannot listen on %s:%u: %s\n", host, o.port, cv_strerror(rc));
+        return 1;
+    }
+    printf("culvert relay listening on %s:%u\n", host, cv_relay_port(run.relay));
+    fflush(stdout);
+    uv_signal_init(loop, &run.sigint);
+    uv_signal_init(loop, &run.sigterm);
+    run.sigint.data = run.sigterm.data = &run;
+    uv_signal_start(&run.sigint, on_signal, SIGINT);
+    uv_signal_start(&run.sigterm, on_signal, SIGTERM);
+    uv_run(loop, UV_RUN_DEFAULT);
+    uv_loop_close(loop);
+    return 0;
+}

@@ -1,0 +1,36 @@
+/* The relay role: accepts KohakuRiver agents on /ws/tunnel/{id} and forward
+ * sessions on /ws/forward/{id}/{port}?proto=, translating connection ids per
+ * session (specs/kohaku-tunnel.md §6). */
+#ifndef CV_RELAY_H
+#define CV_RELAY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+struct cv_relay;
+
+struct cv_relay_opts {
+    const char *host;          /* listen address (numeric) */
+    uint16_t port;             /* 0: ephemeral */
+    uint32_t ping_interval_ms; /* WebSocket keepalive to agents and sessions */
+    uint32_t pong_timeout_ms;
+    bool any_port;             /* allow CONNECT to ports other than the URL's */
+    size_t conn_pending;       /* bytes queued per connection toward a session */
+};
+
+/* Fills opts with the defaults (127.0.0.1:8001, 20 s / 20 s, URL port only,
+ * 8 MiB). */
+void cv_relay_opts_default(struct cv_relay_opts *opts);
+
+/* Starts listening. Returns 0, CV_EINVAL for a bad address, or a libuv error
+ * such as UV_EADDRINUSE. */
+int cv_relay_start(uv_loop_t *loop, const struct cv_relay_opts *opts, struct cv_relay **out);
+/* The bound port. */
+uint16_t cv_relay_port(const struct cv_relay *r);
+/* Stops listening and closes every tunnel and session; r is freed once they
+ * are gone (the loop must keep running until then). */
+void cv_relay_stop(struct cv_relay *r);
+
+#endif
