@@ -1,0 +1,252 @@
+/* `culvert agent` and `tunnel-client`: the KohakuRiver agent CLI
+ * (specs/kohaku-tunnel.md §8): flag > environment > default; usage errors
+ * exit 2; giving up exits 1 with `Error: Max reconnection attempts
+ * exceeded`; logs go to stdout. */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "agent/agent.h"
+#include "cli/cmds.h"
+#include "codec/url.h"
+#include "core/log.h"
+
+enum { OPT_DELAY = 1000, OPT_MAX, OPT_LEVEL };
+
+struct agent_args {
+    const char *url;
+    const char *cid;
+    const char *delay;
+    const char *max;
+    const char *level;
+};
+
+struct agent_run {
+    uv_signal_t sig[2];
+    enum cv_agent_end end;
+};
+
+static void usage(FILE *f, const char *prog)
+{
+    fprintf(f,
+            "Usage: %s [OPTIONS]\n"
+            "\n"
+            "Dials a relay (KohakuRiver runner) and serves 127.0.0.1 ports through it.\n"
+            "Reconnects with exponential backoff and full jitter (base: the reconnect\n"
+            "delay, cap 60 s) after failures, and after the base delay when a tunnel ends.\n"
+            "\n"
+            "Options:\n"
+            "  -r, --runner-url <URL>        relay base URL, ws:// [env: RUNNER_URL]\n"
+            "  -c, --container-id <ID>       container id [env: CONTAINER_ID]\n"
+            "      --reconnect-delay <SECS>  base reconnect delay [env: RECONNECT_DELAY]\n"
+            "                                [default: 5]\n"
+            "      --max-reconnect <N>       give up after N consecutive failed\n"
+            "                                handshakes, 0 = never [env: MAX_RECONNECT]\n"
+            "                                [default: 0]\n"
+            "      --log-level <LEVEL>       trace, debug, info, warn, error\n"
+            "                                [env: LOG_LEVEL] [default: info]\n"
+            "                                (a plain level in RUST_LOG overrides it)\n"
+            "  -h, --help                    print help\n"
+            "  -V, --version                 print version\n",
+            prog);
+}
+
+static int usage_error(const char *prog, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static int usage_error(const char *prog, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "error: ");
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\n\nFor more information, try '%s --help'.\n", prog);
+    return 2;
+}
+
+/* Whole decimal number, no sign or spaces, at most max. */
+static int parse_uint(const char *s, unsigned long long max, unsigned long long *out)
+{
+    if (s == NULL || *s < '0' || *s > '9')
+        return -1;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno != 0 || *end != '\0' || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* Environment fallback; an empty variable counts as unset. */
+static const char *env_or(const char *given, const char *name)
+{
+    if (given != NULL)
+        return given;
+    const char *v = getenv(name);
+    return v != NULL && *v != '\0' ? v : NULL;
+}
+
+/* Returns -1 to go on, or an exit code. */
+static int parse_flags(int argc, char **argv, const char *prog, struct agent_args *a)
+{
+    static const struct option longopts[] = {
+        {"runner-url", required_argument, NULL, 'r'},
+        {"container-id", required_argument, NULL, 'c'},
+        {"reconnect-delay", required_argument, NULL, OPT_DELAY},
+        {"max-reconnect", required_argument, NULL, OPT_MAX},
+        {"log-level", required_argument, NULL, OPT_LEVEL},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0}};
+    opterr = 0;
+    optind = 1;
+    int ch;
+    while ((ch = getopt_long(argc, argv, ":r:c:hV", longopts, NULL)) != -1) {
+        switch (ch) {
+        case 'r': a->url = optarg; break;
+        case 'c': a->cid = optarg; break;
+        case OPT_DELAY: a->delay = optarg; break;
+        case OPT_MAX: a->max = optarg; break;
+        case OPT_LEVEL: a->level = optarg; break;
+        case 'h': usage(stdout, prog); return 0;
+        case 'V': printf("%s %s\n", prog, CV_VERSION); return 0;
+        case ':': return usage_error(prog, "a value is required for '%s'", argv[optind - 1]);
+        default: return usage_error(prog, "unexpected argument '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        return usage_error(prog, "unexpected argument '%s'", argv[optind]);
+    return -1;
+}
+
+static int set_log_level(const char *prog, const char *level)
+{
+    enum cv_log_level lvl = CV_LOG_INFO;
+    const char *rust = getenv("RUST_LOG");
+    if (rust != NULL && cv_log_parse_level(rust, &lvl) == 0) {
+        cv_log_set_level(lvl);
+        return -1;
+    }
+    if (level != NULL && cv_log_parse_level(level, &lvl) != 0)
+        return usage_error(prog, "invalid value '%s' for '--log-level <LEVEL>'", level);
+    cv_log_set_level(lvl);
+    return -1;
+}
+
+/* Fills opts from the flags and the environment. Returns -1 or an exit code. */
+static int resolve(const char *prog, struct agent_args *a, struct cv_agent_opts *o)
+{
+    a->url = env_or(a->url, "RUNNER_URL");
+    a->cid = env_or(a->cid, "CONTAINER_ID");
+    a->delay = env_or(a->delay, "RECONNECT_DELAY");
+    a->max = env_or(a->max, "MAX_RECONNECT");
+    a->level = env_or(a->level, "LOG_LEVEL");
+    if (a->url == NULL)
+        return usage_error(prog, "the following required argument was not provided: %s",
+                           "--runner-url <RUNNER_URL>");
+    if (a->cid == NULL)
+        return usage_error(prog, "the following required argument was not provided: %s",
+                           "--container-id <CONTAINER_ID>");
+    unsigned long long v;
+    cv_agent_opts_default(o);
+    if (a->delay != NULL) {
+        if (parse_uint(a->delay, 1000000000ull, &v) < 0)
+            return usage_error(prog, "invalid value '%s' for '--reconnect-delay <SECS>'",
+                               a->delay);
+        o->reconnect_delay_ms = v * 1000;
+    }
+    if (a->max != NULL) {
+        if (parse_uint(a->max, UINT32_MAX, &v) < 0)
+            return usage_error(prog, "invalid value '%s' for '--max-reconnect <N>'", a->max);
+        o->max_reconnect = (uint32_t)v;
+    }
+    o->runner_url = a->url;
+    o->container_id = a->cid;
+    return set_log_level(prog, a->level);
+}
+
+static void on_signal_closed(uv_handle_t *h) { (void)h; }
+
+static void on_done(struct cv_agent *ag, enum cv_agent_end end, void *data)
+{
+    (void)ag;
+    struct agent_run *r = data;
+    r->end = end;
+    for (int i = 0; i < 2; i++)
+        uv_close((uv_handle_t *)&r->sig[i], on_signal_closed);
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    cv_log_info("signal %d: stopping", signum);
+    cv_agent_stop(s->data);
+}
+
+/* The URL is checked once here so that a wss:// URL fails fast and clearly;
+ * other bad URLs count as failed handshakes, as in the reference (§7). */
+static int check_url(const struct cv_agent_opts *o)
+{
+    char url[4096];
+    struct cv_url u;
+    if (cv_agent_url(o->runner_url, o->container_id, url, sizeof url) == 0 &&
+        cv_url_parse(url, &u) == 0 && u.tls) {
+        fprintf(stderr, "Error: wss:// is not supported yet (%s)\n", o->runner_url);
+        return 1;
+    }
+    return -1;
+}
+
+static int run(const struct cv_agent_opts *o)
+{
+    uv_loop_t loop;
+    struct agent_run r = {.end = CV_AGENT_STOPPED};
+    struct cv_agent *ag;
+    if (uv_loop_init(&loop) != 0)
+        return 1;
+    if (cv_agent_start(&loop, o, on_done, &r, &ag) != 0) {
+        fprintf(stderr, "Error: cannot start the agent\n");
+        uv_loop_close(&loop);
+        return 1;
+    }
+    int signums[2] = {SIGINT, SIGTERM};
+    for (int i = 0; i < 2; i++) {
+        uv_signal_init(&loop, &r.sig[i]);
+        r.sig[i].data = ag;
+        uv_signal_start(&r.sig[i], on_signal, signums[i]);
+    }
+    cv_log_info("culvert agent %s: container %s, relay %s", CV_VERSION, o->container_id,
+                o->runner_url);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    if (r.end == CV_AGENT_GAVE_UP) {
+        fprintf(stderr, "Error: Max reconnection attempts exceeded\n");
+        return 1;
+    }
+    return 0;
+}
+
+int cv_cmd_agent(int argc, char **argv)
+{
+    const char *prog = strrchr(argv[0], '/');
+    prog = prog ? prog + 1 : argv[0];
+    if (strcmp(prog, "tunnel-client") != 0)
+        prog = "culvert agent";
+    cv_log_set_stream(stdout);
+    struct agent_args a = {0};
+    int rc = parse_flags(argc, argv, prog, &a);
+    if (rc >= 0)
+        return rc;
+    struct cv_agent_opts o;
+    if ((rc = resolve(prog, &a, &o)) >= 0)
+        return rc;
+    if ((rc = check_url(&o)) >= 0)
+        return rc;
+    return run(&o);
+}

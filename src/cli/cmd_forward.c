@@ -1,0 +1,210 @@
+/* `culvert forward`: a local listener whose connections reach an agent's
+ * port through a relay's /ws/forward endpoint (specs/kohaku-tunnel.md §6.6).
+ * Usage errors exit 2, a bad protocol 1 (as the reference CLI), any
+ * failure of the session 1 with an `Error: ...` line on stderr. */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <uv.h>
+
+#include "cli/cmds.h"
+#include "codec/kohaku.h"
+#include "core/log.h"
+#include "forward/forward.h"
+#include "net/addr.h"
+
+#define DEFAULT_RELAY "ws://127.0.0.1:8001"
+
+enum { OPT_RELAY = 1000, OPT_LEVEL };
+
+struct fwd_args {
+    const char *relay;
+    const char *cid;
+    const char *remote;
+    const char *local;
+    const char *host;
+    const char *proto;
+    const char *level;
+};
+
+struct fwd_run {
+    uv_signal_t sig[2];
+    const char *cid;
+    const char *relay;
+    uint16_t remote_port;
+    uint8_t proto;
+    int status;
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "Usage: culvert forward [OPTIONS] CONTAINER_ID REMOTE_PORT\n"
+            "\n"
+            "Listens on LOCAL_HOST:LOCAL_PORT and carries each TCP connection (or each UDP\n"
+            "source address) to 127.0.0.1:REMOTE_PORT inside the container, through the\n"
+            "relay's /ws/forward endpoint. If the relay session ends, every local\n"
+            "connection is closed and culvert forward exits with status 1 (nothing is\n"
+            "re-established: run it again).\n"
+            "\n"
+            "Options:\n"
+            "      --relay <URL>          relay (or host) base URL, ws:// only\n"
+            "                             [default: " DEFAULT_RELAY "]\n"
+            "  -l, --local-port <PORT>    local port, 0 = any [default: REMOTE_PORT]\n"
+            "  -H, --local-host <HOST>    local address [default: 127.0.0.1]\n"
+            "  -p, --proto <tcp|udp>      protocol, any case [default: tcp]\n"
+            "      --log-level <LEVEL>    trace, debug, info, warn, error [default: info]\n"
+            "  -h, --help                 print help\n"
+            "  -V, --version              print version\n");
+}
+
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "error: ");
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\n\nFor more information, try 'culvert forward --help'.\n");
+    return 2;
+}
+
+/* Returns -1 to go on, or an exit code. */
+static int parse_flags(int argc, char **argv, struct fwd_args *a)
+{
+    static const struct option longopts[] = {
+        {"relay", required_argument, NULL, OPT_RELAY},
+        {"local-port", required_argument, NULL, 'l'},
+        {"local-host", required_argument, NULL, 'H'},
+        {"proto", required_argument, NULL, 'p'},
+        {"log-level", required_argument, NULL, OPT_LEVEL},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0}};
+    opterr = 0;
+    optind = 1;
+    int ch;
+    while ((ch = getopt_long(argc, argv, ":l:H:p:hV", longopts, NULL)) != -1) {
+        switch (ch) {
+        case OPT_RELAY: a->relay = optarg; break;
+        case 'l': a->local = optarg; break;
+        case 'H': a->host = optarg; break;
+        case 'p': a->proto = optarg; break;
+        case OPT_LEVEL: a->level = optarg; break;
+        case 'h': usage(stdout); return 0;
+        case 'V': printf("culvert forward %s\n", CV_VERSION); return 0;
+        case ':': return usage_error("a value is required for '%s'", argv[optind - 1]);
+        default: return usage_error("unexpected argument '%s'", argv[optind - 1]);
+        }
+    }
+    if (argc - optind < 2)
+        return usage_error("%s", "CONTAINER_ID and REMOTE_PORT are required");
+    if (argc - optind > 2)
+        return usage_error("unexpected argument '%s'", argv[optind + 2]);
+    a->cid = argv[optind];
+    a->remote = argv[optind + 1];
+    return -1;
+}
+
+/* Fills opts. Returns -1 or an exit code. */
+static int resolve(struct fwd_args *a, struct cv_forward_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->relay_url = a->relay ? a->relay : DEFAULT_RELAY;
+    o->container_id = a->cid;
+    if (*a->cid == '\0' || strchr(a->cid, '/') != NULL)
+        return usage_error("invalid CONTAINER_ID '%s'", a->cid);
+    if (cv_port_parse(a->remote, &o->remote_port) != 0 || o->remote_port == 0)
+        return usage_error("invalid REMOTE_PORT '%s' (1-65535)", a->remote);
+    o->local_port = o->remote_port;
+    if (a->local != NULL && cv_port_parse(a->local, &o->local_port) != 0)
+        return usage_error("invalid value '%s' for '--local-port' (0-65535)", a->local);
+    o->local_host = a->host ? a->host : "127.0.0.1";
+    o->proto = CV_KH_TCP;
+    if (a->proto != NULL) {
+        if (strcasecmp(a->proto, "udp") == 0) {
+            o->proto = CV_KH_UDP;
+        } else if (strcasecmp(a->proto, "tcp") != 0) {
+            fprintf(stderr, "Error: invalid protocol '%s': use tcp or udp\n", a->proto);
+            return 1;
+        }
+    }
+    enum cv_log_level lvl = CV_LOG_INFO;
+    if (a->level != NULL && cv_log_parse_level(a->level, &lvl) != 0)
+        return usage_error("invalid value '%s' for '--log-level'", a->level);
+    cv_log_set_level(lvl);
+    return -1;
+}
+
+static void on_signal_closed(uv_handle_t *h) { (void)h; }
+
+static void on_ready(struct cv_forward *f, const struct sockaddr *bound, void *data)
+{
+    (void)f;
+    struct fwd_run *r = data;
+    char a[CV_ADDR_STRLEN];
+    printf("forwarding %s %s -> %s:%u via %s\n", r->proto == CV_KH_UDP ? "udp" : "tcp",
+           cv_addr_str(bound, a, sizeof a), r->cid, r->remote_port, r->relay);
+    fflush(stdout);
+}
+
+static void on_done(struct cv_forward *f, int status, const char *msg, void *data)
+{
+    (void)f;
+    struct fwd_run *r = data;
+    r->status = status;
+    if (status != 0)
+        fprintf(stderr, "%s\n", msg);
+    for (int i = 0; i < 2; i++)
+        uv_close((uv_handle_t *)&r->sig[i], on_signal_closed);
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    cv_log_info("signal %d: stopping", signum);
+    cv_forward_stop(s->data);
+}
+
+static int run(const struct cv_forward_opts *o)
+{
+    uv_loop_t loop;
+    struct fwd_run r = {.cid = o->container_id, .relay = o->relay_url,
+                        .remote_port = o->remote_port, .proto = o->proto};
+    struct cv_forward *f;
+    if (uv_loop_init(&loop) != 0)
+        return 1;
+    if (cv_forward_start(&loop, o, on_ready, on_done, &r, &f) != 0) {
+        fprintf(stderr, "Error: cannot start forwarding\n");
+        uv_loop_close(&loop);
+        return 1;
+    }
+    int signums[2] = {SIGINT, SIGTERM};
+    for (int i = 0; i < 2; i++) {
+        uv_signal_init(&loop, &r.sig[i]);
+        r.sig[i].data = f;
+        uv_signal_start(&r.sig[i], on_signal, signums[i]);
+    }
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    return r.status;
+}
+
+int cv_cmd_forward(int argc, char **argv)
+{
+    cv_log_set_stream(stderr);
+    struct fwd_args a = {0};
+    int rc = parse_flags(argc, argv, &a);
+    if (rc >= 0)
+        return rc;
+    struct cv_forward_opts o;
+    if ((rc = resolve(&a, &o)) >= 0)
+        return rc;
+    return run(&o);
+}
