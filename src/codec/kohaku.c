@@ -1,0 +1,62 @@
+#include "codec/kohaku.h"
+
+#include "core/err.h"
+
+static uint32_t get32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+int cv_kh_decode(const uint8_t *p, size_t n, struct cv_kh_msg *m)
+{
+    /* The tunnel never splits a message across WebSocket messages, so a short
+     * one is malformed rather than incomplete; the caller ignores it (§4). */
+    if (n < CV_KH_HDR_LEN)
+        return CV_EAGAIN;
+    m->type = p[0];
+    m->proto = p[1];
+    m->id = get32(p + 2);
+    m->port = (uint16_t)(p[6] << 8 | p[7]);
+    m->payload = p + CV_KH_HDR_LEN;
+    m->len = n - CV_KH_HDR_LEN;
+    if (m->type < CV_KH_CONNECT || m->type > CV_KH_PONG)
+        return CV_EPROTO;
+    if (m->proto != CV_KH_TCP && m->proto != CV_KH_UDP)
+        return CV_EPROTO;
+    return 0;
+}
+
+void cv_kh_encode(uint8_t out[CV_KH_HDR_LEN], uint8_t type, uint8_t proto, uint32_t id,
+                  uint16_t port)
+{
+    out[0] = type;
+    out[1] = proto;
+    put32(out + 2, id);
+    out[6] = (uint8_t)(port >> 8);
+    out[7] = (uint8_t)port;
+}
+
+void cv_kh_set_id(uint8_t *msg, uint32_t id)
+{
+    put32(msg + 2, id);
+}
+
+const char *cv_kh_type_name(uint8_t type)
+{
+    static const char *const names[] = {
+        [CV_KH_CONNECT] = "CONNECT", [CV_KH_CONNECTED] = "CONNECTED", [CV_KH_DATA] = "DATA",
+        [CV_KH_CLOSE] = "CLOSE",     [CV_KH_ERROR] = "ERROR",         [CV_KH_PING] = "PING",
+        [CV_KH_PONG] = "PONG",
+    };
+    if (type < CV_KH_CONNECT || type > CV_KH_PONG)
+        return "UNKNOWN";
+    return names[type];
+}
