@@ -1,0 +1,127 @@
+/* Capped byte buffers: the maximum is enforced, data survives growth and
+ * compaction. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "core/buf.h"
+#include "core/err.h"
+
+static void test_cap(void **state)
+{
+    struct cv_buf b;
+    uint8_t data[100];
+
+    memset(data, 'x', sizeof(data));
+    cv_buf_init(&b, 100);
+    assert_null(b.data);
+    assert_int_equal(cv_buf_append(&b, data, 60), 0);
+    assert_int_equal(cv_buf_append(&b, data, 41), CV_ETOOBIG);
+    assert_int_equal(b.len, 60); /* unchanged by the failure */
+    assert_int_equal(cv_buf_append(&b, data, 40), 0);
+    assert_int_equal(b.len, 100);
+    assert_true(b.cap <= 100);
+    assert_int_equal(cv_buf_append(&b, data, 1), CV_ETOOBIG);
+    assert_int_equal(cv_buf_reserve(&b, SIZE_MAX), CV_ETOOBIG);
+    assert_int_equal(cv_buf_append(&b, data, 0), 0);
+    cv_buf_fini(&b);
+
+    cv_buf_init(&b, 0);
+    assert_int_equal(cv_buf_append(&b, data, 1), CV_ETOOBIG);
+    cv_buf_fini(&b);
+    cv_buf_fini(NULL);
+}
+
+static void test_append_consume(void **state)
+{
+    struct cv_buf b;
+    uint8_t src[10000];
+
+    for (size_t i = 0; i < sizeof(src); i++)
+        src[i] = (uint8_t)(i * 7 + 1);
+    cv_buf_init(&b, 1 << 20);
+    size_t in = 0, out = 0;
+    /* A stream through the buffer in uneven pieces keeps its order. */
+    while (out < sizeof(src)) {
+        size_t n = (in * 3 + 17) % 701 + 1;
+        if (n > sizeof(src) - in)
+            n = sizeof(src) - in;
+        assert_int_equal(cv_buf_append(&b, src + in, n), 0);
+        in += n;
+        size_t m = (out * 5 + 3) % 523 + 1;
+        if (m > b.len)
+            m = b.len;
+        assert_memory_equal(cv_buf_head(&b), src + out, m);
+        cv_buf_consume(&b, m);
+        out += m;
+        assert_int_equal(b.len, in - out);
+    }
+    assert_int_equal(b.len, 0);
+    assert_int_equal(b.off, 0);
+    cv_buf_fini(&b);
+}
+
+static void test_compaction(void **state)
+{
+    struct cv_buf b;
+    uint8_t data[4096];
+
+    for (size_t i = 0; i < sizeof(data); i++)
+        data[i] = (uint8_t)i;
+    cv_buf_init(&b, 4096);
+    assert_int_equal(cv_buf_append(&b, data, 4096), 0);
+    uint8_t *store = b.data;
+    cv_buf_consume(&b, 1000);
+    assert_int_equal(b.off, 1000);
+    /* Full at the tail but 1000 free at the head: moved, not reallocated,
+     * and allowed because len + n stays within max. */
+    assert_int_equal(cv_buf_append(&b, data, 1000), 0);
+    assert_ptr_equal(b.data, store);
+    assert_int_equal(b.off, 0);
+    assert_memory_equal(cv_buf_head(&b), data + 1000, 3096);
+    assert_memory_equal(cv_buf_head(&b) + 3096, data, 1000);
+    assert_int_equal(cv_buf_append(&b, data, 1), CV_ETOOBIG);
+    cv_buf_fini(&b);
+}
+
+static void test_reserve_commit_reset(void **state)
+{
+    struct cv_buf b;
+
+    cv_buf_init(&b, 1 << 20);
+    assert_int_equal(cv_buf_reserve(&b, 300), 0);
+    assert_true(cv_buf_tailroom(&b) >= 300);
+    memcpy(cv_buf_tail(&b), "abc", 3);
+    cv_buf_commit(&b, 3);
+    assert_int_equal(b.len, 3);
+    assert_memory_equal(cv_buf_head(&b), "abc", 3);
+    size_t cap = b.cap;
+    cv_buf_reset(&b);
+    assert_int_equal(b.len, 0);
+    assert_int_equal(b.cap, cap); /* storage kept */
+
+    /* Emptying a large buffer releases its storage. */
+    assert_int_equal(cv_buf_reserve(&b, 200000), 0);
+    cv_buf_commit(&b, 200000);
+    cv_buf_consume(&b, 200000);
+    assert_null(b.data);
+    assert_int_equal(b.cap, 0);
+    assert_int_equal(cv_buf_append(&b, "z", 1), 0); /* and is usable again */
+    assert_memory_equal(cv_buf_head(&b), "z", 1);
+    cv_buf_fini(&b);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_cap),
+        cmocka_unit_test(test_append_consume),
+        cmocka_unit_test(test_compaction),
+        cmocka_unit_test(test_reserve_commit_reset),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
