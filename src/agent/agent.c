@@ -259,7 +259,7 @@ void cv_agent_stop(struct cv_agent *a)
     a->stopping = true;
     uv_timer_stop(&a->retry);
     if (a->ws != NULL)
-        cv_ws_close(a->ws, CV_WS_NORMAL, NULL); /* on_close finishes */
+        cv_ws_close(a->ws, CV_WS_NORMAL, ""); /* on_close finishes */
     else
         finish(a, CV_AGENT_STOPPED);
 }

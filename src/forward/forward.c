@@ -91,7 +91,7 @@ static void fail(struct cv_forward *f, const char *fmt, ...)
     va_end(ap);
     uv_timer_stop(&f->timer);
     if (f->ws != NULL)
-        cv_ws_close(f->ws, CV_WS_NORMAL, NULL); /* on_close finishes */
+        cv_ws_close(f->ws, CV_WS_NORMAL, ""); /* on_close finishes */
     else
         finish(f);
 }
@@ -330,7 +330,7 @@ void cv_forward_stop(struct cv_forward *f)
     f->msg[0] = '\0';
     uv_timer_stop(&f->timer);
     if (f->ws != NULL)
-        cv_ws_close(f->ws, CV_WS_NORMAL, NULL);
+        cv_ws_close(f->ws, CV_WS_NORMAL, "");
     else
         finish(f);
 }
