@@ -851,3 +851,91 @@ def test_client_rejects_bad_handshake_response(respond):
             finally:
                 await c.close_proc()
     run(go())
+
+
+# --- added: backpressure, signals, edge cases -------------------------------
+
+def test_backpressure_echo_in_order(server):
+    """The client stops reading while sending 24 MiB; the server must pause
+    (not buffer without bound, not drop) and resume: every echo comes back
+    whole and in order."""
+    count, size = 384, 65536
+
+    async def go():
+        async with websockets.connect(server.url, **WSOPTS) as ws:
+            async def sender():
+                for i in range(count):
+                    await ws.send(i.to_bytes(4, "big") + pattern(size - 4))
+
+            async def reader():
+                await asyncio.sleep(0.5)
+                for i in range(count):
+                    got = await asyncio.wait_for(ws.recv(), STEP)
+                    assert len(got) == size and int.from_bytes(got[:4], "big") == i, \
+                        f"echo {i}: len {len(got)}, seq {int.from_bytes(got[:4], 'big')}"
+                    assert got[4:] == pattern(size - 4)
+            await asyncio.gather(sender(), reader())
+    run(go(), timeout=60)
+
+
+def test_sigint_exits_zero(server_factory):
+    srv = server_factory()
+    srv.stopped = True
+    srv.proc.send_signal(2)
+    assert srv.proc.wait(8) == 0
+
+
+def test_client_commands_before_open_are_sent_after_open():
+    async def go():
+        async with WsServer(echo_handler) as s:
+            c = await Client.start(s.url)
+            try:
+                # Written at once, before the handshake can have finished.
+                await c.send("text early\nbinary 0a0b")
+                await c.expect("open")
+                await c.expect("text early")
+                await c.expect("binary 0a0b")
+                # (Not in the same write: data that arrives after our close
+                # frame is discarded by design, net/ws.c on_data_frame.)
+                await c.send("close 1000 early-bye")
+                await c.expect_close(1000)
+                assert await c.wait() == 0
+            finally:
+                await c.close_proc()
+        assert s.received == ["early", b"\x0a\x0b"], s.received
+        assert s.closes == [(1000, "early-bye")], s.closes
+    run(go())
+
+
+def test_client_long_close_reason_stays_valid_utf8():
+    """A reason longer than a close frame holds (123 bytes) must be cut at a
+    UTF-8 boundary; otherwise the peer fails the connection with 1007."""
+    async def go():
+        async with WsServer(echo_handler) as s, client_for(s.url) as c:
+            await c.expect("open")
+            await c.send("close 1000 " + "é" * 100)
+            await c.expect_close(1000)
+            assert await c.wait() == 0
+        assert len(s.closes) == 1 and s.closes[0][0] == 1000, s.closes
+        reason = s.closes[0][1]
+        assert len(reason.encode()) <= 123 and "é" * (len(reason)) == reason, reason
+    run(go())
+
+
+def test_server_close_reason_echo_max_length(server):
+    """A 123-byte reason (the maximum) is accepted; 124 bytes is a protocol
+    error (control frame payload over 125)."""
+    async def go():
+        r, w, _ = await raw_connect(server.port)
+        w.write(frame(0x8, close_payload(1000, "r" * 123)))
+        await w.drain()
+        f = await read_frame(r)
+        assert f.opcode == 0x8 and f.close_code == 1000 and len(f.payload) <= 125, f"{f!r}"
+        await expect_eof(r)
+        close_writer(w)
+        r, w, _ = await raw_connect(server.port)
+        w.write(frame(0x8, close_payload(1000, "r" * 124)))
+        await w.drain()
+        await expect_close_frame(r, w, 1002, reply=False)
+        close_writer(w)
+    run(go())

@@ -140,7 +140,7 @@ class Client:
     async def start(cls, url, *args):
         proc = await asyncio.create_subprocess_exec(
             tool("ws_client"), url, *args, stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=None,  # pytest captures it
             limit=16 * 1024 * 1024)
         return cls(proc)
 
