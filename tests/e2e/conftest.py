@@ -212,6 +212,7 @@ def procs(request):
     # Leave evidence for failing tests.
     failed = getattr(request.node, "rep_call", None)
     if failed is not None and failed.failed:
+        time.sleep(0.5)  # let late log lines (errors after the failure) arrive
         for p in ps.all:
             sys.stderr.write(p.dump() + "\n")
     ps.kill_all()
@@ -465,6 +466,24 @@ def tcp_service():
     yield make
     for s in made:
         s.close()
+
+
+@pytest.fixture
+def ext_service(procs):
+    """Out-of-process service (tests/peers/echo_service.py MODE): returns an object with .port and .proc."""
+
+    class S:
+        pass
+
+    def make(mode):
+        p = procs.start([sys.executable, str(PEERS / "echo_service.py"), mode], name=mode)
+        m = p.wait_line(r"^port (\d+)$", timeout=10)
+        s = S()
+        s.port = int(m.group(1))
+        s.proc = p
+        return s
+
+    return make
 
 
 def closed_port():

@@ -211,18 +211,56 @@ def test_data_before_connected_is_queued_then_close_gives_fin(culvert, tcp_servi
     async def body():
         relay, agent, t = await relay_and_agent(culvert)
         try:
-            # CONNECT, DATA, DATA, CLOSE back to back: nothing waits for CONNECTED.
+            # CONNECT, DATA, DATA back to back: nothing waits for CONNECTED.
             await t.send(kp.encode(kp.CONNECT, kp.TCP, 5, svc.port))
             await t.send(kp.encode(kp.DATA, kp.TCP, 5, 0, b"early-"))
             await t.send(kp.encode(kp.DATA, kp.TCP, 5, 0, b"bird"))
-            await t.send(kp.encode(kp.CLOSE, kp.TCP, 5, 0))
             assert await t.recv() == kp.encode(kp.CONNECTED, kp.TCP, 5, 0)
+            await t.send(kp.encode(kp.CLOSE, kp.TCP, 5, 0))
             ok = await asyncio.get_event_loop().run_in_executor(None, done.wait, 5)
             assert ok, "service never saw EOF after CLOSE"
             assert got["data"] == b"early-bird"
             # §11.11: nothing more for that id after the relay's CLOSE
             more = [kp.decode(m) for m in await t.expect_silence(1.0)]
             assert [m for m in more if m is not None and m.id == 5] == []
+        finally:
+            agent.kill()
+            await relay.stop()
+
+    run_async(body())
+
+
+def test_connect_data_close_back_to_back(culvert, tcp_service):
+    """CONNECT, DATA, CLOSE before the connect completes: the service still gets the data, then EOF.
+    (Whether CONNECTED is still sent for an id the relay already closed is left open by the spec.)"""
+    got = {}
+    done = threading.Event()
+
+    def record(c):
+        buf = b""
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            buf += d
+        got["data"] = buf
+        done.set()
+
+    svc = tcp_service(record)
+
+    async def body():
+        relay, agent, t = await relay_and_agent(culvert)
+        try:
+            await t.send(kp.encode(kp.CONNECT, kp.TCP, 5, svc.port))
+            await t.send(kp.encode(kp.DATA, kp.TCP, 5, 0, b"early-"))
+            await t.send(kp.encode(kp.DATA, kp.TCP, 5, 0, b"bird"))
+            await t.send(kp.encode(kp.CLOSE, kp.TCP, 5, 0))
+            ok = await asyncio.get_event_loop().run_in_executor(None, done.wait, 5)
+            assert ok, "service never saw EOF after CLOSE"
+            assert got["data"] == b"early-bird"
+            more = [kp.decode(m) for m in await t.expect_silence(0.5)]
+            assert [m for m in more if m is None or m.type not in (kp.CONNECTED,)] == [], more
+            await ping_check(t)
         finally:
             agent.kill()
             await relay.stop()

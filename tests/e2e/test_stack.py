@@ -33,8 +33,9 @@ def tcp_roundtrip(port, payload, timeout=20):
 
 
 @pytest.mark.timeout_s(90)
-def test_tcp_echo_64MiB_sha256(culvert, tcp_echo):
-    relay, agent, fwd = stack(culvert, tcp_echo.port)
+def test_tcp_echo_64MiB_sha256(culvert, ext_service):
+    echo = ext_service("tcp-echo")
+    relay, agent, fwd = stack(culvert, echo.port)
     total = 64 << 20
     rnd = random.Random(1234)
     block = rnd.randbytes(1 << 20)
@@ -181,8 +182,9 @@ def test_relay_restart_agent_registers_again(culvert, tcp_echo):
 
 
 @pytest.mark.timeout_s(60)
-def test_stalled_reader_does_not_slow_other_connection(culvert, blaster_echo):
-    relay, agent, fwd = stack(culvert, blaster_echo.port)
+def test_stalled_reader_does_not_slow_other_connection(culvert, ext_service):
+    svc = ext_service("blast-echo")
+    relay, agent, fwd = stack(culvert, svc.port)
     stalled = socket.create_connection(("127.0.0.1", fwd.local_port), timeout=10)
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stalled.sendall(b"BLAST")  # the service now sends endlessly; we never read
