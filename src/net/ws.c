@@ -322,9 +322,14 @@ static void send_close_frame(struct cv_ws *ws, uint16_t code, const char *reason
         p[1] = (uint8_t)code;
         n = 2;
         size_t rl = reason ? strlen(reason) : 0;
-        if (rl > sizeof p - 2)
+        if (rl > sizeof p - 2) {
+            /* Cut at a character boundary: the reason must stay UTF-8. */
             rl = sizeof p - 2;
-        memcpy(p + 2, reason, rl);
+            while (rl > 0 && ((uint8_t)reason[rl] & 0xC0) == 0x80)
+                rl--;
+        }
+        if (rl)
+            memcpy(p + 2, reason, rl);
         n += rl;
     }
     ws->close_sent = true;
@@ -376,8 +381,8 @@ static void deliver(struct cv_ws *ws, uint8_t op, uint8_t *p, size_t n)
 
 static void on_data_frame(struct cv_ws *ws, struct cv_ws_frame *f)
 {
-    if (ws->close_sent)
-        return; /* closing: data after our close frame is discarded */
+    /* Data may still arrive after our close frame (RFC 6455 §5.5.1); it is
+     * delivered, so a graceful close loses nothing already in flight. */
     bool text = f->msg_opcode == CV_WS_TEXT;
     if (f->first && f->fin) {
         if (text && !cv_ws_utf8_valid(f->payload, f->len)) {
@@ -414,7 +419,8 @@ static void on_close_frame(struct cv_ws *ws, struct cv_ws_frame *f)
     ws->close_rcvd = true;
     char reason[124];
     size_t rl = f->reason_len < sizeof reason - 1 ? f->reason_len : sizeof reason - 1;
-    memcpy(reason, f->reason, rl);
+    if (rl)
+        memcpy(reason, f->reason, rl);
     reason[rl] = 0;
     if (!ws->close_sent)
         send_close_frame(ws, f->close_code, reason);

@@ -130,10 +130,15 @@ static void unblock(struct conn *c)
     c->blocked = false;
 }
 
+static void session_sync_pause(struct session *s);
+
 static void conn_free(struct conn *c)
 {
+    bool was_blocked = c->blocked;
     conn_detach_tunnel(c);
     unblock(c);
+    if (was_blocked && c->s->blocked == NULL)
+        session_sync_pause(c->s);
     cv_idmap_del(&c->s->conns, c->sid);
     cv_buf_fini(&c->q);
     free(c);
@@ -149,12 +154,26 @@ static void close_at_agent(struct conn *c)
 
 static void conn_abort(struct conn *c, const char *why);
 
+/* A session is not read while the agent it feeds is congested, or while
+ * data toward it is queued: for request/response traffic that stops the
+ * sender until it reads, so the queue stays bounded without an abort. Only
+ * this session waits. */
+static void session_sync_pause(struct session *s)
+{
+    if (s->paused_on || s->blocked)
+        cv_ws_pause(s->ws);
+    else
+        cv_ws_resume(s->ws);
+}
+
 /* Puts c at the tail of its session's round-robin list of waiting conns. */
 static void block(struct conn *c)
 {
     struct session *s = c->s;
     if (c->blocked)
         return;
+    if (s->blocked == NULL)
+        cv_ws_pause(s->ws);
     c->blocked = true;
     if (s->blocked_tail)
         s->blocked_tail->bnext = c;
@@ -226,6 +245,7 @@ static void on_session_drain(struct cv_ws *ws)
             block(c);
         }
     }
+    session_sync_pause(s);
 }
 
 /* ---- tunnels (agents) ---------------------------------------------------- */
@@ -246,7 +266,7 @@ static void resume_paused(struct tunnel *t)
         struct session *n = s->pnext;
         s->paused_on = NULL;
         s->pnext = NULL;
-        cv_ws_resume(s->ws);
+        session_sync_pause(s);
         s = n;
     }
 }
