@@ -16,6 +16,9 @@
 #include "tunnel/local.h"
 
 #define MSG_MAX 512
+/* A local half-close waits this long for the reverse direction to go quiet
+ * before CLOSE is sent (the protocol has no half-close; see local.h). */
+#define EOF_QUIET_MS 1000
 
 struct cv_forward {
     uv_loop_t *loop;        /* borrowed */
@@ -297,6 +300,7 @@ int cv_forward_start(uv_loop_t *loop, const struct cv_forward_opts *opts,
     f->host = opts->local_host ? strdup(opts->local_host) : NULL;
     struct cv_local_opts lo = {.conn_pending_max = opts->conn_pending_max,
                                .udp_idle_ms = CV_LIMIT_UDP_IDLE_MS,
+                               .eof_quiet_ms = EOF_QUIET_MS,
                                .connect_port = opts->remote_port,
                                .name = "forward"};
     if (f->url == NULL || (opts->local_host && f->host == NULL) ||

@@ -18,6 +18,12 @@
 #define TAB_SIZE (1u << TAB_BITS)
 /* Coarse timer period for deadlines (connect, linger, UDP idle). */
 #define SWEEP_MS 250
+/* Soft backpressure (see press_start): above PRESS_HIGH bytes queued for a
+ * local socket, the WebSocket reader pauses until the queue is below
+ * PRESS_LOW, for at most PRESS_MAX_MS per episode. */
+#define PRESS_HIGH (1u << 20)
+#define PRESS_LOW (256u << 10)
+#define PRESS_MAX_MS 2000
 /* Longest a socket closed by the peer may take to accept our queued bytes
  * before it is dropped (the 5 s linger starts once they are written). */
 #define DRAIN_MAX_MS 60000
@@ -27,7 +33,8 @@ enum kind { K_TCP, K_UDP_FLOW, K_UDP_PEER };
 enum state {
     S_CONNECTING, /* agent: TCP connect in flight; DATA is queued */
     S_OPEN,       /* reading and writing */
-    S_EOF_HOLD,   /* local EOF, CLOSE sent, id kept for the peer's CLOSE */
+    S_EOF_HOLD,   /* local EOF; id kept for the peer's CLOSE (agent, CLOSE
+                     sent) or until the peer goes quiet (forward) */
     S_DRAIN,      /* peer closed: flush, shut down, read-and-discard */
     S_CLOSING     /* uv_close called; freed in the close callback */
 };
@@ -48,7 +55,10 @@ struct cv_lconn {
     bool write_busy;   /* a uv_write of `out` is in flight */
     bool shut_sent;
     bool drain_on_connect; /* peer closed while connecting */
+    bool pressing;     /* this socket's queue has paused the WebSocket reader */
+    bool slow;         /* an episode ran out: no more pausing until it drains */
     uint64_t deadline; /* uv_now() ms; 0: none */
+    uint64_t press_until; /* end of the current pressing episode */
     union {
         uv_handle_t handle;
         uv_stream_t stream;
@@ -74,6 +84,7 @@ struct cv_local {
     size_t count;              /* ids in the table */
     size_t nlive;              /* endpoints not yet freed */
     size_t udp_pending;        /* bytes in queued UDP sends */
+    size_t npressing;          /* endpoints pausing the WebSocket reader */
     uint32_t next_id;          /* forward: next session id */
     bool paused;
     bool freeing;
@@ -121,6 +132,14 @@ static int send_msg(struct cv_lconn *c, uint8_t type, const void *p, size_t n)
     if (!c->in_table)
         return CV_ECLOSED;
     return cv_tunnel_send(c->hub->ws, type, c->proto, c->id, 0, p, n);
+}
+
+/* The answer to a CONNECT (CONNECTED or ERROR) is sent even when the peer
+ * already sent CLOSE for the id: every CONNECT gets exactly one answer, as
+ * from the reference agent; nothing follows it then. */
+static void send_reply(struct cv_lconn *c, uint8_t type, const void *p, size_t n)
+{
+    cv_tunnel_send(c->hub->ws, type, c->proto, c->id, 0, p, n);
 }
 
 static void send_close(struct cv_lconn *c)
@@ -283,12 +302,49 @@ static void on_conn_closed(uv_handle_t *hd)
     conn_free(hd->data);
 }
 
+/* The protocol has no flow control, so a service slower than the tunnel
+ * would fill its queue and be aborted at conn_pending_max (spec §11.4). To
+ * spare bulk transfers to a slower-but-working service, the WebSocket
+ * reader pauses while a queue is above PRESS_HIGH, which pushes back through
+ * TCP to the sender. The pause never waits on one connection for long: an
+ * episode that has not brought the queue below PRESS_LOW within
+ * PRESS_MAX_MS marks the socket slow; it stops pausing the reader and is
+ * aborted if it reaches its cap (so a stalled reader costs the others at
+ * most PRESS_MAX_MS, once). */
+static size_t queued(const struct cv_lconn *c)
+{
+    return c->out.len + c->pend.len;
+}
+
+static void press_start(struct cv_lconn *c)
+{
+    struct cv_local *h = c->hub;
+    if (c->pressing || c->slow || h->ws == NULL || queued(c) < PRESS_HIGH)
+        return;
+    c->pressing = true;
+    c->press_until = uv_now(h->loop) + PRESS_MAX_MS;
+    if (h->npressing++ == 0)
+        cv_ws_pause(h->ws);
+}
+
+static void press_end(struct cv_lconn *c, bool slow)
+{
+    struct cv_local *h = c->hub;
+    c->slow = slow;
+    if (!c->pressing)
+        return;
+    c->pressing = false;
+    if (--h->npressing == 0 && h->ws != NULL)
+        cv_ws_resume(h->ws);
+}
+
 /* Ends an endpoint without sending anything more for it. */
 static void conn_close(struct cv_lconn *c)
 {
     if (c->state == S_CLOSING)
         return;
     table_remove(c);
+    press_end(c, false);
     c->state = S_CLOSING;
     c->deadline = 0;
     if (c->kind == K_UDP_PEER)
@@ -344,6 +400,11 @@ static void local_eof(struct cv_lconn *c)
     struct cv_local *h = c->hub;
     c->eof_seen = true;
     c->reading = false;
+    if (h->o.eof_quiet_ms > 0) {
+        c->state = S_EOF_HOLD;
+        c->deadline = uv_now(h->loop) + h->o.eof_quiet_ms;
+        return;
+    }
     send_close(c);
     if (h->o.eof_hold_ms > 0) {
         c->state = S_EOF_HOLD;
@@ -498,6 +559,8 @@ static void on_write(uv_write_t *req, int status)
         return;
     }
     start_write(c);
+    if (c->state != S_CLOSING && queued(c) < PRESS_LOW)
+        press_end(c, false);
     if (c->state == S_DRAIN)
         flush_then_shut(c);
 }
@@ -537,6 +600,8 @@ static void tcp_write(struct cv_lconn *c, const uint8_t *p, size_t n)
 {
     if (c->state == S_CONNECTING || c->write_busy || c->pend.len > 0) {
         queue_bytes(c, p, n);
+        if (c->state != S_CLOSING)
+            press_start(c);
         return;
     }
     uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
@@ -550,8 +615,10 @@ static void tcp_write(struct cv_lconn *c, const uint8_t *p, size_t n)
     if ((size_t)w == n)
         return;
     queue_bytes(c, p + w, n - (size_t)w);
-    if (c->state != S_CLOSING)
-        start_write(c);
+    if (c->state == S_CLOSING)
+        return;
+    start_write(c);
+    press_start(c);
 }
 
 /* ---- tunnel -> local: UDP ---------------------------------------------- */
@@ -600,6 +667,8 @@ void cv_local_write(struct cv_lconn *c, const uint8_t *p, size_t n)
     struct cv_local *h = c->hub;
     switch (c->kind) {
     case K_TCP:
+        if (c->state == S_EOF_HOLD && !c->close_sent)
+            c->deadline = uv_now(h->loop) + h->o.eof_quiet_ms;
         if (c->state == S_CONNECTING || c->state == S_OPEN || c->state == S_EOF_HOLD)
             tcp_write(c, p, n);
         break;
@@ -650,13 +719,14 @@ static void on_connect(uv_connect_t *req, int status)
         char msg[128];
         cv_local_os_error(status, msg, sizeof msg);
         cv_log_debug("%s: id %u: connect: %s", c->hub->o.name, c->id, msg);
-        send_msg(c, CV_KH_ERROR, msg, strlen(msg));
+        send_reply(c, CV_KH_ERROR, msg, strlen(msg));
         conn_close(c);
         return;
     }
     uv_tcp_nodelay(&c->h.tcp, 1);
     c->deadline = 0;
     c->state = S_OPEN;
+    send_reply(c, CV_KH_CONNECTED, NULL, 0);
     if (c->drain_on_connect) {
         c->state = S_DRAIN;
         c->deadline = uv_now(c->hub->loop) + DRAIN_MAX_MS;
@@ -664,7 +734,6 @@ static void on_connect(uv_connect_t *req, int status)
         flush_then_shut(c);
         return;
     }
-    send_msg(c, CV_KH_CONNECTED, NULL, 0);
     start_read(c);
     if (c->state == S_OPEN)
         start_write(c);
@@ -824,11 +893,12 @@ static void expire(struct cv_lconn *c)
     switch (c->state) {
     case S_CONNECTING: {
         static const char msg[] = "Connection timed out (os error 110)";
-        send_msg(c, CV_KH_ERROR, msg, sizeof msg - 1);
+        send_reply(c, CV_KH_ERROR, msg, sizeof msg - 1);
         conn_close(c);
         break;
     }
     case S_EOF_HOLD: /* spec §11.3: release the id 30 s after our CLOSE */
+        send_close(c);  /* forward: the peer went quiet after our EOF */
         table_remove(c);
         c->state = S_DRAIN;
         c->deadline = uv_now(c->hub->loop) + DRAIN_MAX_MS;
@@ -852,6 +922,11 @@ static void on_sweep(uv_timer_t *t)
     struct cv_lconn *next;
     for (struct cv_lconn *c = h->live; c != NULL; c = next) {
         next = c->next; /* expire() may free a UDP peer */
+        if (c->pressing && c->press_until <= now) {
+            cv_log_debug("%s: id %u: slow reader, %zu bytes queued", h->o.name, c->id,
+                         queued(c));
+            press_end(c, true);
+        }
         if (c->deadline != 0 && c->deadline <= now && c->state != S_CLOSING)
             expire(c);
     }
@@ -891,6 +966,11 @@ int cv_local_new(uv_loop_t *loop, const struct cv_local_opts *opts, struct cv_lo
 void cv_local_set_ws(struct cv_local *h, struct cv_ws *ws)
 {
     h->ws = ws;
+    if (h->npressing > 0) { /* the old WebSocket's pause dies with it */
+        for (struct cv_lconn *c = h->live; c != NULL; c = c->next)
+            c->pressing = false;
+        h->npressing = 0;
+    }
 }
 
 void cv_local_close_all(struct cv_local *h)

@@ -43,6 +43,10 @@ struct cv_local_opts {
      * until the peer's CLOSE or this long (agent, spec §11.3: 30 s). 0: drop
      * the id at once, flush and close (forward). */
     uint32_t eof_hold_ms;
+    /* Forward: the protocol has no half-close, so a local EOF is held (the id
+     * stays open, relay DATA is still written) until no DATA came for the id
+     * for this long; then CLOSE is sent. 0: CLOSE at once. */
+    uint32_t eof_quiet_ms;
     /* Idle UDP flows/peers expire (with CLOSE) after this long. 0: never. */
     uint32_t udp_idle_ms;
     /* Port carried by the CONNECT that forward sends for each new id. */
