@@ -42,7 +42,9 @@ struct cv_http_head {
  * Returns the head length (> 0; the body or upgraded bytes follow), CV_EAGAIN
  * if the head is incomplete, CV_ETOOBIG if it exceeds max_head or has more
  * than CV_HTTP_MAX_HEADERS headers, CV_EPROTO if it is malformed (including a
- * bare CR). */
+ * bare CR or LF, a NUL, a header name that is not a token, a control
+ * character or obs-fold in a value). Garbage in the first bytes (a TLS
+ * hello, say) is refused before the head is complete. */
 int cv_http_parse_request(const char *p, size_t n, size_t max_head, struct cv_http_head *h);
 
 /* Same for a response head. */

@@ -78,7 +78,9 @@ void cv_ws_parser_init(struct cv_ws_parser *ps, bool server, uint64_t max_msg);
  *   < 0  the peer broke the protocol; *close_code says how to close:
  *        CV_EPROTO with 1002 (bad opcode, RSV bits, masking, control frame
  *        too long or fragmented, bad continuation, bad close payload),
- *        CV_ETOOBIG with 1009 (message over max_msg),
+ *        CV_ETOOBIG with 1009 (message over max_msg, judged from the
+ *        declared length before the payload arrives; also any frame over
+ *        INT_MAX bytes, since the count is returned as int),
  *        CV_EPROTO with 1007 (close reason not UTF-8).
  * Text payload UTF-8 validity is the caller's to check (cv_ws_utf8_valid),
  * since a code point may span fragments. */
