@@ -75,6 +75,55 @@ def test_connect_connected_same_id_port_zero(culvert, tcp_echo):
     run_async(body())
 
 
+def test_vectors_3_4_8_through_agent(culvert, tcp_echo, udp_echo):
+    """Vector 3 (DATA id 42 hello) echoes byte-exact; vector 8 (CONNECT UDP max id/port) -> CONNECTED;
+    vector 4 (CLOSE UDP id 7) ends that flow: later DATA for id 7 is dropped."""
+
+    async def body():
+        relay, agent, t = await relay_and_agent(culvert)
+        try:
+            await t.send(kp.encode(kp.CONNECT, kp.TCP, 42, tcp_echo.port))
+            assert await t.recv() == kp.h("02 00 0000002a 0000")
+            await t.send(kp.VECTORS[3])
+            assert await t.recv() == kp.VECTORS[3]
+            await t.send(kp.VECTORS[8])
+            assert await t.recv() == kp.h("02 01 ffffffff 0000")
+            await t.send(kp.encode(kp.CONNECT, kp.UDP, 7, udp_echo.port))
+            assert await t.recv() == kp.h("02 01 00000007 0000")
+            await t.send(kp.encode(kp.DATA, kp.UDP, 7, 0, b"u7"))
+            assert await t.recv() == kp.encode(kp.DATA, kp.UDP, 7, 0, b"u7")
+            n = len(udp_echo.received)
+            await t.send(kp.VECTORS[4])
+            await t.send(kp.encode(kp.DATA, kp.UDP, 7, 0, b"after close"))
+            got = [kp.decode(m) for m in await t.expect_silence(0.7)]
+            assert [m for m in got if m is None or m.id == 7] == [], got
+            assert len(udp_echo.received) == n, "datagram sent after CLOSE"
+            await ping_check(t)
+        finally:
+            agent.kill()
+            await relay.stop()
+
+    run_async(body())
+
+
+def test_udp_closed_port_flow_closes_after_first_datagram(culvert):
+    """§5.1/5.2: UDP CONNECT to a closed port still gets CONNECTED; the ICMP error then closes the flow."""
+
+    async def body():
+        relay, agent, t = await relay_and_agent(culvert)
+        try:
+            port = closed_port()
+            await t.send(kp.encode(kp.CONNECT, kp.UDP, 11, port))
+            assert await t.recv() == kp.encode(kp.CONNECTED, kp.UDP, 11, 0)
+            await t.send(kp.encode(kp.DATA, kp.UDP, 11, 0, b"anyone"))
+            assert await t.recv() == kp.encode(kp.CLOSE, kp.UDP, 11, 0)
+        finally:
+            agent.kill()
+            await relay.stop()
+
+    run_async(body())
+
+
 def test_vector1_literal_gives_vector2_or_os_error(culvert):
     async def body():
         relay, agent, t = await relay_and_agent(culvert)

@@ -629,6 +629,32 @@ def test_session_survives_agent_reconnect(culvert, tcp_echo):
     run_async(body())
 
 
+def test_tunnel_send_failed_vector11_while_no_tunnel(culvert, tcp_echo):
+    """A session whose agent is gone (and not yet back) gets vector 11 for a CONNECT."""
+    relay = culvert.relay()
+    P = tcp_echo.port
+
+    async def body():
+        agent = await start_agent(relay.url, delay=4)
+        try:
+            f = await RawForward.open(relay.url, CID, P)
+            assert f.first == "CONNECTED"
+            await agent.ws.close()
+            await asyncio.sleep(0.5)
+            await f.send(kp.encode(kp.CONNECT, kp.TCP, 9, P))
+            assert await f.recv() == kp.VECTORS[11]
+            # the session is still open and usable once the agent is back
+            await agent.wait_established(count=2, timeout=8)
+            await wait_registered(relay.url, CID)
+            await f.send(kp.encode(kp.CONNECT, kp.TCP, 10, P))
+            assert await f.recv() == kp.encode(kp.CONNECTED, kp.TCP, 10, 0)
+            await f.close()
+        finally:
+            await agent.stop()
+
+    run_async(body())
+
+
 def test_silent_agent_dropped_with_1011(culvert):
     """Relay pings agents; one that never answers is closed with 1011 after the ping timeout."""
     relay = culvert.relay(extra=["--ping-interval", "0.5", "--ping-timeout", "1"])
