@@ -180,13 +180,13 @@ static void on_close(struct cv_ws *ws, uint16_t code, const char *reason)
     cv_local_close_all(a->local); /* nothing resumes (spec §7) */
     if (a->stopping) {
         if (a->established)
-            cv_log_info("tunnel closed: %u %s", code, reason);
+            cv_log_info("tunnel closed: %u%s%s", code, *reason ? " " : "", reason);
         finish(a, CV_AGENT_STOPPED);
         return;
     }
     if (a->established) {
         a->established = false;
-        cv_log_info("tunnel closed: %u %s", code, reason);
+        cv_log_info("tunnel closed: %u%s%s", code, *reason ? " " : "", reason);
         schedule(a, a->o.reconnect_delay_ms);
         return;
     }
@@ -214,7 +214,8 @@ static void attempt_connect(struct cv_agent *a)
     int rc = cv_ws_connect(a->loop, a->url, &wo, &cbs, a, &a->ws);
     if (rc < 0) {
         a->ws = NULL;
-        cv_log_error("connection to %s failed: %s", a->url, cv_strerror(rc));
+        cv_log_error("connection to %s failed: %s", a->url,
+                     rc == CV_EINVAL ? "invalid URL (only ws:// is supported)" : cv_strerror(rc));
         schedule(a, backoff_ms(a->o.reconnect_delay_ms, a->attempt));
     }
 }
