@@ -166,8 +166,12 @@ int cv_http_req_upgrade(struct cv_http_req *req, const struct cv_ws_opts *opts,
     const struct cv_http_header *key = cv_http_find(req->head, "Sec-WebSocket-Key");
     char accept[CV_WS_ACCEPT_LEN];
     cv_ws_accept_key(key->value, key->value_len, accept);
+    bool sub = false;
+    const struct cv_http_header *proto = cv_http_find(req->head, "Sec-WebSocket-Protocol");
+    if (opts->subprotocol && proto)
+        sub = cv_http_has_token(proto->value, proto->value_len, opts->subprotocol);
     req->answered = true;
-    cv_ws__upgrade(req->ws, accept, opts, cbs, data);
+    cv_ws__upgrade(req->ws, accept, sub, opts, cbs, data);
     *out = req->ws;
     return 0;
 }

@@ -50,6 +50,7 @@ struct cv_ws {
     enum state state;
     int refs; /* handles and requests that must finish before free */
     bool client, paused, writing, want_drain, close_sent, close_rcvd, flush_close, opened;
+    bool negotiated; /* opts.subprotocol is in use */
     uint64_t deadline, last_rx, last_ping, ping_sent;
     uint16_t code;
     char reason[124];
@@ -104,6 +105,10 @@ void cv_ws_opts_default(struct cv_ws_opts *o)
 }
 
 void *cv_ws_data(const struct cv_ws *ws) { return ws->data; }
+const char *cv_ws_subprotocol(const struct cv_ws *ws)
+{
+    return ws->negotiated ? ws->opts.subprotocol : NULL;
+}
 void cv_ws_set_data(struct cv_ws *ws, void *data) { ws->data = data; }
 const char *cv_ws_peer(const struct cv_ws *ws) { return ws->peer; }
 size_t cv_ws_tx_pending(const struct cv_ws *ws) { return ws->pend.len + ws->infl.len; }
@@ -701,14 +706,25 @@ static int send_client_request(struct cv_ws *ws)
     *k++ = '=';
     *k++ = '=';
     *k = 0;
-    char req[CV_URL_MAX_PATH + 512];
+    char req[CV_URL_MAX_PATH + 1024];
     int n = snprintf(req, sizeof req,
                      "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
-                     "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: %s\r\n%s%s%s\r\n",
-                     ws->url->path, ws->url->authority, ws->key,
-                     ws->opts.user_agent ? "User-Agent: " : "",
-                     ws->opts.user_agent ? ws->opts.user_agent : "",
-                     ws->opts.user_agent ? "\r\n" : "");
+                     "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: %s\r\n",
+                     ws->url->path, ws->url->authority, ws->key);
+    const struct {
+        const char *name, *value;
+    } extra[] = {{"User-Agent", ws->opts.user_agent},
+                 {"Sec-WebSocket-Protocol", ws->opts.subprotocol},
+                 {"Authorization: Bearer", ws->opts.bearer}};
+    for (size_t i = 0; i < sizeof extra / sizeof extra[0] && n > 0; i++) {
+        if (extra[i].value == NULL || (size_t)n >= sizeof req)
+            continue;
+        bool colon = strchr(extra[i].name, ':') == NULL;
+        n += snprintf(req + n, sizeof req - (size_t)n, "%s%s %s\r\n", extra[i].name,
+                      colon ? ":" : "", extra[i].value);
+    }
+    if (n > 0 && (size_t)n < sizeof req)
+        n += snprintf(req + n, sizeof req - (size_t)n, "\r\n");
     if (n < 0 || (size_t)n >= sizeof req)
         return CV_EINVAL;
     queue_raw(ws, req, (size_t)n, NULL, 0, NULL, 0);
@@ -725,15 +741,31 @@ static int on_client_head(struct cv_ws *ws, const uint8_t *p, size_t n)
         fail_open(ws, CV_EPROTO, "malformed handshake response");
         return -1;
     }
-    char why[96];
+    char why[124];
     const struct cv_http_header *up = cv_http_find(&h, "Upgrade");
     const struct cv_http_header *acc = cv_http_find(&h, "Sec-WebSocket-Accept");
     char expect[CV_WS_ACCEPT_LEN];
     cv_ws_accept_key(ws->key, strlen(ws->key), expect);
     if (h.status != 101) {
-        snprintf(why, sizeof why, "handshake refused: HTTP %d %s", h.status, cv_http_reason(h.status));
+        /* Our own relay explains a refusal in a short body: pass it on. */
+        int blen = 0;
+        if (h.content_length > 0 && h.content_length <= 200 && n - (size_t)r >= (size_t)h.content_length)
+            blen = (int)h.content_length;
+        while (blen > 0 && (p[r + blen - 1] == '\n' || p[r + blen - 1] == '\r'))
+            blen--;
+        snprintf(why, sizeof why, "handshake refused: HTTP %d %s%s%.*s", h.status,
+                 cv_http_reason(h.status), blen ? ": " : "", blen, (const char *)p + r);
         fail_open(ws, CV_EPROTO, why);
         return -1;
+    }
+    const struct cv_http_header *proto = cv_http_find(&h, "Sec-WebSocket-Protocol");
+    if (proto != NULL) {
+        if (ws->opts.subprotocol == NULL || proto->value_len != strlen(ws->opts.subprotocol) ||
+            memcmp(proto->value, ws->opts.subprotocol, proto->value_len) != 0) {
+            fail_open(ws, CV_EPROTO, "server chose a subprotocol we did not offer");
+            return -1;
+        }
+        ws->negotiated = true;
     }
     if (up == NULL || !cv_http_has_token(up->value, up->value_len, "websocket") || acc == NULL ||
         acc->value_len != strlen(expect) || memcmp(acc->value, expect, acc->value_len) != 0) {
@@ -921,15 +953,17 @@ void cv_ws__respond(struct cv_ws *ws, const void *bytes, size_t n)
     maybe_drain(ws);
 }
 
-void cv_ws__upgrade(struct cv_ws *ws, const char *accept, const struct cv_ws_opts *opts,
-                    const struct cv_ws_cbs *cbs, void *data)
+void cv_ws__upgrade(struct cv_ws *ws, const char *accept, bool subprotocol,
+                    const struct cv_ws_opts *opts, const struct cv_ws_cbs *cbs, void *data)
 {
     unlink_pending(ws);
-    char resp[160];
+    char resp[256];
+    ws->negotiated = subprotocol && opts->subprotocol != NULL;
     int n = snprintf(resp, sizeof resp,
                      "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                     "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
-                     accept);
+                     "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n%s%.64s%s\r\n",
+                     accept, ws->negotiated ? "Sec-WebSocket-Protocol: " : "",
+                     ws->negotiated ? opts->subprotocol : "", ws->negotiated ? "\r\n" : "");
     ws->opts = *opts;
     ws->cbs = *cbs;
     ws->data = data;

@@ -49,6 +49,8 @@ struct cv_ws_opts {
     size_t tx_low;             /* on_drain fires when the queue falls below this */
     size_t tx_max;             /* hard cap: a send past it fails CV_ETOOBIG */
     const char *user_agent;    /* client: NULL sends no User-Agent (spec §2) */
+    const char *subprotocol;   /* client: offered; server: accepted if offered; NULL: none */
+    const char *bearer;        /* client: sends Authorization: Bearer <bearer>; NULL: none */
 };
 
 /* Fills opts with defaults (16 MiB messages, no pings, 1 MiB/256 KiB marks,
@@ -62,6 +64,9 @@ void cv_ws_opts_default(struct cv_ws_opts *opts);
  * callback fires. */
 int cv_ws_connect(uv_loop_t *loop, const char *url, const struct cv_ws_opts *opts,
                   const struct cv_ws_cbs *cbs, void *data, struct cv_ws **out);
+
+/* The negotiated subprotocol (borrowed from the opts), or NULL. */
+const char *cv_ws_subprotocol(const struct cv_ws *ws);
 
 void *cv_ws_data(const struct cv_ws *ws);
 void cv_ws_set_data(struct cv_ws *ws, void *data);

@@ -4,6 +4,7 @@
 #ifndef CV_WS_SERVER_H
 #define CV_WS_SERVER_H
 
+#include <stdbool.h>
 #include <uv.h>
 
 #include "codec/http.h"
@@ -20,9 +21,10 @@ typedef void (*cv_ws__head_cb)(struct cv_ws *ws, const struct cv_http_head *head
 int cv_ws__accept(uv_stream_t *listener, cv_ws__head_cb cb, void *srv, struct cv_ws **pending);
 /* Sends raw bytes (a whole HTTP response) and closes once they are written. */
 void cv_ws__respond(struct cv_ws *ws, const void *bytes, size_t n);
-/* Sends the 101 response with accept and turns ws into an open WebSocket. */
-void cv_ws__upgrade(struct cv_ws *ws, const char *accept, const struct cv_ws_opts *opts,
-                    const struct cv_ws_cbs *cbs, void *data);
+/* Sends the 101 response with accept and turns ws into an open WebSocket.
+ * subprotocol: the client offered opts->subprotocol, so the 101 accepts it. */
+void cv_ws__upgrade(struct cv_ws *ws, const char *accept, bool subprotocol,
+                    const struct cv_ws_opts *opts, const struct cv_ws_cbs *cbs, void *data);
 /* Detaches ws from its server and closes it if it is still in the head
  * phase (the server is going away). */
 void cv_ws__abandon(struct cv_ws *ws);
