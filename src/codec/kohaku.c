@@ -15,7 +15,7 @@ static void put32(uint8_t *p, uint32_t v)
     p[3] = (uint8_t)v;
 }
 
-int cv_kh_decode(const uint8_t *p, size_t n, struct cv_kh_msg *m)
+static int decode(const uint8_t *p, size_t n, struct cv_kh_msg *m, uint8_t max_type)
 {
     /* The tunnel never splits a message across WebSocket messages, so a short
      * one is malformed rather than incomplete; the caller ignores it (§4). */
@@ -27,11 +27,21 @@ int cv_kh_decode(const uint8_t *p, size_t n, struct cv_kh_msg *m)
     m->port = (uint16_t)(p[6] << 8 | p[7]);
     m->payload = p + CV_KH_HDR_LEN;
     m->len = n - CV_KH_HDR_LEN;
-    if (m->type < CV_KH_CONNECT || m->type > CV_KH_PONG)
+    if (m->type < CV_KH_CONNECT || m->type > max_type)
         return CV_EPROTO;
     if (m->proto != CV_KH_TCP && m->proto != CV_KH_UDP)
         return CV_EPROTO;
     return 0;
+}
+
+int cv_kh_decode(const uint8_t *p, size_t n, struct cv_kh_msg *m)
+{
+    return decode(p, n, m, CV_KH_PONG);
+}
+
+int cv_kh_decode_native(const uint8_t *p, size_t n, struct cv_kh_msg *m)
+{
+    return decode(p, n, m, CV_KH_EXPOSED);
 }
 
 void cv_kh_encode(uint8_t out[CV_KH_HDR_LEN], uint8_t type, uint8_t proto, uint32_t id,
@@ -54,9 +64,10 @@ const char *cv_kh_type_name(uint8_t type)
     static const char *const names[] = {
         [CV_KH_CONNECT] = "CONNECT", [CV_KH_CONNECTED] = "CONNECTED", [CV_KH_DATA] = "DATA",
         [CV_KH_CLOSE] = "CLOSE",     [CV_KH_ERROR] = "ERROR",         [CV_KH_PING] = "PING",
-        [CV_KH_PONG] = "PONG",
+        [CV_KH_PONG] = "PONG",       [CV_KH_WINDOW] = "WINDOW",       [CV_KH_EXPOSE] = "EXPOSE",
+        [CV_KH_EXPOSED] = "EXPOSED",
     };
-    if (type < CV_KH_CONNECT || type > CV_KH_PONG)
+    if (type < CV_KH_CONNECT || type > CV_KH_EXPOSED)
         return "UNKNOWN";
     return names[type];
 }

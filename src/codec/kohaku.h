@@ -17,7 +17,11 @@ enum cv_kh_type {
     CV_KH_CLOSE = 4,
     CV_KH_ERROR = 5,
     CV_KH_PING = 6,
-    CV_KH_PONG = 7
+    CV_KH_PONG = 7,
+    /* Native mode only (docs/PROTOCOL.md §2). */
+    CV_KH_WINDOW = 8,
+    CV_KH_EXPOSE = 9,
+    CV_KH_EXPOSED = 10
 };
 
 enum cv_kh_proto { CV_KH_TCP = 0, CV_KH_UDP = 1 };
@@ -36,6 +40,10 @@ struct cv_kh_msg {
  * is never split), CV_EPROTO for an unknown type or a proto other than 0/1
  * (m is still filled, so a relay may pass such messages on). */
 int cv_kh_decode(const uint8_t *p, size_t n, struct cv_kh_msg *m);
+
+/* Same, for a native-mode connection: types 8-10 (WINDOW, EXPOSE, EXPOSED)
+ * are valid too. */
+int cv_kh_decode_native(const uint8_t *p, size_t n, struct cv_kh_msg *m);
 
 /* Writes the 8-byte header for (type, proto, id, port) into out. */
 void cv_kh_encode(uint8_t out[CV_KH_HDR_LEN], uint8_t type, uint8_t proto, uint32_t id,

@@ -145,14 +145,32 @@ static void test_type_names(void **state)
     assert_string_equal(cv_kh_type_name(CV_KH_PING), "PING");
     assert_string_equal(cv_kh_type_name(CV_KH_PONG), "PONG");
     assert_string_equal(cv_kh_type_name(0), "UNKNOWN");
-    assert_string_equal(cv_kh_type_name(8), "UNKNOWN");
+    assert_string_equal(cv_kh_type_name(CV_KH_WINDOW), "WINDOW");
+    assert_string_equal(cv_kh_type_name(CV_KH_EXPOSED), "EXPOSED");
+    assert_string_equal(cv_kh_type_name(11), "UNKNOWN");
     assert_string_equal(cv_kh_type_name(255), "UNKNOWN");
+}
+
+/* Native types are valid only through the native decoder; the KohakuRiver
+ * decoder still treats them as unknown (negative vector `08 ...`). */
+static void test_native_types(void **state)
+{
+    static const uint8_t win[] = {0x08, 0x00, 0x00, 0x00, 0x00, 0x05, 0x00, 0x00,
+                                  0x00, 0x04, 0x00, 0x00};
+    struct cv_kh_msg m;
+    assert_int_equal(cv_kh_decode(win, sizeof win, &m), CV_EPROTO);
+    assert_int_equal(cv_kh_decode_native(win, sizeof win, &m), 0);
+    assert_int_equal(m.type, CV_KH_WINDOW);
+    assert_int_equal(m.id, 5);
+    assert_int_equal(m.len, 4);
+    static const uint8_t bad[] = {0x0b, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00};
+    assert_int_equal(cv_kh_decode_native(bad, sizeof bad, &m), CV_EPROTO);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_decode_vectors), cmocka_unit_test(test_encode_vectors),
+        cmocka_unit_test(test_native_types), cmocka_unit_test(test_decode_vectors), cmocka_unit_test(test_encode_vectors),
         cmocka_unit_test(test_negative_vectors), cmocka_unit_test(test_set_id),
         cmocka_unit_test(test_round_trip), cmocka_unit_test(test_type_names),
     };
