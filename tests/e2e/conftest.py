@@ -164,8 +164,10 @@ class Proc:
 
     def dump(self):
         with self._cond:
-            return "--- %s stdout ---\n%s\n--- %s stderr ---\n%s" % (
+            return "--- %s (pid %d, rc %s) stdout ---\n%s\n--- %s stderr ---\n%s" % (
                 self.name,
+                self.pid,
+                self.p.poll(),
                 "\n".join(self.out[-40:]),
                 self.name,
                 "\n".join(self.err[-40:]),
@@ -254,7 +256,12 @@ def culvert(procs):
 
         @staticmethod
         def relay(listen="127.0.0.1:0", extra=(), wait=True):
-            p = procs.start([CULVERT_BIN, "relay", "--listen", listen] + list(extra), name="relay")
+            # The relay requires a token by default; these KohakuRiver tests
+            # run it the way a reference deployment does (no credentials).
+            extra = list(extra)
+            if "--token" not in extra and "--allow-anonymous" not in extra:
+                extra.append("--allow-anonymous")
+            p = procs.start([CULVERT_BIN, "relay", "--listen", listen] + extra, name="relay")
             if not wait:
                 return p
             m = p.wait_line(LISTEN_RE, timeout=10)

@@ -113,7 +113,7 @@ def test_forward_bad_proto_rejected(culvert):
 
 def test_relay_port_in_use_is_clear_error(culvert):
     r = culvert.relay()
-    rc, out, err = culvert.run(["relay", "--listen", "127.0.0.1:%d" % r.port])
+    rc, out, err = culvert.run(["relay", "--allow-anonymous", "--listen", "127.0.0.1:%d" % r.port])
     assert rc != 0
     assert (out + err).strip(), "no message when the port is in use"
     assert r.proc.alive()
