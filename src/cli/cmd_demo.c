@@ -162,6 +162,7 @@ static int start_all(struct demo *d)
     struct cv_relay_opts ro;
     cv_relay_opts_default(&ro);
     ro.port = 0;
+    ro.allow_anonymous = true; /* loopback only, one process */
     int rc = cv_relay_start(d->loop, &ro, &d->relay);
     if (rc != 0) {
         fprintf(stderr, "culvert demo: relay: %s\n", cv_strerror(rc));

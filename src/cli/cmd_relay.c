@@ -23,6 +23,12 @@ static void usage(FILE *f)
             "  --ping-interval SEC    WebSocket ping interval (default 20)\n"
             "  --ping-timeout SEC     close with 1011 when no pong arrives this long (default 20)\n"
             "  --allow-any-port       let sessions CONNECT to ports other than the URL's\n"
+            "  --token SECRET         shared secret: peers present it, or an HS256 JWT signed\n"
+            "                         with it, as a Bearer header or a /t/TOKEN path prefix\n"
+            "                         (env CULVERT_TOKEN)\n"
+            "  --allow-anonymous      admit peers without a token (reference agents, no auth)\n"
+            "  --public-bind ADDR     address for agents' public ports (default 127.0.0.1)\n"
+            "  --allow-ports LO-HI    public ports agents may claim (default: any)\n"
             "  --log-level LEVEL      error, warn, info, debug or trace (default info)\n"
             "  -h, --help             show this help\n");
 }
@@ -36,6 +42,21 @@ static int parse_seconds(const char *s, uint32_t *ms)
         return CV_EINVAL;
     *ms = (uint32_t)(v * 1000 + 0.5);
     return 0;
+}
+
+/* Parses "LO-HI" (or a single port) into an inclusive range. */
+static int parse_range(const char *s, uint16_t *lo, uint16_t *hi)
+{
+    char buf[16];
+    const char *dash = strchr(s, '-');
+    size_t n = dash ? (size_t)(dash - s) : strlen(s);
+    if (n == 0 || n >= sizeof buf)
+        return CV_EINVAL;
+    memcpy(buf, s, n);
+    buf[n] = 0;
+    if (cv_port_parse(buf, lo) != 0 || cv_port_parse(dash ? dash + 1 : buf, hi) != 0)
+        return CV_EINVAL;
+    return *lo == 0 || *lo > *hi ? CV_EINVAL : 0;
 }
 
 struct run {
@@ -58,6 +79,8 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
         {"listen", required_argument, NULL, 'l'},    {"ping-interval", required_argument, NULL, 'i'},
         {"ping-timeout", required_argument, NULL, 't'}, {"allow-any-port", no_argument, NULL, 'a'},
         {"log-level", required_argument, NULL, 'L'}, {"help", no_argument, NULL, 'h'},
+        {"token", required_argument, NULL, 'T'}, {"allow-anonymous", no_argument, NULL, 'A'},
+        {"public-bind", required_argument, NULL, 'B'}, {"allow-ports", required_argument, NULL, 'P'},
         {NULL, 0, NULL, 0}};
     int c;
     optind = 1;
@@ -87,6 +110,21 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
             }
             break;
         case 'a': o->any_port = true; break;
+        case 'T': o->token = optarg; break;
+        case 'A': o->allow_anonymous = true; break;
+        case 'B':
+            if (cv_addr_from(optarg, 0, &ss) != 0) {
+                fprintf(stderr, "culvert relay: --public-bind wants a numeric address, got '%s'\n", optarg);
+                return 2;
+            }
+            o->public_bind = optarg;
+            break;
+        case 'P':
+            if (parse_range(optarg, &o->allow_lo, &o->allow_hi) != 0) {
+                fprintf(stderr, "culvert relay: --allow-ports wants LO-HI (1-65535), got '%s'\n", optarg);
+                return 2;
+            }
+            break;
         case 'L':
             if (cv_log_parse_level(optarg, &lvl) != 0) {
                 fprintf(stderr, "culvert relay: unknown log level '%s'\n", optarg);
@@ -114,6 +152,19 @@ int cv_cmd_relay(int argc, char **argv)
     if (rc >= 0)
         return rc;
     o.host = host;
+    if (o.token == NULL) {
+        const char *env = getenv("CULVERT_TOKEN");
+        if (env && *env)
+            o.token = env;
+    }
+    if (o.token == NULL && !o.allow_anonymous) {
+        fprintf(stderr, "culvert relay: authentication is required: give --token SECRET (or "
+                        "CULVERT_TOKEN), or --allow-anonymous to admit anyone\n");
+        return 2;
+    }
+    if (o.allow_anonymous)
+        cv_log_warn("--allow-anonymous: peers without a token are admitted; anyone who reaches "
+                    "%s:%u can register as any agent", host, o.port);
     uv_loop_t *loop = uv_default_loop();
     struct run run = {0};
     rc = cv_relay_start(loop, &o, &run.relay);

@@ -18,14 +18,18 @@ struct cv_relay_opts {
     uint32_t pong_timeout_ms;
     bool any_port;             /* allow CONNECT to ports other than the URL's */
     size_t conn_pending;       /* bytes queued per connection toward a session */
+    const char *token;         /* shared secret for tokens and JWTs (borrowed) */
+    bool allow_anonymous;      /* admit peers without a token */
+    const char *public_bind;   /* address for agent-declared public ports */
+    uint16_t allow_lo, allow_hi; /* public ports agents may claim; 0-0: any */
 };
 
 /* Fills opts with the defaults (127.0.0.1:8001, 20 s / 20 s, URL port only,
- * 8 MiB). */
+ * 8 MiB, no token, anonymous refused, public ports on 127.0.0.1, any port). */
 void cv_relay_opts_default(struct cv_relay_opts *opts);
 
-/* Starts listening. Returns 0, CV_EINVAL for a bad address, or a libuv error
- * such as UV_EADDRINUSE. */
+/* Starts listening. Returns 0, CV_EINVAL for a bad address or for no token
+ * without allow_anonymous, or a libuv error such as UV_EADDRINUSE. */
 int cv_relay_start(uv_loop_t *loop, const struct cv_relay_opts *opts, struct cv_relay **out);
 /* The bound port. */
 uint16_t cv_relay_port(const struct cv_relay *r);

@@ -1,0 +1,133 @@
+/* Private structures of the relay, shared by relay.c (HTTP front door,
+ * registry, auth), stream.c (connections and flow control) and public.c
+ * (agent-declared public ports). */
+#ifndef CV_RELAY_INTERNAL_H
+#define CV_RELAY_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "core/buf.h"
+#include "codec/kohaku.h"
+#include "core/idmap.h"
+#include "net/ws.h"
+#include "relay/relay.h"
+#include "tunnel/flow.h"
+
+#define RELAY_MAX_ID 256
+
+struct tunnel;
+struct session;
+struct exposure;
+struct visitor;
+
+enum front_kind { FRONT_SESSION, FRONT_TCP, FRONT_UDP };
+
+/* One forwarded connection (a stream). The back leg is the agent's tunnel
+ * (id tid); the front leg is a /ws/forward session (id sid), a visitor TCP
+ * socket, or a visitor UDP address on a public port. */
+struct conn {
+    struct cv_relay *r;
+    struct tunnel *t; /* borrowed; NULL once the tunnel side is done */
+    uint32_t tid;
+    uint8_t proto;
+    uint8_t kind;      /* enum front_kind */
+    bool ending;       /* tunnel side done; freed once q is delivered */
+    bool fin_to_front; /* a FIN from the agent was delivered to the front */
+    bool fin_to_agent; /* a FIN from the front was delivered to the agent */
+    bool blocked;      /* on s->blocked */
+    bool dead;         /* freed: unlinked from everything, memory reaped later */
+    struct conn *grave_next;
+    struct session *s; /* FRONT_SESSION: borrowed owner */
+    uint32_t sid;
+    struct conn *bnext;  /* link in s->blocked */
+    struct visitor *v;   /* FRONT_TCP/UDP: owned (TCP) or borrowed (UDP) */
+    /* agent -> front */
+    struct cv_flow_rx a_rx; /* window granted to a native agent */
+    struct cv_flow_tx f_tx; /* credit from a native session */
+    struct cv_buf q;        /* messages waiting for the front: [u32 len][msg] */
+    /* front -> agent */
+    struct cv_flow_rx f_rx; /* window granted to a native session */
+    struct cv_flow_tx a_tx; /* credit from a native agent */
+    struct cv_buf fq;       /* messages waiting for agent credit: [u32 len][msg] */
+};
+
+struct tunnel {
+    struct cv_relay *r;
+    struct cv_ws *ws; /* borrowed: freed by net after on_close */
+    char id[RELAY_MAX_ID];
+    bool current; /* the registration new CONNECTs use */
+    bool native;
+    uint32_t next_tid;
+    struct cv_idmap conns; /* tid -> conn */
+    struct cv_flow_budget budget;
+    struct tunnel *next, *prev;
+    struct session *paused;     /* sessions paused waiting for this tunnel */
+    struct exposure *exposures; /* public ports this tunnel holds */
+    struct visitor *stalled;    /* visitor sockets waiting for credit or drain */
+};
+
+struct session {
+    struct cv_relay *r;
+    struct cv_ws *ws;
+    char container[RELAY_MAX_ID];
+    uint16_t url_port;
+    uint8_t proto;
+    bool native;
+    struct cv_idmap conns; /* sid -> conn */
+    struct cv_flow_budget budget;
+    struct conn *blocked, *blocked_tail;
+    struct tunnel *paused_on; /* borrowed */
+    struct session *pnext;    /* link in paused_on->paused */
+    struct session *next, *prev;
+};
+
+struct cv_relay {
+    uv_loop_t *loop;
+    struct cv_relay_opts opts;
+    struct cv_http_server *srv;
+    struct tunnel *tunnels;
+    struct session *sessions;
+    int closing_handles; /* public listeners and visitors still closing */
+    struct conn *graveyard; /* dead conns, freed from the reaper timer */
+    uv_timer_t reaper;
+    bool stopping;
+};
+
+/* stream.c */
+int relay_send(struct cv_ws *ws, uint8_t type, uint8_t proto, uint32_t id, const void *p, size_t n);
+struct conn *conn_new(struct tunnel *t, uint8_t kind, uint8_t proto);
+/* Unlinks c from everything at once and frees its memory after the current
+ * callback (so pointers held up the stack stay valid; check c->dead). */
+void conn_free(struct conn *c);
+void conns_reap(struct cv_relay *r);
+void conn_abort(struct conn *c, const char *why);
+void close_at_agent(struct conn *c);
+void tunnel_msg(struct tunnel *t, uint8_t *data, size_t len);
+void tunnel_drain(struct tunnel *t);
+void tunnel_end(struct tunnel *t);
+void session_msg(struct session *s, uint8_t *data, size_t len);
+void session_drain(struct session *s);
+void session_end(struct session *s);
+/* Data from a visitor (TCP or UDP) toward the agent; n == 0 on TCP is FIN. */
+void front_data(struct conn *c, const uint8_t *p, size_t n);
+/* A visitor socket wrote n bytes of what the agent sent (flow credit). */
+void front_consumed(struct conn *c, size_t n, bool idle);
+
+/* public.c */
+void exposure_request(struct tunnel *t, const struct cv_kh_msg *m);
+void exposures_close(struct tunnel *t);
+/* Agent -> visitor data for a public-port conn (n == 0 on TCP is FIN).
+ * Returns false if the visitor cannot take it (UDP: dropped). */
+bool visitor_write(struct conn *c, const uint8_t *p, size_t n);
+/* The conn is going away: close the visitor side too. */
+void visitor_detach(struct conn *c);
+/* Agent credit arrived or its queue drained: resume stalled visitors. */
+void visitors_resume(struct tunnel *t);
+
+/* relay.c */
+void relay_handle_closed(uv_handle_t *h);
+void relay_maybe_free(struct cv_relay *r);
+
+#endif
