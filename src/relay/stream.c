@@ -113,7 +113,7 @@ static void conn_detach_tunnel(struct conn *c)
 
 static void session_sync_pause(struct session *s)
 {
-    if (s->paused_on || s->blocked)
+    if (s->paused_on || (s->blocked && !s->native))
         cv_ws_pause(s->ws);
     else
         cv_ws_resume(s->ws);
@@ -137,14 +137,16 @@ static void unblock(struct conn *c)
 }
 
 /* Puts c at the tail of its session's round-robin list of waiting conns.
- * A session is not read while data toward it waits: for request/response
- * traffic that stops the sender until it reads. Only this session waits. */
+ * A KohakuRiver session (no flow control) is not read while data toward it
+ * waits: for request/response traffic that stops the sender until it reads,
+ * so the queue stays bounded instead of aborting. Only this session waits.
+ * A native session needs no such brake: credit bounds every queue. */
 static void block(struct conn *c)
 {
     struct session *s = c->s;
     if (c->blocked)
         return;
-    if (s->blocked == NULL)
+    if (s->blocked == NULL && !s->native)
         cv_ws_pause(s->ws);
     c->blocked = true;
     if (s->blocked_tail)
