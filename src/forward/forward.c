@@ -286,6 +286,17 @@ static void on_start(uv_timer_t *t)
 
 /* ---- public -------------------------------------------------------------- */
 
+/* Forward pauses its WebSocket only when a local socket has 3/4 of its cap
+ * queued: a pause makes the relay queue the session's data instead, for
+ * every connection of the session, and the relay must not push back on the
+ * agent (issue 2), so the local queue is the better place for a burst. */
+static size_t press_high(size_t pending_max)
+{
+    if (pending_max == 0)
+        pending_max = CV_LIMIT_CONN_PENDING;
+    return pending_max / 4 * 3;
+}
+
 int cv_forward_start(uv_loop_t *loop, const struct cv_forward_opts *opts,
                      cv_forward_ready_cb ready, cv_forward_done_cb done, void *data,
                      struct cv_forward **out)
@@ -301,6 +312,7 @@ int cv_forward_start(uv_loop_t *loop, const struct cv_forward_opts *opts,
     struct cv_local_opts lo = {.conn_pending_max = opts->conn_pending_max,
                                .udp_idle_ms = CV_LIMIT_UDP_IDLE_MS,
                                .eof_quiet_ms = EOF_QUIET_MS,
+                               .press_high = press_high(opts->conn_pending_max),
                                .connect_port = opts->remote_port,
                                .name = "forward"};
     if (f->url == NULL || (opts->local_host && f->host == NULL) ||

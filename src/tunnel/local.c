@@ -18,11 +18,11 @@
 #define TAB_SIZE (1u << TAB_BITS)
 /* Coarse timer period for deadlines (connect, linger, UDP idle). */
 #define SWEEP_MS 250
-/* Soft backpressure (see press_start): above PRESS_HIGH bytes queued for a
- * local socket, the WebSocket reader pauses until the queue is below
- * PRESS_LOW, for at most PRESS_MAX_MS per episode. */
+/* Soft backpressure (see press_start): above press_high (default
+ * PRESS_HIGH) bytes queued for a local socket, the WebSocket reader pauses
+ * until the queue is below a quarter of it, for at most PRESS_MAX_MS per
+ * episode. */
 #define PRESS_HIGH (1u << 20)
-#define PRESS_LOW (256u << 10)
 #define PRESS_MAX_MS 2000
 /* Longest a socket closed by the peer may take to accept our queued bytes
  * before it is dropped (the 5 s linger starts once they are written). */
@@ -305,9 +305,9 @@ static void on_conn_closed(uv_handle_t *hd)
 /* The protocol has no flow control, so a service slower than the tunnel
  * would fill its queue and be aborted at conn_pending_max (spec §11.4). To
  * spare bulk transfers to a slower-but-working service, the WebSocket
- * reader pauses while a queue is above PRESS_HIGH, which pushes back through
+ * reader pauses while a queue is above press_high, which pushes back through
  * TCP to the sender. The pause never waits on one connection for long: an
- * episode that has not brought the queue below PRESS_LOW within
+ * episode that has not brought the queue below press_high / 4 within
  * PRESS_MAX_MS marks the socket slow; it stops pausing the reader and is
  * aborted if it reaches its cap (so a stalled reader costs the others at
  * most PRESS_MAX_MS, once). */
@@ -319,10 +319,11 @@ static size_t queued(const struct cv_lconn *c)
 static void press_start(struct cv_lconn *c)
 {
     struct cv_local *h = c->hub;
-    if (c->pressing || c->slow || h->ws == NULL || queued(c) < PRESS_HIGH)
+    if (c->pressing || c->slow || h->ws == NULL || queued(c) < h->o.press_high)
         return;
     c->pressing = true;
     c->press_until = uv_now(h->loop) + PRESS_MAX_MS;
+    cv_log_debug("%s: id %u: %zu bytes queued, pausing the tunnel", h->o.name, c->id, queued(c));
     if (h->npressing++ == 0)
         cv_ws_pause(h->ws);
 }
@@ -559,7 +560,7 @@ static void on_write(uv_write_t *req, int status)
         return;
     }
     start_write(c);
-    if (c->state != S_CLOSING && queued(c) < PRESS_LOW)
+    if (c->state != S_CLOSING && queued(c) < c->hub->o.press_high / 4)
         press_end(c, false);
     if (c->state == S_DRAIN)
         flush_then_shut(c);
@@ -945,6 +946,8 @@ int cv_local_new(uv_loop_t *loop, const struct cv_local_opts *opts, struct cv_lo
         h->o.conn_pending_max = CV_LIMIT_CONN_PENDING;
     if (h->o.name == NULL)
         h->o.name = "local";
+    if (h->o.press_high == 0 || h->o.press_high > h->o.conn_pending_max)
+        h->o.press_high = PRESS_HIGH < h->o.conn_pending_max ? PRESS_HIGH : h->o.conn_pending_max;
     h->next_id = 1;
     h->rbuf = malloc(CV_LIMIT_DATA_PAYLOAD);
     h->tab = calloc(TAB_SIZE, sizeof *h->tab);

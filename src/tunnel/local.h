@@ -47,6 +47,11 @@ struct cv_local_opts {
      * stays open, relay DATA is still written) until no DATA came for the id
      * for this long; then CLOSE is sent. 0: CLOSE at once. */
     uint32_t eof_quiet_ms;
+    /* Soft backpressure (local.c, press_start): above this many bytes queued
+     * for one socket the WebSocket reader pauses (bounded in time). 0: 1 MiB.
+     * Forward sets it high: while it pauses, the relay's queues toward the
+     * session fill instead, and the relay cannot push back on the agent. */
+    size_t press_high;
     /* Idle UDP flows/peers expire (with CLOSE) after this long. 0: never. */
     uint32_t udp_idle_ms;
     /* Port carried by the CONNECT that forward sends for each new id. */
