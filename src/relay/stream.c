@@ -270,20 +270,24 @@ static bool session_takes(struct conn *c, const uint8_t *msg, size_t len)
     return true;
 }
 
-/* Sends queued messages of one conn while the session takes them. */
-static void flush_q(struct conn *c, int budget)
+/* Sends queued messages of one conn while the session takes them (at most
+ * budget). Returns how many were sent. */
+static int flush_q(struct conn *c, int budget)
 {
-    while (c->q.len > 0 && budget-- > 0) {
+    int sent = 0;
+    while (c->q.len > 0 && sent < budget) {
         size_t len;
         uint8_t *msg = queue_peek(&c->q, &len);
         if (!session_takes(c, msg, len) || cv_ws_send(c->s->ws, CV_WS_BINARY, msg, len) != 0)
-            return;
+            break;
         bool data = msg[0] == CV_KH_DATA;
         size_t n = len - CV_KH_HDR_LEN;
         queue_pop(&c->q, len);
+        sent++;
         if (data)
             a2f_consumed(c, n, c->q.len == 0);
     }
+    return sent;
 }
 
 /* Delivers an agent message (id already rewritten for the session). */
@@ -324,18 +328,25 @@ static void front_deliver(struct conn *c, uint8_t *msg, size_t len)
 void session_drain(struct session *s)
 {
     /* Round-robin, a few messages per conn per turn, so one busy conn does
-     * not starve the others. */
-    struct conn *end = s->blocked_tail;
-    while (s->blocked && cv_ws_is_writable(s->ws)) {
-        struct conn *c = s->blocked;
-        flush_q(c, 4);
-        unblock(c);
-        if (c->q.len > 0)
-            block(c);
-        else
-            maybe_finish(c);
-        if (c == end)
-            break; /* one full turn; credit-starved conns wait for WINDOW */
+     * not starve the others; stop when the session is full again or a
+     * whole turn moved nothing (the rest wait for credit). */
+    bool moved = true;
+    while (moved && s->blocked && cv_ws_is_writable(s->ws)) {
+        moved = false;
+        struct conn *end = s->blocked_tail;
+        for (;;) {
+            struct conn *c = s->blocked;
+            bool last = c == end;
+            if (flush_q(c, 4) > 0)
+                moved = true;
+            unblock(c);
+            if (c->q.len > 0)
+                block(c);
+            else
+                maybe_finish(c);
+            if (last || s->blocked == NULL || !cv_ws_is_writable(s->ws))
+                break;
+        }
     }
     session_sync_pause(s);
 }
@@ -548,7 +559,7 @@ static void session_window(struct conn *c, const struct cv_kh_msg *m)
         return;
     }
     if (c->q.len > 0) {
-        flush_q(c, 1 << 30);
+        flush_q(c, INT32_MAX);
         if (c->q.len == 0) {
             unblock(c);
             session_sync_pause(c->s);
