@@ -36,7 +36,7 @@ import websockets
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import kohaku_proto as kp  # noqa: E402
-from kohaku_proto import CLOSE, CONNECT, CONNECTED, DATA, ERROR, PING, PONG, TCP, UDP  # noqa: E402,F401
+from kohaku_proto import CLOSE, CONNECT, CONNECTED, DATA, ERROR, TCP, UDP  # noqa: E402,F401
 
 SUBPROTOCOL = "culvert.v1"
 WINDOW = 0x08
