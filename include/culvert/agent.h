@@ -14,6 +14,7 @@
 #ifndef CULVERT_AGENT_H
 #define CULVERT_AGENT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -29,12 +30,24 @@ enum cv_agent_end {
  * this returns. Never called synchronously from cv_agent_start/stop. */
 typedef void (*cv_agent_done_cb)(struct cv_agent *a, enum cv_agent_end end, void *data);
 
+/* A port the agent asks the relay to expose publicly (native mode). */
+struct cv_agent_expose {
+    uint8_t proto;        /* 0 TCP, 1 UDP */
+    uint16_t local_port;  /* on 127.0.0.1 next to the agent */
+    uint16_t public_port; /* on the relay; 0: any free port */
+};
+
 struct cv_agent_opts {
     const char *runner_url;      /* borrowed: ws:// base URL, trailing '/' trimmed */
     const char *container_id;    /* borrowed: last path segment */
     uint64_t reconnect_delay_ms; /* base delay (spec: 5 s) */
     uint32_t max_reconnect;      /* 0: retry forever */
     size_t conn_pending_max;     /* per-connection queue; 0: CV_LIMIT_CONN_PENDING */
+    bool native;                 /* offer culvert.v1 (flow control, exposures) */
+    const char *token;           /* borrowed: Authorization: Bearer; NULL: none */
+    const struct cv_agent_expose *expose; /* borrowed: native only */
+    size_t nexpose;
+    uint32_t ping_interval_ms;   /* native keepalive; 0: 15 s */
 };
 
 /* Fills defaults: 5 s delay, unlimited retries, default queue cap. */

@@ -9,6 +9,7 @@
 #include "core/err.h"
 #include "core/limits.h"
 #include "core/log.h"
+#include "codec/url.h"
 #include "net/ws.h"
 #include "tunnel/local.h"
 
@@ -22,6 +23,8 @@ struct cv_agent {
     uint32_t attempt;       /* consecutive failed handshakes + the current one */
     bool established;       /* the current WebSocket completed its handshake */
     bool stopping;
+    bool native;            /* the current WebSocket negotiated culvert.v1 */
+    char relay_host[CV_URL_MAX_HOST];
     enum cv_agent_end end;
     cv_agent_done_cb done;
     void *data;
@@ -33,6 +36,7 @@ void cv_agent_opts_default(struct cv_agent_opts *o)
 {
     memset(o, 0, sizeof *o);
     o->reconnect_delay_ms = 5000;
+    o->native = true;
 }
 
 int cv_agent_url(const char *runner_url, const char *container_id, char *buf, size_t len)
@@ -47,6 +51,30 @@ int cv_agent_url(const char *runner_url, const char *container_id, char *buf, si
 }
 
 /* ---- messages from the relay ------------------------------------------- */
+
+static void on_exposed(struct cv_agent *a, const struct cv_kh_msg *m)
+{
+    if (m->id == 0 || m->id > a->o.nexpose)
+        return;
+    const struct cv_agent_expose *x = &a->o.expose[m->id - 1];
+    const char *proto = x->proto == CV_KH_UDP ? "udp" : "tcp";
+    if (m->port == 0) {
+        int n = m->len > 200 ? 200 : (int)m->len;
+        cv_log_warn("expose %s:%u refused by the relay: %.*s", proto, x->local_port, n,
+                    (const char *)m->payload);
+        return;
+    }
+    cv_log_info("exposed %s 127.0.0.1:%u at %s:%u", proto, x->local_port, a->relay_host, m->port);
+}
+
+static void send_exposes(struct cv_agent *a)
+{
+    for (size_t i = 0; i < a->o.nexpose; i++) {
+        const struct cv_agent_expose *x = &a->o.expose[i];
+        uint8_t port[2] = {(uint8_t)(x->local_port >> 8), (uint8_t)x->local_port};
+        cv_tunnel_send(a->ws, CV_KH_EXPOSE, x->proto, (uint32_t)i + 1, x->public_port, port, 2);
+    }
+}
 
 static void send_error(struct cv_agent *a, uint8_t proto, uint32_t id, const char *text)
 {
@@ -83,7 +111,8 @@ static void on_msg(struct cv_ws *ws, uint8_t opcode, uint8_t *p, size_t n)
         cv_log_debug("agent: ignoring a non-binary message (%zu bytes)", n);
         return;
     }
-    if (cv_kh_decode(p, n, &m) < 0) {
+    int rc = a->native ? cv_kh_decode_native(p, n, &m) : cv_kh_decode(p, n, &m);
+    if (rc < 0) {
         cv_log_debug("agent: ignoring a malformed message (%zu bytes)", n);
         return;
     }
@@ -102,6 +131,14 @@ static void on_msg(struct cv_ws *ws, uint8_t opcode, uint8_t *p, size_t n)
         break;
     case CV_KH_PING:
         cv_tunnel_send(ws, CV_KH_PONG, CV_KH_TCP, m.id, 0, NULL, 0);
+        break;
+    case CV_KH_WINDOW:
+        if (m.len == 4 && (c = cv_local_find(a->local, m.id)) != NULL)
+            cv_local_window(c, (uint32_t)m.payload[0] << 24 | (uint32_t)m.payload[1] << 16 |
+                                   (uint32_t)m.payload[2] << 8 | m.payload[3]);
+        break;
+    case CV_KH_EXPOSED:
+        on_exposed(a, &m);
         break;
     default: /* CONNECTED, ERROR, PONG: ignored (spec §5.5) */
         break;
@@ -162,8 +199,13 @@ static void on_open(struct cv_ws *ws, int status)
         return; /* on_close follows with the reason */
     a->established = true;
     a->attempt = 0;
+    a->native = cv_ws_subprotocol(ws) != NULL;
     cv_local_set_ws(a->local, ws);
-    cv_log_info("tunnel established: %s", a->url);
+    cv_log_info("tunnel established: %s%s", a->url, a->native ? " (native)" : "");
+    if (a->native)
+        send_exposes(a);
+    else if (a->o.nexpose > 0)
+        cv_log_warn("the relay does not speak culvert.v1: --expose is not available");
 }
 
 static void on_drain(struct cv_ws *ws)
@@ -208,6 +250,15 @@ static void attempt_connect(struct cv_agent *a)
     wo.ping_interval_ms = CV_LIMIT_AGENT_IDLE_PING_MS;
     wo.pong_timeout_ms = CV_LIMIT_AGENT_SILENT_MS - CV_LIMIT_AGENT_IDLE_PING_MS;
     wo.idle_timeout_ms = CV_LIMIT_AGENT_SILENT_MS;
+    if (a->o.native) {
+        /* Native keepalive (docs/PROTOCOL.md §5): a dead link within two
+         * intervals. */
+        wo.subprotocol = "culvert.v1";
+        wo.ping_interval_ms = a->o.ping_interval_ms ? a->o.ping_interval_ms : 15000;
+        wo.pong_timeout_ms = wo.ping_interval_ms;
+        wo.idle_timeout_ms = 0;
+    }
+    wo.bearer = a->o.token;
     static const struct cv_ws_cbs cbs = {
         .on_open = on_open, .on_msg = on_msg, .on_close = on_close, .on_drain = on_drain};
     cv_log_debug("agent: connecting to %s (attempt %u)", a->url, a->attempt);
@@ -241,6 +292,9 @@ int cv_agent_start(uv_loop_t *loop, const struct cv_agent_opts *opts, cv_agent_d
         return CV_ENOMEM;
     }
     cv_agent_url(opts->runner_url, opts->container_id, a->url, len);
+    struct cv_url u;
+    if (cv_url_parse(a->url, &u) == 0)
+        snprintf(a->relay_host, sizeof a->relay_host, "%s", u.host);
     a->loop = loop;
     a->o = *opts;
     a->o.runner_url = a->o.container_id = NULL;

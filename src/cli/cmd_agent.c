@@ -17,7 +17,9 @@
 #include "codec/url.h"
 #include "core/log.h"
 
-enum { OPT_DELAY = 1000, OPT_MAX, OPT_LEVEL };
+enum { OPT_DELAY = 1000, OPT_MAX, OPT_LEVEL, OPT_TOKEN, OPT_EXPOSE, OPT_PING, OPT_COMPAT };
+
+#define MAX_EXPOSE 64
 
 struct agent_args {
     const char *url;
@@ -25,6 +27,11 @@ struct agent_args {
     const char *delay;
     const char *max;
     const char *level;
+    const char *token;
+    const char *ping;
+    bool compat;
+    size_t nexpose;
+    struct cv_agent_expose expose[MAX_EXPOSE];
 };
 
 struct agent_run {
@@ -52,6 +59,14 @@ static void usage(FILE *f, const char *prog)
             "      --log-level <LEVEL>       trace, debug, info, warn, error\n"
             "                                [env: LOG_LEVEL] [default: info]\n"
             "                                (a plain level in RUST_LOG overrides it)\n"
+            "      --token <TOKEN>           relay credential (secret or JWT), sent as a\n"
+            "                                Bearer header [env: CULVERT_TOKEN]\n"
+            "      --expose <P:LOCAL[:PUBLIC]>  ask the relay to listen publicly on PUBLIC\n"
+            "                                (0/absent: any port) for 127.0.0.1:LOCAL;\n"
+            "                                P is tcp or udp; repeatable (native mode)\n"
+            "      --ping-interval <SECS>    native keepalive interval [default: 15]\n"
+            "      --compat                  KohakuRiver mode only: do not offer culvert.v1\n"
+            "                                (the default when started as tunnel-client)\n"
             "  -h, --help                    print help\n"
             "  -V, --version                 print version\n",
             prog);
@@ -84,6 +99,36 @@ static int parse_uint(const char *s, unsigned long long max, unsigned long long 
     return 0;
 }
 
+/* "tcp:LOCAL[:PUBLIC]" or "udp:LOCAL[:PUBLIC]". */
+static int parse_expose(const char *s, struct cv_agent_expose *x)
+{
+    unsigned long long v;
+    char buf[32];
+    if (strncmp(s, "tcp:", 4) == 0)
+        x->proto = 0;
+    else if (strncmp(s, "udp:", 4) == 0)
+        x->proto = 1;
+    else
+        return -1;
+    s += 4;
+    const char *colon = strchr(s, ':');
+    size_t n = colon ? (size_t)(colon - s) : strlen(s);
+    if (n == 0 || n >= sizeof buf)
+        return -1;
+    memcpy(buf, s, n);
+    buf[n] = 0;
+    if (parse_uint(buf, 65535, &v) < 0 || v == 0)
+        return -1;
+    x->local_port = (uint16_t)v;
+    x->public_port = 0;
+    if (colon) {
+        if (parse_uint(colon + 1, 65535, &v) < 0)
+            return -1;
+        x->public_port = (uint16_t)v;
+    }
+    return 0;
+}
+
 /* Environment fallback; an empty variable counts as unset. */
 static const char *env_or(const char *given, const char *name)
 {
@@ -102,6 +147,10 @@ static int parse_flags(int argc, char **argv, const char *prog, struct agent_arg
         {"reconnect-delay", required_argument, NULL, OPT_DELAY},
         {"max-reconnect", required_argument, NULL, OPT_MAX},
         {"log-level", required_argument, NULL, OPT_LEVEL},
+        {"token", required_argument, NULL, OPT_TOKEN},
+        {"expose", required_argument, NULL, OPT_EXPOSE},
+        {"ping-interval", required_argument, NULL, OPT_PING},
+        {"compat", no_argument, NULL, OPT_COMPAT},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0}};
@@ -115,6 +164,15 @@ static int parse_flags(int argc, char **argv, const char *prog, struct agent_arg
         case OPT_DELAY: a->delay = optarg; break;
         case OPT_MAX: a->max = optarg; break;
         case OPT_LEVEL: a->level = optarg; break;
+        case OPT_TOKEN: a->token = optarg; break;
+        case OPT_PING: a->ping = optarg; break;
+        case OPT_COMPAT: a->compat = true; break;
+        case OPT_EXPOSE:
+            if (a->nexpose == MAX_EXPOSE || parse_expose(optarg, &a->expose[a->nexpose]) < 0)
+                return usage_error(prog, "invalid value '%s' for '--expose <tcp|udp:LOCAL[:PUBLIC]>'",
+                                   optarg);
+            a->nexpose++;
+            break;
         case 'h': usage(stdout, prog); return 0;
         case 'V': printf("%s %s\n", prog, CV_VERSION); return 0;
         case ':': return usage_error(prog, "a value is required for '%s'", argv[optind - 1]);
@@ -169,6 +227,17 @@ static int resolve(const char *prog, struct agent_args *a, struct cv_agent_opts 
     }
     o->runner_url = a->url;
     o->container_id = a->cid;
+    o->token = env_or(a->token, "CULVERT_TOKEN");
+    o->native = !a->compat && strcmp(prog, "tunnel-client") != 0;
+    o->expose = a->expose;
+    o->nexpose = a->nexpose;
+    if (a->ping != NULL) {
+        if (parse_uint(a->ping, 86400, &v) < 0 || v == 0)
+            return usage_error(prog, "invalid value '%s' for '--ping-interval <SECS>'", a->ping);
+        o->ping_interval_ms = (uint32_t)v * 1000;
+    }
+    if (a->nexpose > 0 && !o->native)
+        return usage_error(prog, "--expose needs native mode (not with --compat or tunnel-client)");
     return set_log_level(prog, a->level);
 }
 

@@ -93,6 +93,7 @@ static void start_forward(uv_timer_t *t)
         .local_host = "127.0.0.1",
         .local_port = d->local_port,
         .proto = CV_KH_TCP,
+        .native = true,
     };
     int rc = cv_forward_start(d->loop, &o, on_forward_ready, on_forward_done, d, &d->fwd);
     if (rc != 0) {

@@ -21,7 +21,7 @@
 
 #define DEFAULT_RELAY "ws://127.0.0.1:8001"
 
-enum { OPT_RELAY = 1000, OPT_LEVEL };
+enum { OPT_RELAY = 1000, OPT_LEVEL, OPT_TOKEN, OPT_COMPAT };
 
 struct fwd_args {
     const char *relay;
@@ -31,6 +31,8 @@ struct fwd_args {
     const char *host;
     const char *proto;
     const char *level;
+    const char *token;
+    bool compat;
 };
 
 struct fwd_run {
@@ -62,6 +64,9 @@ static void usage(FILE *f)
             "  -H, --local-host <HOST>    local address [default: 127.0.0.1]\n"
             "  -p, --proto <tcp|udp>      protocol, any case [default: tcp]\n"
             "      --log-level <LEVEL>    trace, debug, info, warn, error [default: info]\n"
+            "      --token <TOKEN>        relay credential (secret or JWT) [env: CULVERT_TOKEN]\n"
+            "      --compat               KohakuRiver mode only: do not offer culvert.v1\n"
+            "                             (native mode adds flow control and half-close)\n"
             "  -h, --help                 print help\n"
             "  -V, --version              print version\n");
 }
@@ -87,6 +92,8 @@ static int parse_flags(int argc, char **argv, struct fwd_args *a)
         {"local-host", required_argument, NULL, 'H'},
         {"proto", required_argument, NULL, 'p'},
         {"log-level", required_argument, NULL, OPT_LEVEL},
+        {"token", required_argument, NULL, OPT_TOKEN},
+        {"compat", no_argument, NULL, OPT_COMPAT},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0}};
@@ -99,6 +106,8 @@ static int parse_flags(int argc, char **argv, struct fwd_args *a)
         case 'l': a->local = optarg; break;
         case 'H': a->host = optarg; break;
         case 'p': a->proto = optarg; break;
+        case OPT_TOKEN: a->token = optarg; break;
+        case OPT_COMPAT: a->compat = true; break;
         case OPT_LEVEL: a->level = optarg; break;
         case 'h': usage(stdout); return 0;
         case 'V': printf("culvert forward %s\n", CV_VERSION); return 0;
@@ -129,6 +138,12 @@ static int resolve(struct fwd_args *a, struct cv_forward_opts *o)
     if (a->local != NULL && cv_port_parse(a->local, &o->local_port) != 0)
         return usage_error("invalid value '%s' for '--local-port' (0-65535)", a->local);
     o->local_host = a->host ? a->host : "127.0.0.1";
+    o->native = !a->compat;
+    o->token = a->token;
+    if (o->token == NULL) {
+        const char *env = getenv("CULVERT_TOKEN");
+        o->token = env && *env ? env : NULL;
+    }
     o->proto = CV_KH_TCP;
     if (a->proto != NULL) {
         if (strcasecmp(a->proto, "udp") == 0) {

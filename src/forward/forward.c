@@ -31,6 +31,7 @@ struct cv_forward {
     uv_tcp_t server;
     bool has_server;
     bool hello_done;
+    bool native;            /* the session negotiated culvert.v1 */
     bool stopping;
     bool finished;
     int nhandles;
@@ -174,6 +175,7 @@ static void handle_hello(struct cv_forward *f, uint8_t opcode, const uint8_t *p,
 {
     if (opcode == CV_WS_TEXT && n == 9 && memcmp(p, "CONNECTED", 9) == 0) {
         f->hello_done = true;
+        f->native = cv_ws_subprotocol(f->ws) != NULL;
         uv_timer_stop(&f->timer);
         cv_local_set_ws(f->local, f->ws);
         start_listening(f);
@@ -204,7 +206,8 @@ static void on_msg(struct cv_ws *ws, uint8_t opcode, uint8_t *p, size_t n)
         return;
     }
     struct cv_kh_msg m;
-    if (opcode != CV_WS_BINARY || cv_kh_decode(p, n, &m) < 0) {
+    int rc = f->native ? cv_kh_decode_native(p, n, &m) : cv_kh_decode(p, n, &m);
+    if (opcode != CV_WS_BINARY || rc < 0) {
         cv_log_debug("forward: ignoring a %s message of %zu bytes",
                      opcode == CV_WS_BINARY ? "malformed" : "text", n);
         return;
@@ -221,6 +224,11 @@ static void on_msg(struct cv_ws *ws, uint8_t opcode, uint8_t *p, size_t n)
         break;
     case CV_KH_ERROR:
         handle_error(c, &m);
+        break;
+    case CV_KH_WINDOW:
+        if (m.len == 4)
+            cv_local_window(c, (uint32_t)m.payload[0] << 24 | (uint32_t)m.payload[1] << 16 |
+                                   (uint32_t)m.payload[2] << 8 | m.payload[3]);
         break;
     default: /* CONNECTED and the rest: nothing to do */
         break;
@@ -274,6 +282,8 @@ static void on_start(uv_timer_t *t)
     wo.max_msg = CV_LIMIT_WS_MSG_CLIENT;
     wo.ping_interval_ms = CV_LIMIT_AGENT_IDLE_PING_MS;
     wo.pong_timeout_ms = CV_LIMIT_AGENT_SILENT_MS - CV_LIMIT_AGENT_IDLE_PING_MS;
+    wo.subprotocol = f->o.native ? "culvert.v1" : NULL;
+    wo.bearer = f->o.token;
     static const struct cv_ws_cbs cbs = {
         .on_open = on_open, .on_msg = on_msg, .on_close = on_close, .on_drain = on_drain};
     int rc = cv_ws_connect(f->loop, f->url, &wo, &cbs, f, &f->ws);

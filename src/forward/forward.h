@@ -11,6 +11,7 @@
 #ifndef CV_FORWARD_H
 #define CV_FORWARD_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -26,6 +27,8 @@ struct cv_forward_opts {
     uint16_t local_port;      /* 0: ephemeral */
     uint8_t proto;            /* CV_KH_TCP or CV_KH_UDP */
     size_t conn_pending_max;  /* per-connection queue; 0: CV_LIMIT_CONN_PENDING */
+    bool native;              /* offer culvert.v1 (flow control, half-close) */
+    const char *token;        /* borrowed: Authorization: Bearer; NULL: none */
 };
 
 /* The relay said CONNECTED and the local listener is up at bound. */

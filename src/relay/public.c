@@ -27,7 +27,8 @@
 #define UDP_SWEEP_MS 5000
 
 struct exposure {
-    struct tunnel *t; /* borrowed: owner */
+    struct tunnel *t; /* borrowed: owner; gone before the handles close */
+    struct cv_relay *r;
     struct exposure *next;
     uint32_t num;
     uint8_t proto;
@@ -434,7 +435,7 @@ static void expose_reply(struct tunnel *t, uint8_t proto, uint32_t num, uint16_t
 static void on_exposure_closed(uv_handle_t *h)
 {
     struct exposure *x = h->data;
-    struct cv_relay *r = x->t->r;
+    struct cv_relay *r = x->r;
     if (--x->handles > 0)
         return;
     free(x);
@@ -496,7 +497,7 @@ static int start_listener(struct exposure *x, int fd)
 
 static void close_listener(struct exposure *x)
 {
-    struct cv_relay *r = x->t->r;
+    struct cv_relay *r = x->r;
     r->closing_handles++;
     uv_close(&x->l.h, on_exposure_closed);
     if (x->proto == CV_KH_UDP)
@@ -544,6 +545,7 @@ void exposure_request(struct tunnel *t, const struct cv_kh_msg *m)
         return;
     }
     x->t = t;
+    x->r = t->r;
     x->num = m->id;
     x->proto = m->proto;
     x->local_port = local;

@@ -363,6 +363,8 @@ static void agent_fin_to_compat(struct conn *c)
     maybe_finish(c);
 }
 
+static void f2a_consumed(struct conn *c, size_t n);
+
 static void agent_window(struct conn *c, const struct cv_kh_msg *m)
 {
     uint32_t inc;
@@ -383,10 +385,13 @@ static void agent_window(struct conn *c, const struct cv_kh_msg *m)
             size_t n = len - CV_KH_HDR_LEN;
             if (!cv_ws_is_writable(c->t->ws) || (is_tcp_data(msg[0], msg[1]) && c->a_tx.credit < n))
                 break;
-            if (is_tcp_data(msg[0], msg[1]))
+            bool data = is_tcp_data(msg[0], msg[1]);
+            if (data)
                 c->a_tx.credit -= n;
             cv_ws_send(c->t->ws, CV_WS_BINARY, msg, len);
             queue_pop(&c->fq, len);
+            if (data)
+                f2a_consumed(c, n);
         }
         maybe_finish(c);
     } else {
@@ -398,6 +403,8 @@ static void agent_data(struct tunnel *t, struct conn *c, uint8_t *data, size_t l
 {
     size_t n = len - CV_KH_HDR_LEN;
     if (t->native && c->proto == CV_KH_TCP && cv_flow_rx_data(&c->a_rx, n) != 0) {
+        static const char msg[] = "flow control violation";
+        relay_send(t->ws, CV_KH_ERROR, c->proto, c->tid, msg, sizeof msg - 1);
         conn_abort(c, "agent sent beyond its window");
         return;
     }
@@ -513,8 +520,9 @@ static void session_backpressure(struct session *s, struct tunnel *t)
 }
 
 /* Sends a front message (id already rewritten to tid) to the agent, or
- * queues it until the agent grants credit. Returns false if c was freed. */
-static bool to_agent(struct conn *c, uint8_t *msg, size_t len)
+ * queues it until the agent grants credit. Returns -1 if c was aborted, 1
+ * if the message went to the agent now, 0 if it waits in c->fq. */
+static int to_agent(struct conn *c, uint8_t *msg, size_t len)
 {
     struct tunnel *t = c->t;
     bool tcp_data = is_tcp_data(msg[0], msg[1]);
@@ -525,15 +533,15 @@ static bool to_agent(struct conn *c, uint8_t *msg, size_t len)
             c->a_tx.credit -= n;
         if (cv_ws_send(t->ws, CV_WS_BINARY, msg, len) != 0) {
             conn_abort(c, "agent queue full");
-            return false;
+            return -1;
         }
-        return true;
+        return 1;
     }
     if (queue_push(&c->fq, msg, len) != 0) {
         conn_abort(c, "front sent beyond its window");
-        return false;
+        return -1;
     }
-    return true;
+    return 0;
 }
 
 /* n payload bytes of the session's reached the agent's queue. */
@@ -574,6 +582,8 @@ static void session_data(struct session *s, struct conn *c, uint8_t *data, size_
     struct tunnel *t = c->t;
     if (s->native && c->proto == CV_KH_TCP) {
         if (cv_flow_rx_data(&c->f_rx, n) != 0) {
+            static const char msg[] = "flow control violation";
+            relay_send(s->ws, CV_KH_ERROR, c->proto, c->sid, msg, sizeof msg - 1);
             conn_abort(c, "session sent beyond its window");
             return;
         }
@@ -591,9 +601,12 @@ static void session_data(struct session *s, struct conn *c, uint8_t *data, size_
         }
     }
     cv_kh_set_id(data, c->tid);
-    if (!to_agent(c, data, len))
+    int sent = to_agent(c, data, len);
+    if (sent < 0)
         return;
-    f2a_consumed(c, n);
+    /* Credit goes back to the session only as the agent takes the data. */
+    if (sent > 0)
+        f2a_consumed(c, n);
     session_backpressure(s, t);
     if (n == 0)
         maybe_finish(c);

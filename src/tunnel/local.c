@@ -11,6 +11,7 @@
 #include "core/limits.h"
 #include "core/log.h"
 #include "net/ws.h"
+#include "tunnel/flow.h"
 
 /* Id table buckets (power of two). Ids are mostly sequential, so a
  * multiplicative hash spreads them evenly. */
@@ -57,6 +58,10 @@ struct cv_lconn {
     bool drain_on_connect; /* peer closed while connecting */
     bool pressing;     /* this socket's queue has paused the WebSocket reader */
     bool slow;         /* an episode ran out: no more pausing until it drains */
+    bool flow;         /* native TCP: credit flow control (docs/PROTOCOL.md §3) */
+    bool fin_rcvd;     /* native: the peer's FIN arrived; shut down once flushed */
+    struct cv_flow_rx rx; /* native: window granted to the peer */
+    struct cv_flow_tx tx; /* native: credit the peer granted us */
     uint64_t deadline; /* uv_now() ms; 0: none */
     uint64_t press_until; /* end of the current pressing episode */
     union {
@@ -88,6 +93,8 @@ struct cv_local {
     uint32_t next_id;          /* forward: next session id */
     bool paused;
     bool freeing;
+    bool native;               /* the WebSocket negotiated culvert.v1 */
+    struct cv_flow_budget budget; /* native: windows granted on this WebSocket */
     bool has_listener;
     int nhandles;              /* timer + listener not yet closed */
     uv_timer_t timer;
@@ -102,6 +109,7 @@ struct udp_sreq {
 };
 
 static void start_read(struct cv_lconn *c);
+static void stop_read(struct cv_lconn *c);
 static void conn_close(struct cv_lconn *c);
 static void flush_then_shut(struct cv_lconn *c);
 
@@ -263,6 +271,13 @@ static struct cv_lconn *conn_new(struct cv_local *h, enum kind k, uint8_t proto,
     c->creq.data = c->wreq.data = c->sreq.data = c;
     cv_buf_init(&c->out, h->o.conn_pending_max);
     cv_buf_init(&c->pend, h->o.conn_pending_max);
+    if (h->native && k == K_TCP) {
+        /* Credit bounds what is queued: the 8 MiB abort cap does not apply. */
+        c->flow = true;
+        cv_flow_rx_init(&c->rx, &h->budget);
+        cv_flow_tx_init(&c->tx);
+        c->out.max = c->pend.max = 2 * CV_FLOW_WINDOW_MAX;
+    }
     c->next = h->live;
     if (h->live != NULL)
         h->live->prev = c;
@@ -346,6 +361,10 @@ static void conn_close(struct cv_lconn *c)
         return;
     table_remove(c);
     press_end(c, false);
+    if (c->flow) {
+        cv_flow_rx_fini(&c->rx, &c->hub->budget);
+        c->flow = false;
+    }
     c->state = S_CLOSING;
     c->deadline = 0;
     if (c->kind == K_UDP_PEER)
@@ -373,6 +392,8 @@ static void on_alloc(uv_handle_t *hd, size_t hint, uv_buf_t *buf)
     struct cv_lconn *c = hd->data;
     buf->base = (char *)c->hub->rbuf;
     buf->len = CV_LIMIT_DATA_PAYLOAD;
+    if (c->flow && c->tx.credit < buf->len)
+        buf->len = c->tx.credit > 0 ? (size_t)c->tx.credit : 1;
 }
 
 static void on_listener_alloc(uv_handle_t *hd, size_t hint, uv_buf_t *buf)
@@ -392,13 +413,38 @@ static void send_data(struct cv_lconn *c, const void *p, size_t n)
         conn_abort(c, rc, "tunnel queue full");
         return;
     }
+    if (c->flow) {
+        c->tx.credit -= n <= c->tx.credit ? n : c->tx.credit;
+        if (c->tx.credit == 0)
+            stop_read(c); /* only this stream waits for the peer's WINDOW */
+    }
     if (h->ws != NULL && !cv_ws_is_writable(h->ws))
         cv_local_pause(h);
+}
+
+static void native_shut(struct cv_lconn *c);
+
+/* Native: the local side ended its sending. Tell the peer with a FIN (an
+ * empty DATA) and keep writing what it still sends; the id is released
+ * once both sides have sent FIN. */
+static void native_eof(struct cv_lconn *c)
+{
+    c->eof_seen = true;
+    c->reading = false;
+    send_msg(c, CV_KH_DATA, NULL, 0);
+    c->state = S_EOF_HOLD;
+    c->deadline = 0;
+    if (c->fin_rcvd && c->shut_sent)
+        conn_close(c);
 }
 
 static void local_eof(struct cv_lconn *c)
 {
     struct cv_local *h = c->hub;
+    if (c->flow) {
+        native_eof(c);
+        return;
+    }
     c->eof_seen = true;
     c->reading = false;
     if (h->o.eof_quiet_ms > 0) {
@@ -462,6 +508,8 @@ static void start_read(struct cv_lconn *c)
     if (c->reading || c->eof_seen || c->state == S_CLOSING || c->kind == K_UDP_PEER)
         return;
     if (c->hub->paused && c->state != S_DRAIN)
+        return;
+    if (c->flow && c->tx.credit == 0 && c->state != S_DRAIN)
         return;
     int rc;
     if (c->kind == K_TCP)
@@ -527,6 +575,8 @@ static void on_shutdown(uv_shutdown_t *req, int status)
         conn_close(c);
         return;
     }
+    if (c->fin_rcvd)
+        return; /* native half-close: the service may still send */
     c->deadline = uv_now(c->hub->loop) + CV_LIMIT_LINGER_MS;
 }
 
@@ -548,9 +598,22 @@ static void start_write(struct cv_lconn *c)
     c->write_busy = true;
 }
 
+static void native_consumed(struct cv_lconn *c, size_t n)
+{
+    if (!c->flow || n == 0)
+        return;
+    uint32_t inc = cv_flow_rx_consume(&c->rx, &c->hub->budget, n, queued(c) == 0);
+    if (inc) {
+        uint8_t be[4] = {(uint8_t)(inc >> 24), (uint8_t)(inc >> 16), (uint8_t)(inc >> 8),
+                         (uint8_t)inc};
+        send_msg(c, CV_KH_WINDOW, be, sizeof be);
+    }
+}
+
 static void on_write(uv_write_t *req, int status)
 {
     struct cv_lconn *c = req->data;
+    size_t written = c->out.len;
     c->write_busy = false;
     cv_buf_consume(&c->out, c->out.len);
     if (c->state == S_CLOSING)
@@ -560,6 +623,9 @@ static void on_write(uv_write_t *req, int status)
         return;
     }
     start_write(c);
+    native_consumed(c, written);
+    if (c->fin_rcvd)
+        native_shut(c);
     if (c->state != S_CLOSING && queued(c) < c->hub->o.press_high / 4)
         press_end(c, false);
     if (c->state == S_DRAIN)
@@ -601,7 +667,7 @@ static void tcp_write(struct cv_lconn *c, const uint8_t *p, size_t n)
 {
     if (c->state == S_CONNECTING || c->write_busy || c->pend.len > 0) {
         queue_bytes(c, p, n);
-        if (c->state != S_CLOSING)
+        if (c->state != S_CLOSING && !c->flow)
             press_start(c);
         return;
     }
@@ -613,13 +679,63 @@ static void tcp_write(struct cv_lconn *c, const uint8_t *p, size_t n)
         conn_abort(c, w, "write");
         return;
     }
-    if ((size_t)w == n)
-        return;
-    queue_bytes(c, p + w, n - (size_t)w);
+    if ((size_t)w < n)
+        queue_bytes(c, p + w, n - (size_t)w);
     if (c->state == S_CLOSING)
         return;
+    native_consumed(c, (size_t)w);
+    if ((size_t)w == n)
+        return;
     start_write(c);
-    press_start(c);
+    if (!c->flow)
+        press_start(c);
+}
+
+/* Native: after the peer's FIN, shut the write side once all is written;
+ * the id goes once the local side has ended too. */
+static void native_shut(struct cv_lconn *c)
+{
+    if (c->shut_sent || c->write_busy || c->pend.len > 0 || c->state == S_CONNECTING ||
+        c->state == S_CLOSING)
+        return;
+    if (uv_shutdown(&c->sreq, &c->h.stream, on_shutdown) < 0) {
+        conn_abort(c, CV_ECLOSED, "shutdown");
+        return;
+    }
+    c->shut_sent = true;
+    if (c->eof_seen)
+        table_remove(c); /* both FINs: nothing more for this id */
+}
+
+/* Native DATA for a TCP stream: within our window; empty = FIN. */
+static void native_write(struct cv_lconn *c, const uint8_t *p, size_t n)
+{
+    if (c->fin_rcvd || cv_flow_rx_data(&c->rx, n) != 0) {
+        static const char msg[] = "flow control violation";
+        cv_log_warn("%s: id %u: peer sent beyond its window: connection aborted", c->hub->o.name,
+                    c->id);
+        send_msg(c, CV_KH_ERROR, msg, sizeof msg - 1);
+        conn_abort(c, CV_EPROTO, "flow control");
+        return;
+    }
+    if (n == 0) {
+        c->fin_rcvd = true;
+        native_shut(c);
+        return;
+    }
+    tcp_write(c, p, n);
+}
+
+void cv_local_window(struct cv_lconn *c, uint32_t inc)
+{
+    if (!c->flow || c->state == S_CLOSING)
+        return;
+    if (cv_flow_tx_window(&c->tx, inc) != 0) {
+        conn_abort(c, CV_EPROTO, "WINDOW beyond any window");
+        return;
+    }
+    if (c->state == S_OPEN)
+        start_read(c);
 }
 
 /* ---- tunnel -> local: UDP ---------------------------------------------- */
@@ -668,6 +784,11 @@ void cv_local_write(struct cv_lconn *c, const uint8_t *p, size_t n)
     struct cv_local *h = c->hub;
     switch (c->kind) {
     case K_TCP:
+        if (c->flow) {
+            if (c->state != S_DRAIN)
+                native_write(c, p, n);
+            break;
+        }
         if (c->state == S_EOF_HOLD && !c->close_sent)
             c->deadline = uv_now(h->loop) + h->o.eof_quiet_ms;
         if (c->state == S_CONNECTING || c->state == S_OPEN || c->state == S_EOF_HOLD)
@@ -738,6 +859,8 @@ static void on_connect(uv_connect_t *req, int status)
     start_read(c);
     if (c->state == S_OPEN)
         start_write(c);
+    if (c->fin_rcvd)
+        native_shut(c);
 }
 
 int cv_local_tcp_connect(struct cv_local *h, uint32_t id, uint16_t port)
@@ -969,6 +1092,8 @@ int cv_local_new(uv_loop_t *loop, const struct cv_local_opts *opts, struct cv_lo
 void cv_local_set_ws(struct cv_local *h, struct cv_ws *ws)
 {
     h->ws = ws;
+    h->native = ws != NULL && cv_ws_subprotocol(ws) != NULL;
+    cv_flow_budget_init(&h->budget, CV_FLOW_SESSION_CAP);
     if (h->npressing > 0) { /* the old WebSocket's pause dies with it */
         for (struct cv_lconn *c = h->live; c != NULL; c = c->next)
             c->pressing = false;

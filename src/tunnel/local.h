@@ -121,6 +121,13 @@ void cv_local_peer_close(struct cv_lconn *c);
  * once (nothing is sent). */
 void cv_local_peer_error(struct cv_lconn *c);
 
+/* Native mode (the WebSocket given to cv_local_set_ws negotiated culvert.v1):
+ * the peer granted inc more bytes of credit for c (a WINDOW message). TCP
+ * streams then follow docs/PROTOCOL.md §3: reads stay within credit, DATA
+ * from the peer must stay within the window we granted (WINDOW messages are
+ * sent as it is written locally), an empty DATA is a FIN both ways. */
+void cv_local_window(struct cv_lconn *c, uint32_t inc);
+
 uint32_t cv_lconn_id(const struct cv_lconn *c);
 uint8_t cv_lconn_proto(const struct cv_lconn *c);
 

@@ -482,14 +482,24 @@ def test_reconnect_after_close_and_nothing_resumes(culvert, tcp_service):
 # --------------------------------------------------------------------------------------------------------
 
 
-def test_handshake_bare_headers_and_path_prefix(culvert):
-    """§2: GET {prefix}/ws/tunnel/{id}, trailing / stripped; Host/Connection/Upgrade/Version/Key only."""
+@pytest.mark.parametrize("mode", ["tunnel-client", "compat", "native"])
+def test_handshake_bare_headers_and_path_prefix(culvert, mode):
+    """§2: GET {prefix}/ws/tunnel/{id}, trailing / stripped; Host/Connection/Upgrade/Version/Key only.
+
+    As tunnel-client (or with --compat) the handshake is exactly the reference one; `culvert
+    agent` adds only the native-mode offer `Sec-WebSocket-Protocol: culvert.v1`
+    (docs/PROTOCOL.md §1), which a reference runner ignores."""
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(1)
     srv.settimeout(10)
     port = srv.getsockname()[1]
-    agent = culvert.agent("ws://127.0.0.1:%d/pre/fix/" % port, "kohakuriver-vps-3", wait=False)
+    url = "ws://127.0.0.1:%d/pre/fix/" % port
+    if mode == "tunnel-client":
+        agent = culvert.agent(url, "kohakuriver-vps-3", argv0=TUNNEL_CLIENT, wait=False)
+    else:
+        agent = culvert.agent(url, "kohakuriver-vps-3", wait=False,
+                              extra=["--compat"] if mode == "compat" else [])
     try:
         c, _ = srv.accept()
         c.settimeout(5)
@@ -509,8 +519,15 @@ def test_handshake_bare_headers_and_path_prefix(culvert):
         assert "upgrade" in hdrs.get("connection", "").lower()
         assert hdrs.get("sec-websocket-version") == "13"
         assert len(base64.b64decode(hdrs["sec-websocket-key"])) == 16
-        for forbidden in ("origin", "sec-websocket-extensions", "sec-websocket-protocol", "authorization"):
-            assert forbidden not in hdrs, "agent sent %s" % forbidden
+        forbidden = ["origin", "sec-websocket-extensions", "authorization"]
+        if mode == "native":
+            assert hdrs.get("sec-websocket-protocol") == "culvert.v1", hdrs
+            assert len(hdrs) == 6, hdrs
+        else:
+            forbidden.append("sec-websocket-protocol")
+            assert len(hdrs) == 5, hdrs
+        for name in forbidden:
+            assert name not in hdrs, "agent sent %s" % name
         c.close()
     finally:
         srv.close()
