@@ -88,8 +88,9 @@ static void handle_connect(struct cv_agent *a, const struct cv_kh_msg *m)
         send_error(a, m->proto, m->id, "Duplicate client id"); /* spec §11.13 */
         return;
     }
-    if (cv_local_count(a->local) >= CV_LIMIT_TUNNEL_CONNS) {
-        cv_log_warn("agent: %d connections open: refusing id %u", CV_LIMIT_TUNNEL_CONNS, m->id);
+    size_t cap = a->native ? CV_LIMIT_NATIVE_CONNS : CV_LIMIT_TUNNEL_CONNS;
+    if (cv_local_count(a->local) >= cap) {
+        cv_log_warn("agent: %zu connections open: refusing id %u", cap, m->id);
         send_error(a, m->proto, m->id, "Too many connections");
         return;
     }

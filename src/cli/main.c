@@ -1,6 +1,7 @@
 /* culvert: one binary, one command per role. Started as `tunnel-client` it
  * is the KohakuRiver agent (specs/kohaku-tunnel.md §8). */
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -26,6 +27,13 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
+    /* Each tunnelled connection costs a descriptor or two: use all the
+     * hard limit allows (as haproxy and nginx do), not the 1024 soft one. */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
     const char *base = strrchr(argv[0], '/');
     base = base ? base + 1 : argv[0];
     if (strcmp(base, "tunnel-client") == 0)

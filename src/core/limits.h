@@ -18,12 +18,17 @@
 /* Bytes queued for one local connection or one relay stream before that one
  * connection is aborted (spec §9: default 8 MiB). */
 #define CV_LIMIT_CONN_PENDING (8u * 1024 * 1024)
-/* Connections per tunnel (spec §9). */
+/* Connections per tunnel (spec §9), and per native tunnel, where flow
+ * control bounds each connection's memory. */
 #define CV_LIMIT_TUNNEL_CONNS 4096
+#define CV_LIMIT_NATIVE_CONNS 65536
 /* Connections per forward session. */
 #define CV_LIMIT_SESSION_CONNS 4096
 /* Largest tunnel DATA payload we send (spec §2). */
 #define CV_LIMIT_DATA_PAYLOAD 65536
+/* Native mode reads and sends larger chunks: fewer syscalls per byte. The
+ * relay splits them for a KohakuRiver peer. */
+#define CV_LIMIT_NATIVE_PAYLOAD (256 * 1024)
 /* Largest UDP datagram. */
 #define CV_LIMIT_UDP_DGRAM 65536
 /* Keepalive: relay pings every INTERVAL, drops a peer silent for TIMEOUT more. */

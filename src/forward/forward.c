@@ -111,7 +111,7 @@ static void on_connection(uv_stream_t *server, int status)
     }
     int rc = cv_local_tcp_accept(f->local, server);
     if (rc == CV_ETOOBIG)
-        cv_log_warn("forward: %d connections open: connection refused", CV_LIMIT_SESSION_CONNS);
+        cv_log_warn("forward: %zu connections open: connection refused", cv_local_count(f->local));
     else if (rc < 0)
         cv_log_warn("forward: accept: %s", cv_strerror(rc));
 }

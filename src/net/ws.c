@@ -25,7 +25,7 @@
 #include "net/addr.h"
 #include "net/ws_server.h"
 
-#define SHARED_RX (256 * 1024)
+#define SHARED_RX (1024 * 1024)
 #define CLOSE_GRACE_MS 5000
 #define FAIL_GRACE_MS 1000
 

@@ -61,7 +61,7 @@ struct visitor {
     uint64_t last;
 };
 
-static uint8_t rxbuf[CV_LIMIT_DATA_PAYLOAD];
+static uint8_t rxbuf[CV_LIMIT_NATIVE_PAYLOAD];
 
 /* ---- TCP visitors -------------------------------------------------------- */
 
@@ -279,7 +279,7 @@ static void on_visitor(uv_stream_t *l, int status)
     t->r->closing_handles++; /* counted until its close callback */
     cv_buf_init(&v->out, CV_FLOW_WINDOW_MAX + 1024 * 1024);
     cv_buf_init(&v->infl, SIZE_MAX);
-    if (uv_accept(l, (uv_stream_t *)&v->tcp) != 0 || t->conns.count >= CV_LIMIT_TUNNEL_CONNS) {
+    if (uv_accept(l, (uv_stream_t *)&v->tcp) != 0 || t->conns.count >= CV_LIMIT_NATIVE_CONNS) {
         visitor_close(v);
         return;
     }
@@ -318,7 +318,7 @@ static struct visitor *flow_find(struct exposure *x, const struct sockaddr *sa)
 static struct visitor *flow_new(struct exposure *x, const struct sockaddr *sa)
 {
     struct tunnel *t = x->t;
-    if (t->conns.count >= CV_LIMIT_TUNNEL_CONNS)
+    if (t->conns.count >= CV_LIMIT_NATIVE_CONNS)
         return NULL;
     struct visitor *v = calloc(1, sizeof *v);
     if (v == NULL)

@@ -309,13 +309,34 @@ static void session_deliver(struct conn *c, uint8_t *msg, size_t len)
     block(c);
 }
 
+/* A KohakuRiver peer takes DATA payloads of at most 64 KiB (spec §2); a
+ * native agent sends up to CV_LIMIT_NATIVE_PAYLOAD, so split them. */
+static void session_deliver_split(struct conn *c, uint8_t *msg, size_t len)
+{
+    size_t n = len - CV_KH_HDR_LEN;
+    if (msg[0] != CV_KH_DATA || c->s->native || n <= CV_LIMIT_DATA_PAYLOAD) {
+        session_deliver(c, msg, len);
+        return;
+    }
+    uint8_t *p = msg + CV_KH_HDR_LEN;
+    for (size_t off = 0; off < n && !c->dead; off += CV_LIMIT_DATA_PAYLOAD) {
+        size_t k = n - off < CV_LIMIT_DATA_PAYLOAD ? n - off : CV_LIMIT_DATA_PAYLOAD;
+        uint8_t *piece = p + off - CV_KH_HDR_LEN; /* header goes over the previous bytes */
+        uint8_t saved[CV_KH_HDR_LEN];
+        memcpy(saved, piece, sizeof saved);
+        memcpy(piece, msg, CV_KH_HDR_LEN);
+        session_deliver(c, piece, k + CV_KH_HDR_LEN);
+        memcpy(piece, saved, sizeof saved);
+    }
+}
+
 static void front_deliver(struct conn *c, uint8_t *msg, size_t len)
 {
     if (c->dead)
         return;
     if (c->kind == FRONT_SESSION) {
         cv_kh_set_id(msg, c->sid);
-        session_deliver(c, msg, len);
+        session_deliver_split(c, msg, len);
         return;
     }
     if (msg[0] == CV_KH_DATA) {
@@ -642,7 +663,9 @@ static void session_connect(struct session *s, uint8_t *data, size_t len, struct
         session_reply(s, m->proto, m->id, "Tunnel send failed");
         return;
     }
-    if (t->conns.count >= CV_LIMIT_TUNNEL_CONNS || s->conns.count >= CV_LIMIT_SESSION_CONNS) {
+    size_t cap = t->native ? CV_LIMIT_NATIVE_CONNS : CV_LIMIT_TUNNEL_CONNS;
+    size_t scap = s->native ? CV_LIMIT_NATIVE_CONNS : CV_LIMIT_SESSION_CONNS;
+    if (t->conns.count >= cap || s->conns.count >= scap) {
         session_reply(s, m->proto, m->id, "Too many connections");
         return;
     }

@@ -391,7 +391,7 @@ static void on_alloc(uv_handle_t *hd, size_t hint, uv_buf_t *buf)
     (void)hint;
     struct cv_lconn *c = hd->data;
     buf->base = (char *)c->hub->rbuf;
-    buf->len = CV_LIMIT_DATA_PAYLOAD;
+    buf->len = c->flow ? CV_LIMIT_NATIVE_PAYLOAD : CV_LIMIT_DATA_PAYLOAD;
     if (c->flow && c->tx.credit < buf->len)
         buf->len = c->tx.credit > 0 ? (size_t)c->tx.credit : 1;
 }
@@ -651,7 +651,8 @@ static void flush_then_shut(struct cv_lconn *c)
 
 static void queue_bytes(struct cv_lconn *c, const uint8_t *p, size_t n)
 {
-    size_t max = c->hub->o.conn_pending_max;
+    /* Native: the window we granted bounds this; the cap is only a guard. */
+    size_t max = c->flow ? c->pend.max : c->hub->o.conn_pending_max;
     if (n > max || c->out.len + c->pend.len > max - n) {
         cv_log_warn("%s: id %u: local side not reading, %zu bytes queued: connection aborted",
                     c->hub->o.name, c->id, c->out.len + c->pend.len);
@@ -920,7 +921,8 @@ int cv_local_udp_connect(struct cv_local *h, uint32_t id, uint16_t port)
 
 static int next_session_id(struct cv_local *h, uint32_t *id)
 {
-    if (h->count >= CV_LIMIT_SESSION_CONNS || h->next_id == 0)
+    size_t cap = h->native ? CV_LIMIT_NATIVE_CONNS : CV_LIMIT_SESSION_CONNS;
+    if (h->count >= cap || h->next_id == 0)
         return CV_ETOOBIG; /* full, or all 2^32-1 ids used: never reuse */
     *id = h->next_id++;
     return 0;
@@ -1072,7 +1074,7 @@ int cv_local_new(uv_loop_t *loop, const struct cv_local_opts *opts, struct cv_lo
     if (h->o.press_high == 0 || h->o.press_high > h->o.conn_pending_max)
         h->o.press_high = PRESS_HIGH < h->o.conn_pending_max ? PRESS_HIGH : h->o.conn_pending_max;
     h->next_id = 1;
-    h->rbuf = malloc(CV_LIMIT_DATA_PAYLOAD);
+    h->rbuf = malloc(CV_LIMIT_NATIVE_PAYLOAD);
     h->tab = calloc(TAB_SIZE, sizeof *h->tab);
     h->atab = calloc(TAB_SIZE, sizeof *h->atab);
     if (h->rbuf == NULL || h->tab == NULL || h->atab == NULL) {

@@ -5,7 +5,7 @@
  *
  * A struct cv_local (the "hub") owns every endpoint of one WebSocket:
  *   - an id table (client_id -> endpoint);
- *   - one shared read buffer of CV_LIMIT_DATA_PAYLOAD bytes: every read
+ *   - one shared read buffer of CV_LIMIT_NATIVE_PAYLOAD bytes: every read
  *     is copied into the WebSocket's transmit queue synchronously by
  *     cv_ws_send2 before the next read can happen, so one buffer suffices;
  *   - backpressure: when the WebSocket's queue passes its high mark every
