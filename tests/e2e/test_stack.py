@@ -276,8 +276,11 @@ def test_no_fd_or_memory_growth_after_1000_connections(culvert, tcp_echo):
     rss = [p.rss_kib() for p in watched]
     for name, b, n in zip(names, base_fd, fds):
         assert n <= b + 4, "%s fd count %d -> %d after 1000 connections" % (name, b, n)
-    for name, b, n in zip(names, base_rss, rss):
-        assert n - b <= 4096, "%s RSS grew %d KiB -> %d KiB" % (name, b, n)
+    # Under AddressSanitizer freed memory sits in its quarantine, so RSS says
+    # nothing about leaks there (LeakSanitizer checks those at exit instead).
+    if os.environ.get("CULVERT_SANITIZED") != "1":
+        for name, b, n in zip(names, base_rss, rss):
+            assert n - b <= 4096, "%s RSS grew %d KiB -> %d KiB" % (name, b, n)
 
 
 def test_forward_error_text_exits_nonzero(culvert):
