@@ -67,4 +67,7 @@ int cv_agent_start(uv_loop_t *loop, const struct cv_agent_opts *opts, cv_agent_d
  * when all is closed. Safe to call more than once. */
 void cv_agent_stop(struct cv_agent *a);
 
+/* The tunnel URL with a /t/TOKEN path prefix masked, for log lines. */
+const char *cv_agent_log_url(const struct cv_agent *a);
+
 #endif

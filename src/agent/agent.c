@@ -16,6 +16,7 @@
 struct cv_agent {
     uv_loop_t *loop;        /* borrowed */
     char *url;              /* owned */
+    char *log_url;          /* owned: url with a /t/TOKEN prefix masked, for logs */
     struct cv_agent_opts o; /* string fields unused after start */
     struct cv_local *local; /* owned */
     struct cv_ws *ws;       /* owned by the ws layer until its on_close */
@@ -31,6 +32,22 @@ struct cv_agent {
 };
 
 static void attempt_connect(struct cv_agent *a);
+
+/* Copies url with the token of a /t/TOKEN/ path prefix replaced by "***":
+ * credentials never reach a log. Returns a malloc'd string or NULL. */
+static char *mask_token(const char *url)
+{
+    char *out = strdup(url);
+    if (out == NULL)
+        return NULL;
+    char *t = strstr(out, "/t/");
+    char *end = t ? strchr(t + 3, '/') : NULL;
+    if (end != NULL && end - (t + 3) >= 3) {
+        memcpy(t + 3, "***", 3);
+        memmove(t + 6, end, strlen(end) + 1);
+    }
+    return out;
+}
 
 void cv_agent_opts_default(struct cv_agent_opts *o)
 {
@@ -154,6 +171,7 @@ static void on_retry_closed(uv_handle_t *h)
     if (a->done != NULL)
         a->done(a, a->end, a->data);
     free(a->url);
+    free(a->log_url);
     free(a);
 }
 
@@ -202,7 +220,7 @@ static void on_open(struct cv_ws *ws, int status)
     a->attempt = 0;
     a->native = cv_ws_subprotocol(ws) != NULL;
     cv_local_set_ws(a->local, ws);
-    cv_log_info("tunnel established: %s%s", a->url, a->native ? " (native)" : "");
+    cv_log_info("tunnel established: %s%s", a->log_url, a->native ? " (native)" : "");
     if (a->native)
         send_exposes(a);
     else if (a->o.nexpose > 0)
@@ -233,7 +251,7 @@ static void on_close(struct cv_ws *ws, uint16_t code, const char *reason)
         schedule(a, a->o.reconnect_delay_ms);
         return;
     }
-    cv_log_error("connection to %s failed: %s", a->url, reason);
+    cv_log_error("connection to %s failed: %s", a->log_url, reason);
     schedule(a, backoff_ms(a->o.reconnect_delay_ms, a->attempt));
 }
 
@@ -262,11 +280,11 @@ static void attempt_connect(struct cv_agent *a)
     wo.bearer = a->o.token;
     static const struct cv_ws_cbs cbs = {
         .on_open = on_open, .on_msg = on_msg, .on_close = on_close, .on_drain = on_drain};
-    cv_log_debug("agent: connecting to %s (attempt %u)", a->url, a->attempt);
+    cv_log_debug("agent: connecting to %s (attempt %u)", a->log_url, a->attempt);
     int rc = cv_ws_connect(a->loop, a->url, &wo, &cbs, a, &a->ws);
     if (rc < 0) {
         a->ws = NULL;
-        cv_log_error("connection to %s failed: %s", a->url,
+        cv_log_error("connection to %s failed: %s", a->log_url,
                      rc == CV_EINVAL ? "invalid URL (only ws:// is supported)" : cv_strerror(rc));
         schedule(a, backoff_ms(a->o.reconnect_delay_ms, a->attempt));
     }
@@ -293,6 +311,13 @@ int cv_agent_start(uv_loop_t *loop, const struct cv_agent_opts *opts, cv_agent_d
         return CV_ENOMEM;
     }
     cv_agent_url(opts->runner_url, opts->container_id, a->url, len);
+    a->log_url = mask_token(a->url);
+    if (a->log_url == NULL) {
+        cv_local_free(a->local);
+        free(a->url);
+        free(a);
+        return CV_ENOMEM;
+    }
     struct cv_url u;
     if (cv_url_parse(a->url, &u) == 0)
         snprintf(a->relay_host, sizeof a->relay_host, "%s", u.host);
@@ -306,6 +331,11 @@ int cv_agent_start(uv_loop_t *loop, const struct cv_agent_opts *opts, cv_agent_d
     schedule(a, 0);
     *out = a;
     return 0;
+}
+
+const char *cv_agent_log_url(const struct cv_agent *a)
+{
+    return a->log_url;
 }
 
 void cv_agent_stop(struct cv_agent *a)

@@ -290,8 +290,8 @@ static int run(const struct cv_agent_opts *o)
         r.sig[i].data = ag;
         uv_signal_start(&r.sig[i], on_signal, signums[i]);
     }
-    cv_log_info("culvert agent %s: container %s, relay %s", CV_VERSION, o->container_id,
-                o->runner_url);
+    cv_log_info("culvert agent %s: container %s, tunnel %s", CV_VERSION, o->container_id,
+                cv_agent_log_url(ag));
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
     if (r.end == CV_AGENT_GAVE_UP) {

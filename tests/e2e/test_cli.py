@@ -135,3 +135,13 @@ def test_forward_unreachable_relay_clear_error(culvert):
     assert rc != 0, p.dump()
     msg = (p.stdout_text() + p.stderr_text()).lower()
     assert re.search(r"relay|connect|refused|unreachable", msg), p.dump()
+
+
+def test_agent_never_logs_a_path_token(culvert):
+    """A /t/TOKEN prefix carries a credential: the agent's log lines mask it."""
+    port = closed_port()
+    rc, out, err = culvert.run(["agent", "-r", "ws://127.0.0.1:%d/t/sup3rsecret" % port, "-c", "x",
+                                "--max-reconnect", "1", "--reconnect-delay", "1"])
+    assert rc == 1, (rc, out, err)
+    assert "/t/***/ws/tunnel/x" in out, out
+    assert "sup3rsecret" not in out + err, out + err
