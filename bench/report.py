@@ -200,10 +200,11 @@ def table(raw, out=None):
     # extra details
     extra = []
     for s in systems:
-        for k in ("wrk_errors", "held_1000", "recheck_1000", "held_10k", "recheck_10k",
+        for k in ("iperf_up", "iperf_down", "iperf_p8", "rtt_p50", "idle_anon_server", "idle_anon_client",
+                  "wrk_errors", "held_1000", "recheck_1000", "held_10k", "recheck_10k",
                   "kib_per_conn_10k_server", "kib_per_conn_10k_client", "held_10k_one_session",
                   "held_10k_3_sessions", "recheck_10k_3_sessions", "stall_solo_gbps", "stall_with_stalled_gbps",
-                  "stall_ratio", "peak_rss_server", "peak_rss_client", "stall_relay_rss_before", "stall_relay_rss_max", "stall_a_alive", "iperf_note", "stall_solo_error", "stall_b_error", "perf_iperf_up_gbps", "log_warnings", "log_sample"):
+                  "stall_ratio", "peak_rss_server", "peak_rss_client", "stall_relay_rss_before", "stall_relay_rss_max", "stall_a_alive", "iperf_note", "stall_solo_error", "stall_b_error", "perf_iperf_up_gbps", "perf_iperf_down_gbps", "log_warnings", "log_sample", "restarted"):
             v = d.get((s, k))
             if v:
                 extra.append("%s %s: %s" % (NAMES[s], k, ", ".join(v)))
