@@ -6,11 +6,15 @@
  * a copy, and only a trailing partial frame is copied into the connection's
  * own rx buffer. An idle connection therefore holds no receive memory.
  *
- * Transmit path: a server frame is first tried straight from the caller's
- * buffers with one writev (uv_try_write); whatever the kernel does not take
- * is copied into `pend`. Client frames are copied and masked into `pend`.
- * While a uv_write of `infl` is in flight, new frames accumulate in `pend`,
- * so writes batch themselves under load. */
+ * Transmit path: a large server frame is first tried straight from the
+ * caller's buffers with one writev (uv_try_write); whatever the kernel does
+ * not take is copied into `pend`. Small frames and client frames (masked on
+ * the way) are copied into `pend`, which is written once per loop
+ * iteration, after every I/O callback of that iteration has run (a uv_check
+ * handle), and before the loop next blocks in poll (a uv_prepare handle,
+ * for what timers and close callbacks queued): many small messages leave
+ * in one write, with no added latency and nothing left waiting.
+ * While a uv_write of `infl` is in flight, new frames accumulate in `pend`. */
 #include "net/ws.h"
 
 #include <openssl/rand.h>
@@ -26,6 +30,8 @@
 #include "net/ws_server.h"
 
 #define SHARED_RX (1024 * 1024)
+/* Frames at least this large skip `pend` when nothing is queued. */
+#define DIRECT_WRITE 16384
 #define CLOSE_GRACE_MS 5000
 #define FAIL_GRACE_MS 1000
 
@@ -51,6 +57,9 @@ struct cv_ws {
     int refs; /* handles and requests that must finish before free */
     bool client, paused, writing, want_drain, close_sent, close_rcvd, flush_close, opened;
     bool negotiated; /* opts.subprotocol is in use */
+    bool dirty;      /* on the flusher's list */
+    bool counted;    /* holds a reference on the flusher */
+    struct cv_ws *dnext, *dprev;
     uint64_t deadline, last_rx, last_ping, ping_sent;
     uint16_t code;
     char reason[124];
@@ -71,6 +80,18 @@ struct cv_ws {
 };
 
 static uint8_t shared_rx[SHARED_RX];
+
+/* End-of-iteration writer: one per process (every role runs on one loop).
+ * It lives while WebSockets do: the last one to go closes it. */
+static struct {
+    uv_loop_t *loop;
+    struct flusher_handles {
+        uv_check_t check;
+        uv_prepare_t prepare;
+    } *h; /* owned; freed by the close callback of the second handle */
+    struct cv_ws *dirty;
+    size_t live;
+} flusher;
 static uint64_t rng_state[2];
 
 static void process_rx(struct cv_ws *ws);
@@ -147,10 +168,43 @@ static void unlink_pending(struct cv_ws *ws)
     ws->pnext = ws->pprev = NULL;
 }
 
+static void undirty(struct cv_ws *ws)
+{
+    if (!ws->dirty)
+        return;
+    ws->dirty = false;
+    if (ws->dprev)
+        ws->dprev->dnext = ws->dnext;
+    else
+        flusher.dirty = ws->dnext;
+    if (ws->dnext)
+        ws->dnext->dprev = ws->dprev;
+    ws->dnext = ws->dprev = NULL;
+}
+
+static void on_flusher_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void flusher_release(void)
+{
+    if (--flusher.live == 0 && flusher.loop != NULL) {
+        flusher.h->prepare.data = flusher.h;
+        uv_close((uv_handle_t *)&flusher.h->check, NULL);
+        uv_close((uv_handle_t *)&flusher.h->prepare, on_flusher_closed);
+        flusher.h = NULL;
+        flusher.loop = NULL; /* the next WebSocket starts a new one */
+    }
+}
+
 static void release(struct cv_ws *ws)
 {
     if (--ws->refs > 0)
         return;
+    undirty(ws);
+    if (ws->counted)
+        flusher_release();
     if (ws->opened || ws->client)
         ws->cbs.on_close(ws, ws->code, ws->reason);
     cv_buf_fini(&ws->rx);
@@ -220,6 +274,45 @@ static void on_write(uv_write_t *req, int status)
     maybe_drain(ws);
 }
 
+static void flush_dirty(void)
+{
+    while (flusher.dirty) {
+        struct cv_ws *ws = flusher.dirty;
+        undirty(ws);
+        flush(ws);
+    }
+}
+
+static void on_check(uv_check_t *h)
+{
+    (void)h;
+    flush_dirty();
+}
+
+static void on_prepare(uv_prepare_t *h)
+{
+    (void)h;
+    flush_dirty();
+}
+
+/* Writes pend at the end of this loop iteration (or at once when this
+ * WebSocket is on another loop than the flusher's). */
+static void flush_later(struct cv_ws *ws)
+{
+    if (ws->dirty || ws->writing || ws->pend.len == 0)
+        return;
+    if (!ws->counted || flusher.loop != ws->loop) {
+        flush(ws);
+        return;
+    }
+    ws->dirty = true;
+    ws->dprev = NULL;
+    ws->dnext = flusher.dirty;
+    if (flusher.dirty)
+        flusher.dirty->dprev = ws;
+    flusher.dirty = ws;
+}
+
 static void flush(struct cv_ws *ws)
 {
     if (ws->writing || ws->pend.len == 0 || ws->state == ST_CLOSED)
@@ -252,7 +345,7 @@ static void queue_raw(struct cv_ws *ws, const void *p1, size_t n1, const void *p
                       const void *p3, size_t n3)
 {
     size_t total = n1 + n2 + n3, skip = 0;
-    if (!ws->writing && ws->pend.len == 0 && ws->state != ST_CLOSED) {
+    if (total >= DIRECT_WRITE && !ws->writing && ws->pend.len == 0 && ws->state != ST_CLOSED) {
         uv_buf_t b[3] = {uv_buf_init((char *)p1, (unsigned)n1), uv_buf_init((char *)p2, (unsigned)n2),
                          uv_buf_init((char *)p3, (unsigned)n3)};
         int r = uv_try_write((uv_stream_t *)&ws->tcp, b, 3);
@@ -271,7 +364,10 @@ static void queue_raw(struct cv_ws *ws, const void *p1, size_t n1, const void *p
     skip = append_skip(ws, p1, n1, skip);
     skip = append_skip(ws, p2, n2, skip);
     append_skip(ws, p3, n3, skip);
-    flush(ws);
+    if (skip < total && total >= DIRECT_WRITE)
+        flush(ws); /* the kernel is full: queue the rest now */
+    else
+        flush_later(ws);
 }
 
 static int enqueue(struct cv_ws *ws, uint8_t op, const void *a, size_t alen, const void *b,
@@ -303,7 +399,7 @@ static int enqueue(struct cv_ws *ws, uint8_t op, const void *a, size_t alen, con
             cv_ws_mask(dst + alen, blen, mask, alen % 4);
         }
         cv_buf_commit(&ws->pend, len);
-        flush(ws);
+        flush_later(ws);
     }
     if (cv_ws_tx_pending(ws) >= ws->opts.tx_high)
         ws->want_drain = true;
@@ -669,6 +765,20 @@ static struct cv_ws *ws_new(uv_loop_t *loop, const struct cv_ws_opts *opts)
     cv_buf_init(&ws->infl, SIZE_MAX);
     ws->deadline = uv_now(loop) + CV_LIMIT_HANDSHAKE_MS;
     uv_timer_start(&ws->tick, on_tick, tick_interval(&ws->opts), tick_interval(&ws->opts));
+    if (flusher.loop == NULL && flusher.live == 0 &&
+        (flusher.h = malloc(sizeof *flusher.h)) != NULL) {
+        flusher.loop = loop;
+        uv_check_init(loop, &flusher.h->check);
+        uv_check_start(&flusher.h->check, on_check);
+        uv_unref((uv_handle_t *)&flusher.h->check);
+        uv_prepare_init(loop, &flusher.h->prepare);
+        uv_prepare_start(&flusher.h->prepare, on_prepare);
+        uv_unref((uv_handle_t *)&flusher.h->prepare);
+    }
+    if (flusher.loop == loop) {
+        flusher.live++;
+        ws->counted = true;
+    }
     return ws;
 }
 

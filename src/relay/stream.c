@@ -69,6 +69,58 @@ static void queue_pop(struct cv_buf *q, size_t len)
     cv_buf_consume(q, sizeof(uint32_t) + len);
 }
 
+/* The head message of q is a DATA whose first k payload bytes were sent:
+ * make the rest its own message, in place (the new length and header go
+ * over payload bytes already sent). */
+static void queue_trim_head(struct cv_buf *q, size_t k)
+{
+    uint8_t *head = cv_buf_head(q);
+    uint32_t l;
+    memcpy(&l, head, sizeof l);
+    uint8_t hdr[CV_KH_HDR_LEN];
+    memcpy(hdr, head + sizeof l, sizeof hdr);
+    l -= (uint32_t)k;
+    memcpy(head + k, &l, sizeof l);
+    memcpy(head + k + sizeof l, hdr, sizeof hdr);
+    cv_buf_consume(q, k);
+}
+
+/* Smallest piece worth splitting a DATA for. A receiver returns credit once
+ * half its window is consumed, so a sender holding more than half a window
+ * of credit must be able to use it even when the next message is larger:
+ * otherwise both sides wait for each other. */
+#define MIN_PART 4096
+
+/* Sends the head message of q to ws, or as much of a TCP DATA as *credit
+ * allows (credit NULL: no flow control). With `wait`, nothing is sent while
+ * ws is above its high mark. Returns the payload bytes of DATA sent (0 for
+ * other types), or -1 if nothing could be sent. */
+static long send_head(struct cv_ws *ws, struct cv_buf *q, uint64_t *credit, bool wait)
+{
+    size_t len;
+    uint8_t *msg = queue_peek(q, &len);
+    size_t n = len - CV_KH_HDR_LEN;
+    bool data = msg[0] == CV_KH_DATA;
+    if (wait && !cv_ws_is_writable(ws))
+        return -1;
+    if (credit && is_tcp_data(msg[0], msg[1]) && *credit < n) {
+        if (*credit < MIN_PART)
+            return -1;
+        size_t k = (size_t)*credit;
+        if (cv_ws_send2(ws, CV_WS_BINARY, msg, CV_KH_HDR_LEN, msg + CV_KH_HDR_LEN, k) != 0)
+            return -1;
+        *credit -= k;
+        queue_trim_head(q, k);
+        return (long)k;
+    }
+    if (cv_ws_send(ws, CV_WS_BINARY, msg, len) != 0)
+        return -1;
+    if (credit && is_tcp_data(msg[0], msg[1]))
+        *credit -= n;
+    queue_pop(q, len);
+    return data ? (long)n : 0;
+}
+
 /* ---- conn lifecycle ----------------------------------------------------- */
 
 struct conn *conn_new(struct tunnel *t, uint8_t kind, uint8_t proto)
@@ -255,7 +307,8 @@ void front_consumed(struct conn *c, size_t n, bool idle)
     a2f_consumed(c, n, idle);
 }
 
-/* Can the session take this message now? Consumes native credit if so. */
+/* Can the session take this whole message now? Consumes native credit if
+ * so. */
 static bool session_takes(struct conn *c, const uint8_t *msg, size_t len)
 {
     struct session *s = c->s;
@@ -275,17 +328,14 @@ static bool session_takes(struct conn *c, const uint8_t *msg, size_t len)
 static int flush_q(struct conn *c, int budget)
 {
     int sent = 0;
+    uint64_t *credit = c->s->native ? &c->f_tx.credit : NULL;
     while (c->q.len > 0 && sent < budget) {
-        size_t len;
-        uint8_t *msg = queue_peek(&c->q, &len);
-        if (!session_takes(c, msg, len) || cv_ws_send(c->s->ws, CV_WS_BINARY, msg, len) != 0)
+        long n = send_head(c->s->ws, &c->q, credit, true);
+        if (n < 0)
             break;
-        bool data = msg[0] == CV_KH_DATA;
-        size_t n = len - CV_KH_HDR_LEN;
-        queue_pop(&c->q, len);
         sent++;
-        if (data)
-            a2f_consumed(c, n, c->q.len == 0);
+        if (n > 0)
+            a2f_consumed(c, (size_t)n, c->q.len == 0);
     }
     return sent;
 }
@@ -302,6 +352,13 @@ static void session_deliver(struct conn *c, uint8_t *msg, size_t len)
     }
     if (data && c->proto == CV_KH_UDP)
         return; /* a datagram that does not fit is dropped, never queued */
+    if (c->q.len == 0 && data && queue_push(&c->q, msg, len) == 0) {
+        /* Whole it did not fit: part of it may (see MIN_PART). */
+        flush_q(c, 1);
+        if (c->q.len > 0)
+            block(c);
+        return;
+    }
     if (queue_push(&c->q, msg, len) != 0) {
         conn_abort(c, "queue toward the forward session is full");
         return;
@@ -386,6 +443,20 @@ static void agent_fin_to_compat(struct conn *c)
 
 static void f2a_consumed(struct conn *c, size_t n);
 
+/* Front data waiting for the agent's credit. */
+static void flush_fq(struct conn *c)
+{
+    while (c->fq.len > 0 && c->t) {
+        /* The session is paused while the agent is congested (see
+         * session_backpressure): only credit holds this queue back. */
+        long n = send_head(c->t->ws, &c->fq, c->t->native ? &c->a_tx.credit : NULL, false);
+        if (n < 0)
+            break;
+        if (n > 0)
+            f2a_consumed(c, (size_t)n);
+    }
+}
+
 static void agent_window(struct conn *c, const struct cv_kh_msg *m)
 {
     uint32_t inc;
@@ -399,21 +470,7 @@ static void agent_window(struct conn *c, const struct cv_kh_msg *m)
         return;
     }
     if (c->kind == FRONT_SESSION) {
-        /* Front data waiting for this credit. */
-        while (c->fq.len > 0 && c->t) {
-            size_t len;
-            uint8_t *msg = queue_peek(&c->fq, &len);
-            size_t n = len - CV_KH_HDR_LEN;
-            if (!cv_ws_is_writable(c->t->ws) || (is_tcp_data(msg[0], msg[1]) && c->a_tx.credit < n))
-                break;
-            bool data = is_tcp_data(msg[0], msg[1]);
-            if (data)
-                c->a_tx.credit -= n;
-            cv_ws_send(c->t->ws, CV_WS_BINARY, msg, len);
-            queue_pop(&c->fq, len);
-            if (data)
-                f2a_consumed(c, n);
-        }
+        flush_fq(c);
         maybe_finish(c);
     } else {
         visitors_resume(c->t);
@@ -562,7 +619,7 @@ static int to_agent(struct conn *c, uint8_t *msg, size_t len)
         conn_abort(c, "front sent beyond its window");
         return -1;
     }
-    return 0;
+    return 0; /* the caller flushes what fits (flush_fq) */
 }
 
 /* n payload bytes of the session's reached the agent's queue. */
@@ -628,6 +685,8 @@ static void session_data(struct session *s, struct conn *c, uint8_t *data, size_
     /* Credit goes back to the session only as the agent takes the data. */
     if (sent > 0)
         f2a_consumed(c, n);
+    else
+        flush_fq(c);
     session_backpressure(s, t);
     if (n == 0)
         maybe_finish(c);

@@ -415,8 +415,10 @@ static void send_data(struct cv_lconn *c, const void *p, size_t n)
     }
     if (c->flow) {
         c->tx.credit -= n <= c->tx.credit ? n : c->tx.credit;
-        if (c->tx.credit == 0)
+        if (c->tx.credit == 0) {
+            cv_log_debug("%s: id %u: no credit, waiting for WINDOW", h->o.name, c->id);
             stop_read(c); /* only this stream waits for the peer's WINDOW */
+        }
     }
     if (h->ws != NULL && !cv_ws_is_writable(h->ws))
         cv_local_pause(h);
@@ -539,6 +541,7 @@ void cv_local_pause(struct cv_local *h)
     if (h->paused)
         return;
     h->paused = true;
+    cv_log_debug("%s: tunnel queue full: local reads paused", h->o.name);
     for (struct cv_lconn *c = h->live; c != NULL; c = c->next)
         stop_read(c);
     if (h->has_listener)
@@ -553,6 +556,7 @@ void cv_local_resume(struct cv_local *h)
     if (!h->paused)
         return;
     h->paused = false;
+    cv_log_debug("%s: tunnel queue drained: local reads resumed", h->o.name);
     struct cv_lconn *next;
     for (struct cv_lconn *c = h->live; c != NULL; c = next) {
         next = c->next; /* start_read may abort c; it is freed later */
@@ -735,6 +739,8 @@ void cv_local_window(struct cv_lconn *c, uint32_t inc)
         conn_abort(c, CV_EPROTO, "WINDOW beyond any window");
         return;
     }
+    cv_log_debug("%s: id %u: WINDOW +%u, credit %llu", c->hub->o.name, c->id, inc,
+                 (unsigned long long)c->tx.credit);
     if (c->state == S_OPEN)
         start_read(c);
 }
