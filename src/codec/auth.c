@@ -6,7 +6,7 @@
 #include <jansson.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
+#include "codec/digest.h"
 
 #include "core/err.h"
 
@@ -94,15 +94,8 @@ static long b64url_decode(const char *s, size_t n, uint8_t *out, size_t cap)
 /* Writes the base64url HMAC-SHA256(secret, msg) into out. Returns 0 or -1. */
 static int sign(const char *secret, const char *msg, size_t n, char out[SIG_B64_LEN])
 {
-    uint8_t md[EVP_MAX_MD_SIZE];
-    unsigned md_len = 0;
-
-    size_t klen = strlen(secret);
-
-    if (klen > INT_MAX ||
-        HMAC(EVP_sha256(), secret, (int)klen, (const uint8_t *)msg, n, md, &md_len) == NULL ||
-        md_len != SIG_LEN)
-        return -1;
+    uint8_t md[CV_SHA256_LEN];
+    cv_hmac_sha256(secret, strlen(secret), msg, n, md);
     b64url_encode(md, SIG_LEN, out);
     OPENSSL_cleanse(md, sizeof(md));
     return 0;
@@ -113,13 +106,10 @@ static int sign(const char *secret, const char *msg, size_t n, char out[SIG_B64_
  * in the timing. */
 static bool is_secret(const char *secret, const char *token, size_t len)
 {
-    uint8_t a[EVP_MAX_MD_SIZE], b[EVP_MAX_MD_SIZE];
-    unsigned alen = 0, blen = 0;
-
-    if (EVP_Digest(secret, strlen(secret), a, &alen, EVP_sha256(), NULL) != 1 ||
-        EVP_Digest(token, len, b, &blen, EVP_sha256(), NULL) != 1 || alen != blen)
-        return false;
-    return CRYPTO_memcmp(a, b, alen) == 0;
+    uint8_t a[CV_SHA256_LEN], b[CV_SHA256_LEN];
+    cv_sha256(secret, strlen(secret), a);
+    cv_sha256(token, len, b);
+    return CRYPTO_memcmp(a, b, sizeof a) == 0;
 }
 
 /* Decodes one base64url segment and parses it as a JSON object. */

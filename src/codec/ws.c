@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include <openssl/evp.h>
-#include <openssl/sha.h>
+#include "codec/digest.h"
 
 #include "core/err.h"
 
@@ -259,21 +259,9 @@ void cv_ws_mask_copy(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t m
 
 void cv_ws_accept_key(const char *key, size_t key_len, char out[CV_WS_ACCEPT_LEN])
 {
-    unsigned char md[SHA_DIGEST_LENGTH];
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    int ok = ctx != NULL && EVP_DigestInit_ex(ctx, EVP_sha1(), NULL) == 1 &&
-             EVP_DigestUpdate(ctx, key, key_len) == 1 &&
-             EVP_DigestUpdate(ctx, WS_GUID, WS_GUID_LEN) == 1 &&
-             EVP_DigestFinal_ex(ctx, md, NULL) == 1;
-
-    EVP_MD_CTX_free(ctx);
-    if (!ok) {
-        /* Only allocation can fail here; an empty value fails the
-         * handshake instead of sending a wrong key. */
-        out[0] = '\0';
-        return;
-    }
-    EVP_EncodeBlock((unsigned char *)out, md, SHA_DIGEST_LENGTH);
+    uint8_t md[CV_SHA1_LEN];
+    cv_sha1_2(key, key_len, WS_GUID, WS_GUID_LEN, md);
+    EVP_EncodeBlock((unsigned char *)out, md, CV_SHA1_LEN);
 }
 
 static bool is_b64(char c)

@@ -17,7 +17,6 @@
  * While a uv_write of `infl` is in flight, new frames accumulate in `pend`. */
 #include "net/ws.h"
 
-#include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,13 +96,14 @@ static uint64_t rng_state[2];
 static void process_rx(struct cv_ws *ws);
 static void do_close(struct cv_ws *ws);
 
-/* xorshift128+ seeded from OpenSSL: masks need to be unpredictable to a
- * page script, not cryptographically strong, and RAND_bytes per frame costs
- * more than the masking itself. */
+/* xorshift128+ seeded from getrandom(2): masks need to be unpredictable to
+ * a page script, not cryptographically strong, and a system call per frame
+ * would cost more than the masking itself. (Not RAND_bytes: OpenSSL 3's
+ * provider machinery costs ~2 MiB of RSS, see codec/digest.h.) */
 static uint64_t rng_next(void)
 {
     if (rng_state[0] == 0 && rng_state[1] == 0) {
-        if (RAND_bytes((unsigned char *)rng_state, sizeof rng_state) != 1 ||
+        if (uv_random(NULL, NULL, rng_state, sizeof rng_state, 0, NULL) != 0 ||
             (rng_state[0] | rng_state[1]) == 0)
             rng_state[0] = (uint64_t)uv_hrtime() | 1;
     }
