@@ -818,6 +818,13 @@ void cv_local_peer_close(struct cv_lconn *c)
     table_remove(c);
     if (c->state == S_CLOSING || c->state == S_DRAIN)
         return;
+    if (c->flow) {
+        /* Native: CLOSE is an abort (a graceful end is a FIN). Close now;
+         * reading and discarding a busy service's output for seconds
+         * (§11.11, for KohakuRiver peers) would only burn CPU. */
+        conn_close(c);
+        return;
+    }
     if (c->kind != K_TCP) {
         conn_close(c);
         return;
