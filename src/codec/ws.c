@@ -42,7 +42,7 @@ static int check_first(const struct cv_ws_parser *ps, uint8_t b0, uint8_t b1)
 
     if ((b0 & 0x70) != 0 || !opcode_is_known(op))
         return CV_EPROTO; /* no extension was negotiated */
-    if (masked != ps->server)
+    if (masked != ps->server && !(ps->server && ps->unmasked_ok))
         return CV_EPROTO; /* RFC 6455 §5.1: clients mask, servers don't */
     if (op & 0x8) {
         if (!fin || (b1 & 0x7f) > 125)
@@ -125,7 +125,8 @@ int cv_ws_parse(struct cv_ws_parser *ps, uint8_t *p, size_t n, struct cv_ws_fram
     if (check_first(ps, p[0], p[1]) != 0)
         return fail(close_code, CV_WS_PROTOCOL_ERROR, CV_EPROTO);
     uint8_t l7 = p[1] & 0x7f;
-    hdr = 2 + (l7 == 126 ? 2 : l7 == 127 ? 8 : 0) + (ps->server ? 4 : 0);
+    bool masked = (p[1] & 0x80) != 0;
+    hdr = 2 + (l7 == 126 ? 2 : l7 == 127 ? 8 : 0) + (masked ? 4 : 0);
     if (n < hdr) {
         *need = hdr;
         return 0;
@@ -133,7 +134,7 @@ int cv_ws_parse(struct cv_ws_parser *ps, uint8_t *p, size_t n, struct cv_ws_fram
     uint64_t len = read_len(p, &hdr);
     if (len >> 63)
         return fail(close_code, CV_WS_PROTOCOL_ERROR, CV_EPROTO);
-    const uint8_t *mask = ps->server ? p + hdr : NULL;
+    const uint8_t *mask = masked ? p + hdr : NULL;
     if (mask != NULL)
         hdr += 4;
     /* Refuse by declared length, before any payload arrives. The byte count

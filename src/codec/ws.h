@@ -52,6 +52,8 @@ struct cv_ws_parser {
     bool in_msg;       /* a fragmented data message is open */
     uint8_t msg_op;    /* its opcode (TEXT or BINARY) */
     uint64_t msg_len;  /* bytes of it seen so far */
+    bool unmasked_ok;  /* server: accept unmasked frames too (a negotiated
+                          framing without RFC 6455 masking, see net/ws.c) */
 };
 
 struct cv_ws_frame {

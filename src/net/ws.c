@@ -56,6 +56,7 @@ struct cv_ws {
     int refs; /* handles and requests that must finish before free */
     bool client, paused, writing, want_drain, close_sent, close_rcvd, flush_close, opened;
     bool negotiated; /* opts.subprotocol is in use */
+    bool nomask;     /* client: native framing, frames go unmasked */
     bool dirty;      /* on the flusher's list */
     bool counted;    /* holds a reference on the flusher */
     struct cv_ws *dnext, *dprev;
@@ -375,7 +376,7 @@ static int enqueue(struct cv_ws *ws, uint8_t op, const void *a, size_t alen, con
 {
     uint8_t hdr[CV_WS_MAX_HDR];
     size_t len = alen + blen;
-    if (!ws->client) {
+    if (!ws->client || ws->nomask) {
         size_t hl = cv_ws_encode_header(hdr, true, op, len, NULL);
         if (cv_ws_tx_pending(ws) + hl + len > ws->opts.tx_max)
             return CV_ETOOBIG;
@@ -782,9 +783,21 @@ static struct cv_ws *ws_new(uv_loop_t *loop, const struct cv_ws_opts *opts)
     return ws;
 }
 
+/* The native protocol (culvert.v1, docs/PROTOCOL.md §2) drops RFC 6455
+ * client masking: it guards browsers' intermediaries against cache
+ * poisoning, which cannot apply between two culvert ends, and it costs the
+ * client a copy of every byte and the server another pass over it. */
+static bool native_framing(const struct cv_ws *ws)
+{
+    return ws->negotiated && ws->opts.subprotocol != NULL &&
+           strcmp(ws->opts.subprotocol, "culvert.v1") == 0;
+}
+
 static void become_open(struct cv_ws *ws, bool server)
 {
     cv_ws_parser_init(&ws->ps, server, ws->opts.max_msg);
+    ws->ps.unmasked_ok = server && native_framing(ws);
+    ws->nomask = !server && native_framing(ws);
     ws->rx.max = ws->opts.max_msg + CV_WS_MAX_HDR + 64 * 1024;
     ws->state = ST_OPEN;
     ws->opened = true;
