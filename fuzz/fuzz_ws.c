@@ -40,13 +40,15 @@ static void frame_ok(const struct cv_ws_parser *ps, const struct cv_ws_frame *f,
 
 /* Parses buf[0..n), offering `step` more bytes whenever the parser is short
  * (0: all at once). */
-static void run(bool server, uint64_t max, uint8_t *buf, size_t n, size_t step, struct sum *s)
+static void run(int mode, uint64_t max, uint8_t *buf, size_t n, size_t step, struct sum *s)
 {
     struct cv_ws_parser ps;
     size_t have = step ? (step < n ? step : n) : n;
 
     memset(s, 0, sizeof(*s));
-    cv_ws_parser_init(&ps, server, max);
+    /* mode 0: client, 1: server, 2: server with native (unmasked) framing */
+    cv_ws_parser_init(&ps, mode != 0, max);
+    ps.unmasked_ok = mode == 2;
     for (;;) {
         struct cv_ws_frame f;
         size_t need = 0;
@@ -80,15 +82,15 @@ static void check_parser(const uint8_t *data, size_t size)
 
     if (a == NULL || b == NULL)
         goto out;
-    for (int server = 0; server <= 1; server++) {
+    for (int mode = 0; mode <= 2; mode++) {
         for (size_t mi = 0; mi < 2; mi++) {
             struct sum whole, bytes;
             memcpy(a, data, size);
-            run(server, maxes[mi], a, size, 0, &whole);
+            run(mode, maxes[mi], a, size, 0, &whole);
             /* One byte at a time is quadratic in the header-only case; use
              * larger steps for big inputs. */
             memcpy(b, data, size);
-            run(server, maxes[mi], b, size, size <= 4096 ? 1 : 61, &bytes);
+            run(mode, maxes[mi], b, size, size <= 4096 ? 1 : 61, &bytes);
             if (memcmp(&whole, &bytes, sizeof(whole)) != 0 || memcmp(a, b, size) != 0)
                 abort();
         }

@@ -152,6 +152,34 @@ static void test_rfc_hello(void **state)
     assert_memory_equal(pl, hello_masked + 6, 5);
 }
 
+/* Native framing (culvert.v1): a server that allows it takes unmasked
+ * client frames as well as masked ones; without it, unmasked is 1002. */
+static void test_server_unmasked_ok(void **state)
+{
+    uint8_t buf[16];
+    struct cv_ws_parser ps;
+    struct cv_ws_frame f;
+    size_t need;
+    uint16_t cc = 0;
+
+    memcpy(buf, hello_unmasked, sizeof(hello_unmasked));
+    cv_ws_parser_init(&ps, true, 1024);
+    assert_int_equal(cv_ws_parse(&ps, buf, sizeof(hello_unmasked), &f, &need, &cc), CV_EPROTO);
+    assert_int_equal(cc, CV_WS_PROTOCOL_ERROR);
+
+    cv_ws_parser_init(&ps, true, 1024);
+    ps.unmasked_ok = true;
+    assert_int_equal(cv_ws_parse(&ps, buf, sizeof(hello_unmasked), &f, &need, &cc), 7);
+    assert_memory_equal(f.payload, "Hello", 5);
+    memcpy(buf, hello_masked, sizeof(hello_masked));
+    assert_int_equal(cv_ws_parse(&ps, buf, sizeof(hello_masked), &f, &need, &cc), 11);
+    assert_memory_equal(f.payload, "Hello", 5);
+    /* Incomplete unmasked frame: needs header + payload, no mask bytes. */
+    memcpy(buf, hello_unmasked, sizeof(hello_unmasked));
+    assert_int_equal(cv_ws_parse(&ps, buf, 4, &f, &need, &cc), 0);
+    assert_int_equal(need, 7);
+}
+
 static void test_rfc_fragmented(void **state)
 {
     const uint8_t in[] = {0x01, 0x03, 0x48, 0x65, 0x6c, 0x80, 0x02, 0x6c, 0x6f};
@@ -733,6 +761,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rfc_hello),
+        cmocka_unit_test(test_server_unmasked_ok),
         cmocka_unit_test(test_rfc_fragmented),
         cmocka_unit_test(test_rfc_ping_pong),
         cmocka_unit_test(test_rfc_lengths),
