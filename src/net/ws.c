@@ -281,6 +281,8 @@ static void flush_dirty(void)
         struct cv_ws *ws = flusher.dirty;
         undirty(ws);
         flush(ws);
+        if (!ws->writing && ws->state != ST_CLOSED)
+            maybe_drain(ws); /* written at once: no on_write will do it */
     }
 }
 
@@ -298,14 +300,10 @@ static void on_prepare(uv_prepare_t *h)
 
 /* Writes pend at the end of this loop iteration (or at once when this
  * WebSocket is on another loop than the flusher's). */
-static void flush_later(struct cv_ws *ws)
+static void mark_dirty(struct cv_ws *ws)
 {
-    if (ws->dirty || ws->writing || ws->pend.len == 0)
+    if (ws->dirty)
         return;
-    if (!ws->counted || flusher.loop != ws->loop) {
-        flush(ws);
-        return;
-    }
     ws->dirty = true;
     ws->dprev = NULL;
     ws->dnext = flusher.dirty;
@@ -314,9 +312,34 @@ static void flush_later(struct cv_ws *ws)
     flusher.dirty = ws;
 }
 
+static void flush_later(struct cv_ws *ws)
+{
+    if (ws->dirty || ws->writing || ws->pend.len == 0)
+        return;
+    if (!ws->counted || flusher.loop != ws->loop) {
+        flush(ws);
+        return;
+    }
+    mark_dirty(ws);
+}
+
 static void flush(struct cv_ws *ws)
 {
     if (ws->writing || ws->pend.len == 0 || ws->state == ST_CLOSED)
+        return;
+    /* Try the write now: when the kernel takes it all (the usual case for
+     * small batches) no write request completes later, which would cost
+     * the loop one more iteration and poll per write. */
+    uv_buf_t now = uv_buf_init((char *)cv_buf_head(&ws->pend), (unsigned)ws->pend.len);
+    int w = uv_try_write((uv_stream_t *)&ws->tcp, &now, 1);
+    if (w > 0)
+        cv_buf_consume(&ws->pend, (size_t)w);
+    else if (w != UV_EAGAIN && w != UV_ENOSYS) {
+        set_reason(ws, CV_WS_ABNORMAL, uv_strerror(w));
+        do_close(ws);
+        return;
+    }
+    if (ws->pend.len == 0)
         return;
     struct cv_buf t = ws->infl;
     ws->infl = ws->pend;
@@ -369,6 +392,9 @@ static void queue_raw(struct cv_ws *ws, const void *p1, size_t n1, const void *p
         flush(ws); /* the kernel is full: queue the rest now */
     else
         flush_later(ws);
+    if (!ws->writing && ws->counted && flusher.loop == ws->loop &&
+        (ws->want_drain || ws->flush_close))
+        mark_dirty(ws); /* maybe_drain from the flusher, not from inside a send */
 }
 
 static int enqueue(struct cv_ws *ws, uint8_t op, const void *a, size_t alen, const void *b,
