@@ -21,6 +21,10 @@ import time
 
 import pytest
 
+# Under AddressSanitizer RSS says nothing about our buffers (quarantine,
+# shadow memory): the memory bounds are checked in the plain build only.
+SANITIZED = os.environ.get("CULVERT_SANITIZED") == "1"
+
 from conftest import TUNNEL_CLIENT, closed_port
 
 SECRET = "s3cret-native"
@@ -437,7 +441,7 @@ def _stall_and_transfer(relay, agent, port, total, extra_procs=()):
               "(+%d KiB); agent RSS baseline %d KiB, peak %d KiB" % (
                   total // MiB, took, total / MiB / took, baseline, peak, peak - baseline, agent_base, agent_peak))
         assert took < 15, "transfer beside a stalled reader took %.1f s" % took
-        assert peak - baseline < 64 * 1024, "relay RSS grew by %d KiB (session cap 64 MiB)" % (peak - baseline)
+        assert SANITIZED or peak - baseline < 64 * 1024, "relay RSS grew by %d KiB (session cap 64 MiB)" % (peak - baseline)
         # the stalled stream was only paused: it still delivers once read
         stall.settimeout(5)
         got = 0
@@ -521,7 +525,7 @@ def test_flow_grown_windows_then_stalled_readers_bounded_by_session_cap(culvert,
         print("8 x 24 MiB read in %.2f s, then stalled: relay RSS baseline %d KiB, peak %d KiB (+%d KiB); "
               "agent RSS baseline %d KiB, peak %d KiB (+%d KiB)" % (
                   took, baseline, peak, peak - baseline, agent_base, agent_peak, agent_peak - agent_base))
-        assert peak - baseline < (64 + 16) * 1024, (
+        assert SANITIZED or peak - baseline < (64 + 16) * 1024, (
             "relay RSS grew by %d KiB with 8 stalled readers (session cap 64 MiB + 16 MiB overhead allowed)" % (
                 peak - baseline))
         # still alive and not aborted: each stalled stream resumes
