@@ -151,9 +151,8 @@ static void on_msg(struct cv_ws *ws, uint8_t opcode, uint8_t *p, size_t n)
         cv_tunnel_send(ws, CV_KH_PONG, CV_KH_TCP, m.id, 0, NULL, 0);
         break;
     case CV_KH_WINDOW:
-        if (m.len == 4 && (c = cv_local_find(a->local, m.id)) != NULL)
-            cv_local_window(c, (uint32_t)m.payload[0] << 24 | (uint32_t)m.payload[1] << 16 |
-                                   (uint32_t)m.payload[2] << 8 | m.payload[3]);
+        if ((c = cv_local_find(a->local, m.id)) != NULL)
+            cv_local_window_msg(c, m.payload, m.len);
         break;
     case CV_KH_EXPOSED:
         on_exposed(a, &m);

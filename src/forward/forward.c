@@ -226,9 +226,7 @@ static void on_msg(struct cv_ws *ws, uint8_t opcode, uint8_t *p, size_t n)
         handle_error(c, &m);
         break;
     case CV_KH_WINDOW:
-        if (m.len == 4)
-            cv_local_window(c, (uint32_t)m.payload[0] << 24 | (uint32_t)m.payload[1] << 16 |
-                                   (uint32_t)m.payload[2] << 8 | m.payload[3]);
+        cv_local_window_msg(c, m.payload, m.len);
         break;
     default: /* CONNECTED and the rest: nothing to do */
         break;

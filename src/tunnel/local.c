@@ -731,6 +731,12 @@ static void native_write(struct cv_lconn *c, const uint8_t *p, size_t n)
     tcp_write(c, p, n);
 }
 
+void cv_local_window_msg(struct cv_lconn *c, const uint8_t *p, size_t len)
+{
+    if (len == 4)
+        cv_local_window(c, (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]);
+}
+
 void cv_local_window(struct cv_lconn *c, uint32_t inc)
 {
     if (!c->flow || c->state == S_CLOSING)

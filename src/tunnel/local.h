@@ -127,6 +127,9 @@ void cv_local_peer_error(struct cv_lconn *c);
  * from the peer must stay within the window we granted (WINDOW messages are
  * sent as it is written locally), an empty DATA is a FIN both ways. */
 void cv_local_window(struct cv_lconn *c, uint32_t inc);
+/* The same from a WINDOW message's payload (a u32 BE); other lengths are
+ * ignored, like any malformed message. */
+void cv_local_window_msg(struct cv_lconn *c, const uint8_t *payload, size_t len);
 
 uint32_t cv_lconn_id(const struct cv_lconn *c);
 uint8_t cv_lconn_proto(const struct cv_lconn *c);
