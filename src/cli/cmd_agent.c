@@ -14,6 +14,7 @@
 
 #include "agent/agent.h"
 #include "cli/cmds.h"
+#include "cli/signals.h"
 #include "codec/url.h"
 #include "core/log.h"
 
@@ -35,7 +36,7 @@ struct agent_args {
 };
 
 struct agent_run {
-    uv_signal_t sig[2];
+    struct cv_cli_signals sig;
     enum cv_agent_end end;
 };
 
@@ -241,21 +242,17 @@ static int resolve(const char *prog, struct agent_args *a, struct cv_agent_opts 
     return set_log_level(prog, a->level);
 }
 
-static void on_signal_closed(uv_handle_t *h) { (void)h; }
-
 static void on_done(struct cv_agent *ag, enum cv_agent_end end, void *data)
 {
     (void)ag;
     struct agent_run *r = data;
     r->end = end;
-    for (int i = 0; i < 2; i++)
-        uv_close((uv_handle_t *)&r->sig[i], on_signal_closed);
+    cv_cli_signals_close(&r->sig);
 }
 
-static void on_signal(uv_signal_t *s, int signum)
+static void stop(void *ag)
 {
-    cv_log_info("signal %d: stopping", signum);
-    cv_agent_stop(s->data);
+    cv_agent_stop(ag);
 }
 
 /* The URL is checked once here so that a wss:// URL fails fast and clearly;
@@ -284,12 +281,7 @@ static int run(const struct cv_agent_opts *o)
         uv_loop_close(&loop);
         return 1;
     }
-    int signums[2] = {SIGINT, SIGTERM};
-    for (int i = 0; i < 2; i++) {
-        uv_signal_init(&loop, &r.sig[i]);
-        r.sig[i].data = ag;
-        uv_signal_start(&r.sig[i], on_signal, signums[i]);
-    }
+    cv_cli_signals_start(&loop, &r.sig, stop, ag);
     cv_log_info("culvert agent %s: container %s, tunnel %s", CV_VERSION, o->container_id,
                 cv_agent_log_url(ag));
     uv_run(&loop, UV_RUN_DEFAULT);

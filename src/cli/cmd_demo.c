@@ -10,6 +10,7 @@
 
 #include "agent/agent.h"
 #include "cli/cmds.h"
+#include "cli/signals.h"
 #include "codec/kohaku.h"
 #include "core/err.h"
 #include "core/log.h"
@@ -27,7 +28,7 @@ struct demo {
     struct cv_http_server *service;
     struct cv_agent *agent;
     struct cv_forward *fwd;
-    uv_signal_t sigint, sigterm;
+    struct cv_cli_signals sig;
     uv_timer_t retry;
     char relay_url[64];
     uint16_t local_port;
@@ -123,16 +124,14 @@ static void demo_stop(struct demo *d, int status)
     cv_relay_stop(d->relay);
     cv_http_server_close(d->service);
     uv_close((uv_handle_t *)&d->retry, NULL);
-    uv_close((uv_handle_t *)&d->sigint, NULL);
-    uv_close((uv_handle_t *)&d->sigterm, NULL);
+    cv_cli_signals_close(&d->sig);
 }
 
-static void on_signal(uv_signal_t *h, int signum)
+static void on_stop_signal(void *data)
 {
-    (void)signum;
     printf("stopping\n");
     fflush(stdout);
-    demo_stop(h->data, 0);
+    demo_stop(data, 0);
 }
 
 static int parse(int argc, char **argv, struct demo *d)
@@ -193,12 +192,9 @@ int cv_cmd_demo(int argc, char **argv)
     if (rc >= 0)
         return rc;
     d.loop = uv_default_loop();
-    uv_signal_init(d.loop, &d.sigint);
-    uv_signal_init(d.loop, &d.sigterm);
     uv_timer_init(d.loop, &d.retry);
-    d.sigint.data = d.sigterm.data = d.retry.data = &d;
-    uv_signal_start(&d.sigint, on_signal, SIGINT);
-    uv_signal_start(&d.sigterm, on_signal, SIGTERM);
+    d.retry.data = &d;
+    cv_cli_signals_start(d.loop, &d.sig, on_stop_signal, &d);
     if (start_all(&d) != 0) {
         if (d.relay)
             cv_relay_stop(d.relay);
@@ -206,8 +202,7 @@ int cv_cmd_demo(int argc, char **argv)
             cv_http_server_close(d.service);
         d.stopping = true;
         uv_close((uv_handle_t *)&d.retry, NULL);
-        uv_close((uv_handle_t *)&d.sigint, NULL);
-        uv_close((uv_handle_t *)&d.sigterm, NULL);
+        cv_cli_signals_close(&d.sig);
         uv_run(d.loop, UV_RUN_DEFAULT);
         return 1;
     }

@@ -14,6 +14,7 @@
 #include <uv.h>
 
 #include "cli/cmds.h"
+#include "cli/signals.h"
 #include "codec/kohaku.h"
 #include "core/log.h"
 #include "forward/forward.h"
@@ -36,7 +37,7 @@ struct fwd_args {
 };
 
 struct fwd_run {
-    uv_signal_t sig[2];
+    struct cv_cli_signals sig;
     const char *cid;
     const char *relay;
     uint16_t remote_port;
@@ -160,7 +161,6 @@ static int resolve(struct fwd_args *a, struct cv_forward_opts *o)
     return -1;
 }
 
-static void on_signal_closed(uv_handle_t *h) { (void)h; }
 
 static void on_ready(struct cv_forward *f, const struct sockaddr *bound, void *data)
 {
@@ -179,14 +179,12 @@ static void on_done(struct cv_forward *f, int status, const char *msg, void *dat
     r->status = status;
     if (status != 0)
         fprintf(stderr, "%s\n", msg);
-    for (int i = 0; i < 2; i++)
-        uv_close((uv_handle_t *)&r->sig[i], on_signal_closed);
+    cv_cli_signals_close(&r->sig);
 }
 
-static void on_signal(uv_signal_t *s, int signum)
+static void stop(void *f)
 {
-    cv_log_info("signal %d: stopping", signum);
-    cv_forward_stop(s->data);
+    cv_forward_stop(f);
 }
 
 static int run(const struct cv_forward_opts *o)
@@ -202,12 +200,7 @@ static int run(const struct cv_forward_opts *o)
         uv_loop_close(&loop);
         return 1;
     }
-    int signums[2] = {SIGINT, SIGTERM};
-    for (int i = 0; i < 2; i++) {
-        uv_signal_init(&loop, &r.sig[i]);
-        r.sig[i].data = f;
-        uv_signal_start(&r.sig[i], on_signal, signums[i]);
-    }
+    cv_cli_signals_start(&loop, &r.sig, stop, f);
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
     return r.status;

@@ -6,6 +6,7 @@
 #include <uv.h>
 
 #include "cli/cmds.h"
+#include "cli/signals.h"
 #include "core/err.h"
 #include "core/log.h"
 #include "net/addr.h"
@@ -61,16 +62,14 @@ static int parse_range(const char *s, uint16_t *lo, uint16_t *hi)
 
 struct run {
     struct cv_relay *relay;
-    uv_signal_t sigint, sigterm;
+    struct cv_cli_signals sig;
 };
 
-static void on_signal(uv_signal_t *h, int signum)
+static void stop(void *data)
 {
-    struct run *run = h->data;
-    cv_log_info("signal %d: shutting down", signum);
+    struct run *run = data;
     cv_relay_stop(run->relay);
-    uv_close((uv_handle_t *)&run->sigint, NULL);
-    uv_close((uv_handle_t *)&run->sigterm, NULL);
+    cv_cli_signals_close(&run->sig);
 }
 
 static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, size_t hostlen)
@@ -174,11 +173,7 @@ int cv_cmd_relay(int argc, char **argv)
     }
     printf("culvert relay listening on %s:%u\n", host, cv_relay_port(run.relay));
     fflush(stdout);
-    uv_signal_init(loop, &run.sigint);
-    uv_signal_init(loop, &run.sigterm);
-    run.sigint.data = run.sigterm.data = &run;
-    uv_signal_start(&run.sigint, on_signal, SIGINT);
-    uv_signal_start(&run.sigterm, on_signal, SIGTERM);
+    cv_cli_signals_start(loop, &run.sig, stop, &run);
     uv_run(loop, UV_RUN_DEFAULT);
     uv_loop_close(loop);
     return 0;
