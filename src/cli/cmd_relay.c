@@ -30,6 +30,9 @@ static void usage(FILE *f)
             "  --allow-anonymous      admit peers without a token (reference agents, no auth)\n"
             "  --public-bind ADDR     address for agents' public ports (default 127.0.0.1)\n"
             "  --allow-ports LO-HI    public ports agents may claim (default: any)\n"
+            "  --conn-buffer SIZE     bytes queued per connection toward a KohakuRiver peer\n"
+            "                         before that one connection is aborted (that protocol\n"
+            "                         has no flow control); K/M/G suffixes (default 8M)\n"
             "  --log-level LEVEL      error, warn, info, debug or trace (default info)\n"
             "  -h, --help             show this help\n");
 }
@@ -42,6 +45,26 @@ static int parse_seconds(const char *s, uint32_t *ms)
     if (end == s || *end != 0 || !(v > 0) || v > 86400)
         return CV_EINVAL;
     *ms = (uint32_t)(v * 1000 + 0.5);
+    return 0;
+}
+
+/* Parses a byte count with an optional K, M or G suffix, 64 KiB to 1 GiB. */
+static int parse_size(const char *s, size_t *out)
+{
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (end == s || *s < '0' || *s > '9')
+        return CV_EINVAL;
+    unsigned long long mul = 1;
+    if (*end == 'K' || *end == 'k')
+        mul = 1ull << 10, end++;
+    else if (*end == 'M' || *end == 'm')
+        mul = 1ull << 20, end++;
+    else if (*end == 'G' || *end == 'g')
+        mul = 1ull << 30, end++;
+    if (*end != 0 || v > (1ull << 30) / mul || v * mul < (64u << 10))
+        return CV_EINVAL;
+    *out = (size_t)(v * mul);
     return 0;
 }
 
@@ -80,6 +103,7 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
         {"log-level", required_argument, NULL, 'L'}, {"help", no_argument, NULL, 'h'},
         {"token", required_argument, NULL, 'T'}, {"allow-anonymous", no_argument, NULL, 'A'},
         {"public-bind", required_argument, NULL, 'B'}, {"allow-ports", required_argument, NULL, 'P'},
+        {"conn-buffer", required_argument, NULL, 'C'},
         {NULL, 0, NULL, 0}};
     int c;
     optind = 1;
@@ -117,6 +141,13 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
                 return 2;
             }
             o->public_bind = optarg;
+            break;
+        case 'C':
+            if (parse_size(optarg, &o->conn_pending) != 0) {
+                fprintf(stderr, "culvert relay: --conn-buffer wants a size from 64K to 1G "
+                                "(e.g. 8M), got '%s'\n", optarg);
+                return 2;
+            }
             break;
         case 'P':
             if (parse_range(optarg, &o->allow_lo, &o->allow_hi) != 0) {

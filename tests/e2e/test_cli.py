@@ -91,6 +91,9 @@ def test_max_reconnect_from_env_exit_1(culvert):
         ["relay", "--listen", "not-an-address"],
         ["relay", "--bogus"],
         ["relay", "--ping-interval", "x"],
+        ["relay", "--allow-anonymous", "--conn-buffer", "8X"],
+        ["relay", "--allow-anonymous", "--conn-buffer", "2G"],
+        ["relay", "--allow-anonymous", "--conn-buffer", "1K"],
         ["forward"],
         ["forward", "--relay", "ws://127.0.0.1:1", "c1"],  # missing REMOTE_PORT
         ["forward", "--relay", "ws://127.0.0.1:1", "c1", "notaport"],

@@ -746,3 +746,41 @@ def test_agent_with_pong_survives_fast_pings(culvert, tcp_echo):
             await agent.stop()
 
     run_async(body())
+
+
+@pytest.mark.timeout_s(60)
+def test_kohakuriver_queue_cap_aborts_only_that_connection(culvert, tcp_echo):
+    """§11.4 / issue 2: a KohakuRiver session that stops reading gets its connection aborted at
+    the relay's per-connection cap (--conn-buffer), with CLOSE to the agent and a log line; the
+    agent's tunnel and another session's connection carry on."""
+    relay = culvert.relay(extra=["--allow-anonymous", "--conn-buffer", "256K"])
+    P = tcp_echo.port
+
+    async def body():
+        agent = await start_agent(relay.url)
+        try:
+            fa = await RawForward.open(relay.url, CID, P)
+            fb = await RawForward.open(relay.url, CID, P)
+            await fa.send(kp.encode(kp.CONNECT, kp.TCP, 1, P))
+            ca = await agent_next(agent, kp.CONNECT)
+            assert await fa.recv() == kp.VECTORS[2]
+            await fb.send(kp.encode(kp.CONNECT, kp.TCP, 1, P))
+            cb = await agent_next(agent, kp.CONNECT)
+            assert await fb.recv() == kp.VECTORS[2]
+            fa.ws.transport.pause_reading()  # session A stops reading its WebSocket
+            blob = bytes(range(256)) * 256  # 64 KiB
+            for _ in range(400):  # 25 MiB toward A: past socket buffers, tx queue and the cap
+                await agent.send_raw(kp.encode(kp.DATA, kp.TCP, ca.id, 0, blob))
+            closed = await agent_next(agent, kp.CLOSE, timeout=15)
+            assert closed.id == ca.id, "CLOSE for %d, expected A's %d" % (closed.id, ca.id)
+            # B is untouched and the tunnel still works.
+            await agent.send_raw(kp.encode(kp.DATA, kp.TCP, cb.id, 0, b"still here"))
+            assert await fb.recv() == kp.encode(kp.DATA, kp.TCP, 1, 0, b"still here")
+            await fb.close()
+            fa.ws.transport.resume_reading()
+            await fa.close()
+        finally:
+            await agent.stop()
+
+    run_async(body())
+    relay.proc.wait_line(r"aborted: queue toward the forward session is full", stream="err", timeout=5)
