@@ -38,6 +38,12 @@ int relay_send(struct cv_ws *ws, uint8_t type, uint8_t proto, uint32_t id, const
     return cv_ws_send2(ws, CV_WS_BINARY, hdr, sizeof hdr, p, n);
 }
 
+/* Why a send to the agent failed, for the abort log line. */
+static const char *send_failure(int rc)
+{
+    return rc == CV_ECLOSED ? "the agent's connection is closing" : "agent queue full";
+}
+
 static void send_window(struct cv_ws *ws, uint8_t proto, uint32_t id, uint32_t inc)
 {
     uint32_t be = htonl(inc);
@@ -609,8 +615,9 @@ static int to_agent(struct conn *c, uint8_t *msg, size_t len)
     if (c->fq.len == 0 && credit) {
         if (t->native && tcp_data)
             c->a_tx.credit -= n;
-        if (cv_ws_send(t->ws, CV_WS_BINARY, msg, len) != 0) {
-            conn_abort(c, "agent queue full");
+        int rc = cv_ws_send(t->ws, CV_WS_BINARY, msg, len);
+        if (rc != 0) {
+            conn_abort(c, send_failure(rc));
             return -1;
         }
         return 1;
@@ -739,12 +746,7 @@ static void session_connect(struct session *s, uint8_t *data, size_t len, struct
     if (s->native && c->proto == CV_KH_TCP)
         cv_flow_rx_init(&c->f_rx, &s->budget);
     if (cv_idmap_put(&s->conns, c->sid, c) != 0) {
-        c->kind = FRONT_UDP; /* not in the session map: free as a bare conn */
-        c->s = NULL;
-        conn_detach_tunnel(c);
-        cv_buf_fini(&c->q);
-        cv_buf_fini(&c->fq);
-        free(c);
+        conn_free(c); /* removing an absent sid from the map is harmless */
         session_reply(s, m->proto, m->id, "Tunnel send failed");
         return;
     }
@@ -827,8 +829,9 @@ void front_data(struct conn *c, const uint8_t *p, size_t n)
         if (n == 0)
             c->fin_to_agent = true;
     }
-    if (cv_ws_send2(t->ws, CV_WS_BINARY, hdr, sizeof hdr, p, n) != 0)
-        conn_abort(c, "agent queue full");
+    int rc = cv_ws_send2(t->ws, CV_WS_BINARY, hdr, sizeof hdr, p, n);
+    if (rc != 0)
+        conn_abort(c, send_failure(rc));
     else if (n == 0 && c->proto == CV_KH_TCP)
         maybe_finish(c);
 }
