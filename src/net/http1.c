@@ -327,7 +327,7 @@ static void fail(struct conn *c, int status, const char *msg, int err)
     struct cv_http1_req *r = c->req;
     bool started = r && r->started;
 
-    cv_log_debug("http1: %s: %d %s", c->peer, status, msg);
+    cv_log_info("http1: %s: answered %d: %.*s", c->peer, status, (int)strlen(msg) - 1, msg);
     if (r && !r->done) {
         r->done = true;
         c->cbs.on_done(r, err);
@@ -512,7 +512,7 @@ static int next_piece(struct conn *c, struct cv_http1_req *r, const char **data,
     int rc = cv_chunked_decode(&r->ck, p, c->rx.len, data, len);
     if (rc < 0) {
         if (rc == CV_ETOOBIG)
-            fail(c, 413, "chunk too large\n", rc);
+            fail(c, 413, "chunk size or trailer section too large\n", rc);
         else
             fail(c, 400, "malformed chunked body\n", rc);
         return rc;
