@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import zlib
 
@@ -69,10 +70,16 @@ class Reader:
         return ln
 
     def exact(self, n):
-        while len(self.buf) < n:
-            self._fill()
-        d, self.buf = self.buf[:n], self.buf[n:]
-        return d
+        parts = [self.buf[:n]]
+        have = len(parts[0])
+        self.buf = self.buf[n:]
+        while have < n:
+            d = self.sock.recv(min(1 << 20, n - have))
+            if not d:
+                raise EOFError("connection closed")
+            parts.append(d)
+            have += len(d)
+        return b"".join(parts)
 
     def response(self, head_only=False):
         """Returns (status, {lower-name: value}, body)."""
@@ -89,14 +96,14 @@ class Reader:
         if "content-length" in hdrs:
             return status, hdrs, self.exact(int(hdrs["content-length"]))
         if hdrs.get("transfer-encoding") == "chunked":
-            body = b""
+            parts = []
             while True:
                 size = int(self.line().split(b";")[0], 16)
                 if size == 0:
                     while self.line():
                         pass
-                    return status, hdrs, body
-                body += self.exact(size)
+                    return status, hdrs, b"".join(parts)
+                parts.append(self.exact(size))
                 assert self.exact(2) == b"\r\n"
         body = self.buf
         self.buf = b""
@@ -264,6 +271,37 @@ def test_echo_20mib_curl(h1, tmp_path, chunked):
         args += ["-H", "Transfer-Encoding: chunked"]
     subprocess.run(args + ["http://127.0.0.1:%d/echo" % port], check=True, timeout=70)
     assert out.read_bytes() == src.read_bytes()
+
+
+@pytest.mark.timeout_s(60)
+def test_echo_backpressure_client_not_reading(h1):
+    """A client that uploads to /echo without reading the echo: the server pauses the body (stops reading)
+    instead of queueing the echo, so its memory stays bounded; once the client reads, everything arrives."""
+    p, port = h1()
+    s, rd = raw(port, timeout=30)
+    body = os.urandom(40 << 20)
+    sent = [0]
+
+    def sender():
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
+        view = memoryview(body)
+        while sent[0] < len(body):
+            sent[0] += s.send(view[sent[0] : sent[0] + (1 << 16)])
+
+    t = threading.Thread(target=sender, daemon=True)
+    t.start()
+    last, stalled_since = -1, time.monotonic()
+    while time.monotonic() - stalled_since < 1.0:  # wait until the upload stops moving
+        time.sleep(0.1)
+        if sent[0] != last:
+            last, stalled_since = sent[0], time.monotonic()
+    assert sent[0] < len(body), "the whole body went through without anyone reading the echo"
+    if not os.environ.get("CULVERT_SANITIZED"):
+        assert p.rss_kib() < 24 * 1024, "server RSS %d KiB while paused" % p.rss_kib()
+    st, h, echoed = rd.response()
+    t.join(10)
+    assert (st, len(echoed), echoed == body) == (200, len(body), True)
+    s.close()
 
 
 def test_expect_100_continue_raw(h1):
