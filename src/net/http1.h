@@ -51,11 +51,15 @@ struct cv_http1_cbs {
     void (*on_end)(struct cv_http1_req *req);
     /* The response queue fell below tx_low after having been above tx_high. */
     void (*on_drain)(struct cv_http1_req *req);
-    /* Last call for req (required): status 0 when the response was sent
-     * whole and the body read, else why it was cut short (CV_ECLOSED: peer
-     * gone or server closing, CV_ETOOBIG: body over the limit, CV_EPROTO:
-     * bad body framing, CV_ETIMEDOUT, or a libuv error). req is invalid
-     * after this returns; may be called from cv_http1_server_close. */
+    /* Last call for req (required): status 0 once the response has ended
+     * (queued whole; a request body left unread makes the connection close
+     * after the response), else why the request was cut short
+     * (CV_ECLOSED: peer gone or server closing, CV_ETOOBIG: body over the
+     * limit, CV_EPROTO: bad body framing, CV_ETIMEDOUT: body stalled for
+     * idle_timeout_ms). req is invalid after this returns. Called
+     * synchronously from cv_http1_server_close for active requests. A
+     * handler that never ends its response keeps the connection (no
+     * deadline applies while the server waits for the handler). */
     void (*on_done)(struct cv_http1_req *req, int status);
 };
 
