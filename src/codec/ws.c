@@ -206,37 +206,14 @@ static uint64_t mask_word(const uint8_t mask[4], size_t phase, uint8_t rot[4])
     return w;
 }
 
-void cv_ws_mask(uint8_t *p, size_t n, const uint8_t mask[4], size_t phase)
+/* dst = src ^ mask, word-wide; dst may equal src (in-place masking). Eight
+ * bytes keep the phase (a multiple of 4), so only the tail needs the byte
+ * pattern. */
+static void xor_mask(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t mask[4],
+                     size_t phase)
 {
     uint8_t rot[4];
     uint64_t w = mask_word(mask, phase, rot);
-    size_t i = 0;
-
-    /* Eight bytes keep the phase (a multiple of 4), so only the tail needs
-     * the byte pattern. */
-    for (; n - i >= 32; i += 32) {
-        uint64_t v[4];
-        memcpy(v, p + i, 32);
-        v[0] ^= w;
-        v[1] ^= w;
-        v[2] ^= w;
-        v[3] ^= w;
-        memcpy(p + i, v, 32);
-    }
-    for (; n - i >= 8; i += 8) {
-        uint64_t v;
-        memcpy(&v, p + i, 8);
-        v ^= w;
-        memcpy(p + i, &v, 8);
-    }
-    for (; i < n; i++)
-        p[i] ^= rot[i & 3];
-}
-
-void cv_ws_mask_copy(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t mask[4])
-{
-    uint8_t rot[4];
-    uint64_t w = mask_word(mask, 0, rot);
     size_t i = 0;
 
     for (; n - i >= 32; i += 32) {
@@ -256,6 +233,16 @@ void cv_ws_mask_copy(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t m
     }
     for (; i < n; i++)
         dst[i] = src[i] ^ rot[i & 3];
+}
+
+void cv_ws_mask(uint8_t *p, size_t n, const uint8_t mask[4], size_t phase)
+{
+    xor_mask(p, p, n, mask, phase);
+}
+
+void cv_ws_mask_copy(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t mask[4])
+{
+    xor_mask(dst, src, n, mask, 0);
 }
 
 void cv_ws_accept_key(const char *key, size_t key_len, char out[CV_WS_ACCEPT_LEN])
