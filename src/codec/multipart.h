@@ -1,0 +1,86 @@
+/* multipart/form-data (RFC 7578, RFC 2046 §5.1) streaming parser. Pure: no I/O.
+ *
+ * Written here rather than taken from a library: Debian ships no
+ * standalone streaming multipart parser for C (libmicrohttpd's post
+ * processor is bound to its own connections), and the gateway needs part
+ * bodies handed on as zero-copy slices while they arrive.
+ *
+ * Feed any split of the body; the parser calls back for each part's
+ * headers (name, filename, content type, with quoted-string \" and \\
+ * unescaped) and for each run of part data (a slice of the caller's
+ * buffer, or of the parser's small boundary look-behind), and enforces
+ * limits. The preamble and epilogue are ignored. */
+#ifndef CV_MULTIPART_H
+#define CV_MULTIPART_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CV_MP_MAX_BOUNDARY 70
+
+/* Extracts the boundary parameter from a Content-Type value
+ * ("multipart/form-data; boundary=..." any case, quoted or token). Returns
+ * 0 and copies it NUL-terminated to out (CV_MP_MAX_BOUNDARY + 1 bytes), or
+ * CV_EPROTO (not multipart/form-data, missing, empty, too long, bad chars). */
+int cv_mp_boundary(const char *content_type, size_t len, char *out);
+
+/* Per-body limits; 0 means "no limit" for parts only (others must be set). */
+struct cv_mp_limits {
+    size_t max_part_head;   /* bytes of one part's header block (8 KiB) */
+    size_t max_name;        /* field name bytes (100) */
+    uint64_t max_field;     /* bytes of one non-file field (1 MiB) */
+    uint64_t max_file;      /* bytes of one file part (20 MiB) */
+    uint32_t max_files;     /* file parts (10) */
+    uint32_t max_fields;    /* non-file fields (100) */
+    uint32_t max_parts;     /* all parts (0: unlimited) */
+};
+void cv_mp_limits_init(struct cv_mp_limits *l);
+
+/* Which limit was hit (for the §4.1 413 messages). */
+enum cv_mp_limit {
+    CV_MP_LIMIT_NONE = 0,
+    CV_MP_LIMIT_FIELD_SIZE, /* "Field limit exceeded" */
+    CV_MP_LIMIT_FILE_SIZE,  /* "File size limit exceeded" */
+    CV_MP_LIMIT_FILES,      /* "Files limit exceeded" */
+    CV_MP_LIMIT_FIELDS,     /* "Fields limit exceeded" */
+    CV_MP_LIMIT_PARTS       /* "Parts limit exceeded" */
+};
+const char *cv_mp_limit_message(enum cv_mp_limit l);
+
+/* One part's headers, valid during on_part only. */
+struct cv_mp_part {
+    const char *name;     /* Content-Disposition name (NUL-terminated) */
+    const char *filename; /* NULL when absent (a plain field) */
+    const char *content_type; /* NULL when absent */
+    bool is_file;         /* filename present */
+};
+
+struct cv_mp_cbs {
+    /* A part begins. Return 0, or nonzero to stop parsing (cv_mp_feed
+     * then returns CV_ECLOSED). */
+    int (*on_part)(void *ud, const struct cv_mp_part *part);
+    /* Data of the current part (borrowed). Same return convention. */
+    int (*on_data)(void *ud, const uint8_t *p, size_t n);
+    /* The current part ended. Same return convention. */
+    int (*on_part_end)(void *ud);
+};
+
+struct cv_mp; /* opaque; one per body */
+
+/* Creates a parser for boundary (from cv_mp_boundary). Returns NULL on ENOMEM. */
+struct cv_mp *cv_mp_new(const char *boundary, const struct cv_mp_limits *lim,
+                        const struct cv_mp_cbs *cbs, void *ud);
+void cv_mp_free(struct cv_mp *mp);
+
+/* Feeds body bytes. Returns 0, CV_EPROTO (malformed: bad delimiter line,
+ * bad or missing Content-Disposition, header block too long, data after
+ * the close delimiter is fine and ignored), CV_ETOOBIG (a limit: see
+ * cv_mp_limit_hit) or CV_ECLOSED (a callback stopped it). After an error
+ * every later call returns the same error. */
+int cv_mp_feed(struct cv_mp *mp, const uint8_t *p, size_t n);
+/* The body ended: returns 0 if the close delimiter was seen, else CV_EPROTO. */
+int cv_mp_finish(struct cv_mp *mp);
+enum cv_mp_limit cv_mp_limit_hit(const struct cv_mp *mp);
+
+#endif
