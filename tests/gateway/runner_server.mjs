@@ -22,7 +22,14 @@ const app = buildApp([
     http: { basePath: "/__runner", listen: { port, host: "127.0.0.1" }, auth: { token } },
   }),
 ]);
-const runtime = await run(app, { logs: { printThreshold: null }, shutdownHooks: false });
+let runtime;
+try {
+  runtime = await run(app, { logs: { printThreshold: null }, shutdownHooks: false });
+} catch (err) {
+  // (Runner's error boundary would otherwise let the process end with 0.)
+  console.error("runner_server: cannot start:", err);
+  process.exit(1);
+}
 const exposure = runtime.getResourceValue(nodeExposure);
 const addr = exposure.server.address();
 process.stdout.write(`listening on http://127.0.0.1:${addr.port}\n`);

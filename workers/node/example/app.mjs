@@ -159,6 +159,8 @@ const parHook = r
   .run(async () => {})
   .build();
 
+// The allow-list. (Runner refuses, at init, a tunnel naming an id that is
+// not registered; culvert's gateway may allow-list ids no backend serves.)
 export const TASK_IDS = [
   "app.tasks.add", "app.tasks.whoami", "app.tasks.echo", "app.tasks.noop",
   "app.tasks.fail", "app.tasks.boom", "app.tasks.upload", "app.tasks.octet",
