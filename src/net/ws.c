@@ -73,6 +73,7 @@ struct cv_ws {
     struct cv_url *url; /* owned; client, until the handshake ends */
     char key[25];
     char peer[CV_ADDR_STRLEN];
+    uint64_t born_ns; /* uv_hrtime() at accept / connect start */
     cv_ws__head_cb head_cb;
     void *srv;                   /* borrowed */
     struct cv_ws **pending;      /* borrowed: the server's list head */
@@ -133,6 +134,7 @@ const char *cv_ws_subprotocol(const struct cv_ws *ws)
 }
 void cv_ws_set_data(struct cv_ws *ws, void *data) { ws->data = data; }
 const char *cv_ws_peer(const struct cv_ws *ws) { return ws->peer; }
+uint64_t cv_ws_born_ns(const struct cv_ws *ws) { return ws->born_ns; }
 size_t cv_ws_tx_pending(const struct cv_ws *ws) { return ws->pend.len + ws->infl.len; }
 
 bool cv_ws_is_writable(const struct cv_ws *ws)
@@ -777,6 +779,7 @@ static struct cv_ws *ws_new(uv_loop_t *loop, const struct cv_ws_opts *opts)
     if (ws == NULL)
         return NULL;
     ws->loop = loop;
+    ws->born_ns = uv_hrtime();
     if (opts)
         ws->opts = *opts;
     else
