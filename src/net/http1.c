@@ -42,6 +42,7 @@ struct cv_http1_server {
     void *data;         /* borrowed */
     struct conn *conns; /* owned list of open connections */
     uint16_t port;
+    bool unlistened, listener_closed, free_pending;
 };
 
 struct conn {
@@ -574,7 +575,7 @@ static bool early_close(const struct cv_http1_req *r)
 /* Drops body bytes after an early reply (or cv_http1_req_discard_body). */
 static bool step_discard(struct conn *c, struct cv_http1_req *r)
 {
-    if (early_close(r)) {
+    if (early_close(r) || (r->ended && c->close_after)) {
         if (!r->ended)
             return false; /* stop reading until the response is done */
         /* The rest of the body would be taken for the next request, so
@@ -883,13 +884,34 @@ void *cv_http1_server_data(const struct cv_http1_server *srv)
     return srv->data;
 }
 
+static void on_listener_closed(uv_handle_t *h)
+{
+    struct cv_http1_server *srv = h->data;
+    srv->listener_closed = true;
+    if (srv->free_pending)
+        free(srv);
+}
+
+void cv_http1_server_unlisten(struct cv_http1_server *srv)
+{
+    if (srv == NULL || srv->unlistened)
+        return;
+    srv->unlistened = true;
+    uv_close((uv_handle_t *)&srv->tcp, on_listener_closed);
+}
+
 void cv_http1_server_close(struct cv_http1_server *srv)
 {
     if (srv == NULL)
         return;
     while (srv->conns)
         conn_close(srv->conns, CV_ECLOSED); /* unlinks it */
-    uv_close((uv_handle_t *)&srv->tcp, (uv_close_cb)free);
+    if (!srv->unlistened)
+        uv_close((uv_handle_t *)&srv->tcp, (uv_close_cb)free);
+    else if (srv->listener_closed)
+        free(srv);
+    else
+        srv->free_pending = true;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1201,6 +1223,20 @@ int cv_http1_respond_end(struct cv_http1_req *req)
         flush(c);
     kick(c);
     return rc;
+}
+
+int cv_http1_respond_abort(struct cv_http1_req *req)
+{
+    if (gone(req))
+        return CV_ECLOSED;
+    if (!req->started || req->ended)
+        return CV_EINVAL;
+    req->ended = true;
+    req->c->close_after = true;
+    if (!req->c->in_pump)
+        flush(req->c);
+    kick(req->c);
+    return 0;
 }
 
 int cv_http1_respond(struct cv_http1_req *req, int status, const char *ctype, const void *body,

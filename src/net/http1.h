@@ -99,6 +99,9 @@ int cv_http1_server_start(uv_loop_t *loop, const char *host, uint16_t port,
 int cv_http1_server_set_opts(struct cv_http1_server *srv, const struct cv_http1_opts *o);
 uint16_t cv_http1_server_port(const struct cv_http1_server *srv);
 void *cv_http1_server_data(const struct cv_http1_server *srv);
+/* Stops accepting; open connections carry on (graceful drain). A later
+ * cv_http1_server_close still closes them and frees srv. */
+void cv_http1_server_unlisten(struct cv_http1_server *srv);
 /* Stops listening and closes every connection; active requests get on_done
  * with CV_ECLOSED synchronously. srv is freed asynchronously. NULL-safe. */
 void cv_http1_server_close(struct cv_http1_server *srv);
@@ -141,6 +144,11 @@ int cv_http1_respond_write(struct cv_http1_req *req, const void *data, size_t le
  * closed after what was queued) or CV_ECLOSED. If the request body was not
  * read to its end, the early-reply rule (top of this file) applies. */
 int cv_http1_respond_end(struct cv_http1_req *req);
+/* Ends a response started without Content-Length early: no final chunk,
+ * and the connection closes once what was queued is sent, so the client
+ * sees a truncated body. Returns 0, CV_EINVAL (not started or ended) or
+ * CV_ECLOSED. */
+int cv_http1_respond_abort(struct cv_http1_req *req);
 /* Starts a response from a preformatted header block (each line
  * "Name: value\r\n", written as given: the caller controls names, casing
  * and order and must have validated them). The server appends, in this
