@@ -97,22 +97,6 @@ static void stop(void *data)
     cv_cli_signals_close(&run->sig);
 }
 
-/* Parses HOST:PORT with a numeric host into host (brackets removed) and port. */
-static int parse_hostport(const char *s, char *host, size_t hostlen, uint16_t *port)
-{
-    struct sockaddr_storage ss;
-    if (cv_addr_parse(s, &ss) != 0)
-        return CV_EINVAL;
-    cv_addr_str((struct sockaddr *)&ss, host, hostlen);
-    *strrchr(host, ':') = 0;
-    if (host[0] == '[') {
-        memmove(host, host + 1, strlen(host));
-        host[strlen(host) - 1] = 0;
-    }
-    *port = cv_addr_port((struct sockaddr *)&ss);
-    return 0;
-}
-
 static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, size_t hostlen,
                  char *admin, size_t adminlen)
 {
@@ -132,8 +116,8 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
         switch (c) {
         case 'l':
         case 'D':
-            if (c == 'l' ? parse_hostport(optarg, host, hostlen, &o->port) != 0
-                         : parse_hostport(optarg, admin, adminlen, &o->admin_port) != 0) {
+            if (c == 'l' ? cv_addr_split(optarg, host, hostlen, &o->port) != 0
+                         : cv_addr_split(optarg, admin, adminlen, &o->admin_port) != 0) {
                 fprintf(stderr, "culvert relay: --%s wants HOST:PORT with a numeric host, got '%s'\n",
                         c == 'l' ? "listen" : "admin", optarg);
                 return 2;
