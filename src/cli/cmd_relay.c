@@ -33,6 +33,8 @@ static void usage(FILE *f)
             "  --conn-buffer SIZE     bytes queued per connection toward a KohakuRiver peer\n"
             "                         before that one connection is aborted (that protocol\n"
             "                         has no flow control); K/M/G suffixes (default 8M)\n"
+            "  --admin HOST:PORT      admin listener: JSON API (/api/agents, /api/streams, ...),\n"
+            "                         Prometheus /metrics, /healthz, /readyz (default: off)\n"
             "  --log-level LEVEL      error, warn, info, debug or trace (default info)\n"
             "  -h, --help             show this help\n");
 }
@@ -95,7 +97,8 @@ static void stop(void *data)
     cv_cli_signals_close(&run->sig);
 }
 
-static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, size_t hostlen)
+static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, size_t hostlen,
+                 char *admin, size_t adminlen)
 {
     static const struct option longopts[] = {
         {"listen", required_argument, NULL, 'l'},    {"ping-interval", required_argument, NULL, 'i'},
@@ -103,7 +106,7 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
         {"log-level", required_argument, NULL, 'L'}, {"help", no_argument, NULL, 'h'},
         {"token", required_argument, NULL, 'T'}, {"allow-anonymous", no_argument, NULL, 'A'},
         {"public-bind", required_argument, NULL, 'B'}, {"allow-ports", required_argument, NULL, 'P'},
-        {"conn-buffer", required_argument, NULL, 'C'},
+        {"conn-buffer", required_argument, NULL, 'C'}, {"admin", required_argument, NULL, 'D'},
         {NULL, 0, NULL, 0}};
     int c;
     optind = 1;
@@ -112,17 +115,15 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
         enum cv_log_level lvl;
         switch (c) {
         case 'l':
-            if (cv_addr_parse(optarg, &ss) != 0) {
-                fprintf(stderr, "culvert relay: --listen wants HOST:PORT with a numeric host, got '%s'\n", optarg);
+        case 'D':
+            if (c == 'l' ? cv_addr_split(optarg, host, hostlen, &o->port) != 0
+                         : cv_addr_split(optarg, admin, adminlen, &o->admin_port) != 0) {
+                fprintf(stderr, "culvert relay: --%s wants HOST:PORT with a numeric host, got '%s'\n",
+                        c == 'l' ? "listen" : "admin", optarg);
                 return 2;
             }
-            cv_addr_str((struct sockaddr *)&ss, host, hostlen);
-            *strrchr(host, ':') = 0;
-            if (host[0] == '[') {
-                memmove(host, host + 1, strlen(host));
-                host[strlen(host) - 1] = 0;
-            }
-            o->port = cv_addr_port((struct sockaddr *)&ss);
+            if (c == 'D')
+                o->admin_host = admin;
             break;
         case 'i':
         case 't':
@@ -178,7 +179,8 @@ int cv_cmd_relay(int argc, char **argv)
     struct cv_relay_opts o;
     cv_relay_opts_default(&o);
     char host[CV_ADDR_STRLEN] = "127.0.0.1";
-    int rc = parse(argc, argv, &o, host, sizeof host);
+    char admin[CV_ADDR_STRLEN] = "";
+    int rc = parse(argc, argv, &o, host, sizeof host, admin, sizeof admin);
     if (rc >= 0)
         return rc;
     o.host = host;
@@ -203,6 +205,8 @@ int cv_cmd_relay(int argc, char **argv)
         return 1;
     }
     printf("culvert relay listening on %s:%u\n", host, cv_relay_port(run.relay));
+    if (o.admin_host)
+        printf("culvert relay admin API on http://%s:%u/\n", admin, cv_relay_admin_port(run.relay));
     fflush(stdout);
     cv_cli_signals_start(loop, &run.sig, stop, &run);
     uv_run(loop, UV_RUN_DEFAULT);

@@ -30,7 +30,10 @@
  * accepts it; surrounding whitespace allowed; nesting <= CV_RJ_MAX_DEPTH;
  * valid UTF-8, else refused) and writes its compact form to out (capacity
  * >= len; out may equal in). Returns 0 and *out_len, or CV_EPROTO with a
- * short static reason in *why (may be NULL). */
+ * short static reason in *why (may be NULL). Single pass, no allocation.
+ * An empty or whitespace-only input is refused ("empty"): Runner's server
+ * treats only a zero-length body as undefined (check len == 0 first and
+ * give cv_rj_select_input len 0); "  " is INVALID_JSON there as here. */
 int cv_rj_compact(const char *in, size_t len, char *out, size_t *out_len, const char **why);
 
 /* A slice of the compact text. */
@@ -41,10 +44,14 @@ struct cv_rj_slice {
 
 /* What cv_rj_top_scan found at the top level of a compact JSON text. Keys
  * are compared after unescaping ("in\u0070ut" is "input"); for repeated
- * keys the last one wins, as in JSON.parse. */
+ * keys the last one wins, as in JSON.parse. As Runner's decoder strips one
+ * "$runner.escape::" prefix from plain keys, "$runner.escape::input" is an
+ * "input" member too (of two spellings, the one first seen later wins).
+ * input, payload and return_payload are set only for a plain object (not
+ * for a graph or a record, whose decoded value has no such members). */
 struct cv_rj_top {
     bool is_object;       /* a JSON object (arrays are not) */
-    bool is_graph;        /* object with "__graph": true */
+    bool is_graph;        /* object with "__graph": true, a "root" and object "nodes" */
     bool is_record;       /* object with a string "__type" and a "value" key */
     struct cv_rj_slice input;   /* the "input" member's value */
     struct cv_rj_slice payload; /* the "payload" member's value */
@@ -53,13 +60,15 @@ struct cv_rj_top {
                              record, NaN and BigInt 0 are falsy) */
 };
 
-/* Scans compact text produced by cv_rj_compact. Returns 0 or CV_EPROTO. */
+/* Scans compact text produced by cv_rj_compact (len > 0; anything else may
+ * be refused but is never overrun). No allocation. Returns 0 or CV_EPROTO. */
 int cv_rj_top_scan(const char *compact, size_t len, struct cv_rj_top *top);
 
-/* The §8.2 task-input selection on compact text: sets *off/*len to the
- * bytes to send as input, or sets *whole_body for a graph (send the body,
- * the receiver applies §8.2). An empty body gives CV_RJ_UNDEFINED (static
- * string returned through *text, off = 0). Returns 0 or CV_EPROTO. */
+/* The §8.2 task-input selection on compact text: sets *text = compact and
+ * *off and *out_len to the bytes to send as input, or sets *whole_body for
+ * a graph (*off and *out_len then span the body: send it as "body", the
+ * receiver applies §8.2). len 0 (an empty body) gives CV_RJ_UNDEFINED
+ * (static string returned through *text, off = 0). Returns 0 or CV_EPROTO. */
 int cv_rj_select_input(const char *compact, size_t len, const char **text, size_t *off,
                        size_t *out_len, bool *whole_body);
 

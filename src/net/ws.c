@@ -73,6 +73,8 @@ struct cv_ws {
     struct cv_url *url; /* owned; client, until the handshake ends */
     char key[25];
     char peer[CV_ADDR_STRLEN];
+    uint64_t born_ns; /* uv_hrtime() at accept / connect start */
+    uint64_t rx_bytes, tx_bytes; /* wire bytes read / queued for writing */
     cv_ws__head_cb head_cb;
     void *srv;                   /* borrowed */
     struct cv_ws **pending;      /* borrowed: the server's list head */
@@ -133,6 +135,9 @@ const char *cv_ws_subprotocol(const struct cv_ws *ws)
 }
 void cv_ws_set_data(struct cv_ws *ws, void *data) { ws->data = data; }
 const char *cv_ws_peer(const struct cv_ws *ws) { return ws->peer; }
+uint64_t cv_ws_born_ns(const struct cv_ws *ws) { return ws->born_ns; }
+uint64_t cv_ws_rx_bytes(const struct cv_ws *ws) { return ws->rx_bytes; }
+uint64_t cv_ws_tx_bytes(const struct cv_ws *ws) { return ws->tx_bytes; }
 size_t cv_ws_tx_pending(const struct cv_ws *ws) { return ws->pend.len + ws->infl.len; }
 
 bool cv_ws_is_writable(const struct cv_ws *ws)
@@ -369,6 +374,7 @@ static void queue_raw(struct cv_ws *ws, const void *p1, size_t n1, const void *p
                       const void *p3, size_t n3)
 {
     size_t total = n1 + n2 + n3, skip = 0;
+    ws->tx_bytes += total;
     if (total >= DIRECT_WRITE && !ws->writing && ws->pend.len == 0 && ws->state != ST_CLOSED) {
         uv_buf_t b[3] = {uv_buf_init((char *)p1, (unsigned)n1), uv_buf_init((char *)p2, (unsigned)n2),
                          uv_buf_init((char *)p3, (unsigned)n3)};
@@ -670,6 +676,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     ws->last_rx = uv_now(ws->loop);
+    ws->rx_bytes += (uint64_t)nread;
     if ((uint8_t *)buf->base != shared_rx) {
         cv_buf_commit(&ws->rx, (size_t)nread);
         process_rx(ws);
@@ -777,6 +784,7 @@ static struct cv_ws *ws_new(uv_loop_t *loop, const struct cv_ws_opts *opts)
     if (ws == NULL)
         return NULL;
     ws->loop = loop;
+    ws->born_ns = uv_hrtime();
     if (opts)
         ws->opts = *opts;
     else

@@ -51,6 +51,7 @@ struct conn {
     struct cv_flow_rx f_rx; /* window granted to a native session */
     struct cv_flow_tx a_tx; /* credit from a native agent */
     struct cv_buf fq;       /* messages waiting for agent credit: [u32 len][msg] */
+    uint64_t up, down;      /* payload bytes toward / from the agent (admin API) */
 };
 
 struct tunnel {
@@ -66,6 +67,8 @@ struct tunnel {
     struct session *paused;     /* sessions paused waiting for this tunnel */
     struct exposure *exposures; /* public ports this tunnel holds */
     struct visitor *stalled;    /* visitor sockets waiting for credit or drain */
+    int64_t since;              /* unix time of registration */
+    uint64_t up, down;          /* payload bytes toward / from this agent */
 };
 
 struct session {
@@ -81,7 +84,28 @@ struct session {
     struct tunnel *paused_on; /* borrowed */
     struct session *pnext;    /* link in paused_on->paused */
     struct session *next, *prev;
+    int64_t since; /* unix time the session opened */
 };
+
+/* Handshake latency buckets (seconds, upper bounds) for /metrics. */
+#define RELAY_HS_BUCKETS 12
+
+/* Counters for the admin API and /metrics (monotonic unless noted). */
+struct relay_stats {
+    uint64_t agents_total;      /* agent registrations accepted */
+    uint64_t sessions_total;    /* forward sessions accepted */
+    uint64_t streams_total;     /* connections opened through agents */
+    uint64_t stream_errors;     /* connections aborted (queue full, flow violations, ...) */
+    uint64_t auth_failures;     /* handshakes refused with 401 */
+    uint64_t expose_refusals;   /* EXPOSE requests refused */
+    uint64_t bytes_to_agents;   /* payload bytes */
+    uint64_t bytes_from_agents;
+    uint64_t hs_count;          /* WebSocket handshakes completed */
+    double hs_sum;              /* seconds */
+    uint64_t hs_bucket[RELAY_HS_BUCKETS]; /* not cumulative: one count per bucket */
+};
+
+struct relay_admin;
 
 struct cv_relay {
     uv_loop_t *loop;
@@ -93,6 +117,9 @@ struct cv_relay {
     struct conn *graveyard; /* dead conns, freed from the reaper timer */
     uv_timer_t reaper;
     bool stopping;
+    struct relay_stats stats;
+    struct relay_admin *admin; /* NULL unless opts.admin_host */
+    int64_t started;           /* unix time */
 };
 
 /* stream.c */
@@ -118,6 +145,10 @@ void front_consumed(struct conn *c, size_t n, bool idle);
 /* public.c */
 void exposure_request(struct tunnel *t, const struct cv_kh_msg *m);
 void exposures_close(struct tunnel *t);
+/* Calls fn for each public port t holds (admin API). */
+void exposures_each(struct tunnel *t,
+                    void (*fn)(void *ud, uint8_t proto, uint16_t local_port, uint16_t public_port),
+                    void *ud);
 /* Agent -> visitor data for a public-port conn (n == 0 on TCP is FIN).
  * Returns false if the visitor cannot take it (UDP: dropped). */
 bool visitor_write(struct conn *c, const uint8_t *p, size_t n);
@@ -125,6 +156,12 @@ bool visitor_write(struct conn *c, const uint8_t *p, size_t n);
 void visitor_detach(struct conn *c);
 /* Agent credit arrived or its queue drained: resume stalled visitors. */
 void visitors_resume(struct tunnel *t);
+
+/* admin.c */
+int relay_admin_start(struct cv_relay *r);
+void relay_admin_stop(struct cv_relay *r);
+/* A WebSocket handshake took ns nanoseconds (accept to 101). */
+void relay_stats_handshake(struct relay_stats *st, uint64_t ns);
 
 /* relay.c */
 void relay_handle_closed(uv_handle_t *h);

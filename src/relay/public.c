@@ -428,8 +428,18 @@ static void expose_reply(struct tunnel *t, uint8_t proto, uint32_t num, uint16_t
                          const char *reason)
 {
     uint8_t hdr[CV_KH_HDR_LEN];
+    if (reason)
+        t->r->stats.expose_refusals++;
     cv_kh_encode(hdr, CV_KH_EXPOSED, proto, num, port);
     cv_ws_send2(t->ws, CV_WS_BINARY, hdr, sizeof hdr, reason, reason ? strlen(reason) : 0);
+}
+
+void exposures_each(struct tunnel *t,
+                    void (*fn)(void *ud, uint8_t proto, uint16_t local_port, uint16_t public_port),
+                    void *ud)
+{
+    for (struct exposure *x = t->exposures; x; x = x->next)
+        fn(ud, x->proto, x->local_port, x->public_port);
 }
 
 static void on_exposure_closed(uv_handle_t *h)

@@ -118,6 +118,9 @@ static void accept_tunnel(struct cv_relay *r, struct cv_http_req *req, const cha
         return;
     }
     t->r = r;
+    t->since = (int64_t)time(NULL);
+    r->stats.agents_total++;
+    relay_stats_handshake(&r->stats, uv_hrtime() - cv_ws_born_ns(t->ws));
     snprintf(t->id, sizeof t->id, "%s", id);
     t->next_tid = 1;
     t->native = cv_ws_subprotocol(t->ws) != NULL;
@@ -203,6 +206,9 @@ static void accept_session(struct cv_relay *r, struct cv_http_req *req, const ch
         return;
     }
     s->r = r;
+    s->since = (int64_t)time(NULL);
+    r->stats.sessions_total++;
+    relay_stats_handshake(&r->stats, uv_hrtime() - cv_ws_born_ns(s->ws));
     snprintf(s->container, sizeof s->container, "%s", id);
     s->url_port = port;
     s->native = cv_ws_subprotocol(s->ws) != NULL;
@@ -285,6 +291,7 @@ static bool authorized(struct cv_relay *r, struct cv_http_req *req, const char *
     if (res == CV_AUTH_OK)
         return true;
     const char *why = cv_auth_reason(res);
+    r->stats.auth_failures++;
     cv_log_warn("refused %s from %s: %s", agent_id ? "agent" : "session", cv_http_req_peer(req),
                 why);
     char body[96];
@@ -377,6 +384,14 @@ int cv_relay_start(uv_loop_t *loop, const struct cv_relay_opts *opts, struct cv_
     }
     uv_timer_init(loop, &r->reaper);
     r->reaper.data = r;
+    r->started = (int64_t)time(NULL);
+    if (opts->admin_host && (rc = relay_admin_start(r)) != 0) {
+        r->stopping = true;
+        cv_http_server_close(r->srv);
+        r->srv = NULL;
+        relay_maybe_free(r);
+        return rc;
+    }
     *out = r;
     return 0;
 }
@@ -390,6 +405,7 @@ void cv_relay_stop(struct cv_relay *r)
     r->stopping = true;
     cv_http_server_close(r->srv);
     r->srv = NULL;
+    relay_admin_stop(r);
     for (struct tunnel *t = r->tunnels; t; t = t->next)
         cv_ws_close(t->ws, CV_WS_GOING_AWAY, "relay shutting down");
     for (struct session *s = r->sessions; s; s = s->next)

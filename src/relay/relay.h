@@ -22,6 +22,8 @@ struct cv_relay_opts {
     bool allow_anonymous;      /* admit peers without a token */
     const char *public_bind;   /* address for agent-declared public ports */
     uint16_t allow_lo, allow_hi; /* public ports agents may claim; 0-0: any */
+    const char *admin_host;    /* admin listener (JSON API, /metrics); NULL: none */
+    uint16_t admin_port;       /* 0: ephemeral */
 };
 
 /* Fills opts with the defaults (127.0.0.1:8001, 20 s / 20 s, URL port only,
@@ -33,6 +35,8 @@ void cv_relay_opts_default(struct cv_relay_opts *opts);
 int cv_relay_start(uv_loop_t *loop, const struct cv_relay_opts *opts, struct cv_relay **out);
 /* The bound port. */
 uint16_t cv_relay_port(const struct cv_relay *r);
+/* The admin listener's bound port (0 if there is none). */
+uint16_t cv_relay_admin_port(const struct cv_relay *r);
 /* Stops listening and closes every tunnel and session; r is freed once they
  * are gone (the loop must keep running until then). */
 void cv_relay_stop(struct cv_relay *r);

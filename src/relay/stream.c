@@ -149,6 +149,7 @@ struct conn *conn_new(struct tunnel *t, uint8_t kind, uint8_t proto)
         free(c);
         return NULL;
     }
+    t->r->stats.streams_total++;
     /* A native agent's data is bounded by the window we grant; a
      * KohakuRiver agent's only by this cap (overflow aborts the conn). */
     size_t cap = t->native ? CV_FLOW_WINDOW_MAX + 1024 * 1024 : t->r->opts.conn_pending;
@@ -270,6 +271,7 @@ void conn_abort(struct conn *c, const char *why)
 {
     if (c->dead || (c->ending && c->t == NULL && c->q.len == 0 && c->fq.len == 0))
         return;
+    c->r->stats.stream_errors++;
     cv_log_warn("connection %u (agent %s): aborted: %s (%zu bytes queued)", c->tid,
                 c->t ? c->t->id : "-", why, c->q.len);
     close_at_agent(c);
@@ -486,6 +488,9 @@ static void agent_window(struct conn *c, const struct cv_kh_msg *m)
 static void agent_data(struct tunnel *t, struct conn *c, uint8_t *data, size_t len)
 {
     size_t n = len - CV_KH_HDR_LEN;
+    c->down += n;
+    t->down += n;
+    t->r->stats.bytes_from_agents += n;
     if (t->native && c->proto == CV_KH_TCP && cv_flow_rx_data(&c->a_rx, n) != 0) {
         static const char msg[] = "flow control violation";
         relay_send(t->ws, CV_KH_ERROR, c->proto, c->tid, msg, sizeof msg - 1);
@@ -612,6 +617,11 @@ static int to_agent(struct conn *c, uint8_t *msg, size_t len)
     bool tcp_data = is_tcp_data(msg[0], msg[1]);
     size_t n = len - CV_KH_HDR_LEN;
     bool credit = !t->native || !tcp_data || c->a_tx.credit >= n;
+    if (msg[0] == CV_KH_DATA) {
+        c->up += n;
+        t->up += n;
+        t->r->stats.bytes_to_agents += n;
+    }
     if (c->fq.len == 0 && credit) {
         if (t->native && tcp_data)
             c->a_tx.credit -= n;
@@ -823,6 +833,9 @@ void front_data(struct conn *c, const uint8_t *p, size_t n)
         return;
     uint8_t hdr[CV_KH_HDR_LEN];
     cv_kh_encode(hdr, CV_KH_DATA, c->proto, c->tid, 0);
+    c->up += n;
+    t->up += n;
+    t->r->stats.bytes_to_agents += n;
     if (c->proto == CV_KH_TCP) {
         /* The visitor is read only within credit (public.c). */
         c->a_tx.credit -= n <= c->a_tx.credit ? n : c->a_tx.credit;

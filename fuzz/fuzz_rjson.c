@@ -1,0 +1,83 @@
+/* Fuzzes the Runner serializer JSON codec. Compaction into a copy and in
+ * place agree, is idempotent and never grows the text; the top-level scan
+ * and the input selection accept every compact text and return slices
+ * inside it that are themselves compact JSON values. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec/rjson.h"
+#include "core/err.h"
+
+static void check_value(const char *p, size_t n)
+{
+    char *t = malloc(n ? n : 1);
+    size_t l;
+    if (t == NULL)
+        abort();
+    /* A selected slice is one compact value: compaction leaves it alone. */
+    if (cv_rj_compact(p, n, t, &l, NULL) != 0 || l != n || memcmp(t, p, n) != 0)
+        abort();
+    free(t);
+}
+
+static void check_slice(const char *c, size_t len, struct cv_rj_slice s)
+{
+    if (!s.present)
+        return;
+    if (s.off > len || s.len > len - s.off || s.len == 0)
+        abort();
+    check_value(c + s.off, s.len);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    const char *in = (const char *)data;
+    char *a = malloc(size + 1), *b = malloc(size + 1), *c = malloc(size + 1);
+    size_t al = 0, bl = 0, cl = 0;
+    const char *why = NULL, *why2 = NULL;
+
+    if (a == NULL || b == NULL || c == NULL)
+        abort();
+    memcpy(b, in, size);
+    int ra = cv_rj_compact(in, size, a, &al, &why);
+    int rb = cv_rj_compact(b, size, b, &bl, &why2);
+    if (ra != rb || (ra != 0 && (ra != CV_EPROTO || why == NULL || why2 == NULL)))
+        abort();
+    if (ra == 0) {
+        if (al != bl || memcmp(a, b, al) != 0 || al > size || al == 0)
+            abort();
+        /* Idempotent. */
+        if (cv_rj_compact(a, al, c, &cl, NULL) != 0 || cl != al || memcmp(a, c, al) != 0)
+            abort();
+
+        struct cv_rj_top top;
+        if (cv_rj_top_scan(a, al, &top) != 0)
+            abort();
+        if (top.is_object != (a[0] == '{'))
+            abort();
+        check_slice(a, al, top.input);
+        check_slice(a, al, top.payload);
+
+        const char *text;
+        size_t off, n;
+        bool whole;
+        if (cv_rj_select_input(a, al, &text, &off, &n, &whole) != 0 || text != a)
+            abort();
+        if (whole != top.is_graph || off > al || n > al - off)
+            abort();
+        check_value(a + off, n);
+        if (top.input.present && !whole && (off != top.input.off || n != top.input.len))
+            abort();
+    } else {
+        /* Arbitrary bytes never crash the readers either. */
+        struct cv_rj_top top;
+        (void)cv_rj_top_scan(in, size, &top);
+        if (top.input.present && (top.input.off > size || top.input.len > size - top.input.off))
+            abort();
+    }
+    free(a);
+    free(b);
+    free(c);
+    return 0;
+}
