@@ -48,6 +48,8 @@ struct cv_agent_opts {
     const struct cv_agent_expose *expose; /* borrowed: native only */
     size_t nexpose;
     uint32_t ping_interval_ms;   /* native keepalive; 0: 15 s */
+    const char *admin_host;      /* borrowed: admin listener (status, /metrics); NULL: none */
+    uint16_t admin_port;         /* 0: ephemeral */
 };
 
 /* Fills defaults: 5 s delay, unlimited retries, default queue cap. */
@@ -66,6 +68,9 @@ int cv_agent_start(uv_loop_t *loop, const struct cv_agent_opts *opts, cv_agent_d
 /* Closes the tunnel (close 1000) and every local connection; done fires
  * when all is closed. Safe to call more than once. */
 void cv_agent_stop(struct cv_agent *a);
+
+/* The admin listener's bound port (0 if there is none). */
+uint16_t cv_agent_admin_port(const struct cv_agent *a);
 
 /* The tunnel URL with a /t/TOKEN path prefix masked, for log lines. */
 const char *cv_agent_log_url(const struct cv_agent *a);

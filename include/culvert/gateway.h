@@ -90,7 +90,8 @@ void cv_gw_on_cancel(struct cv_gw_ctx *c, void (*fn)(struct cv_gw_ctx *c, void *
 
 /* Answers with {"ok":true,"result":R} (steals result; NULL: undefined).
  * For events: the payload when returnPayload was asked, else ignored.
- * Returns 0 or CV_EINVAL (already answered). */
+ * Returns 0 or CV_EINVAL (a stream was started). After an answer the call
+ * object is freed: answering twice is a use after free. */
 int cv_gw_reply(struct cv_gw_ctx *c, json_t *result);
 /* Answers with an error envelope; status 400..599, code a string. A 500's
  * message is replaced by "Internal Error" (§4.2). */
@@ -108,11 +109,24 @@ void cv_gw_on_body(struct cv_gw_ctx *c, void (*on_data)(struct cv_gw_ctx *c, con
                                                         size_t n, void *ud),
                    void (*on_end)(struct cv_gw_ctx *c, void *ud), void *ud);
 
+/* Multipart file streams (§8.3): on_open once per file part (file_id is
+ * the sentinel's id; meta the merged metadata object, borrowed), then its
+ * bytes, then on_end (error: the part failed or was cut short). The task
+ * starts once the manifest decodes, so files arrive while it runs. */
+void cv_gw_on_files(struct cv_gw_ctx *c,
+                    void (*on_open)(struct cv_gw_ctx *c, const char *file_id, const json_t *meta,
+                                    void *ud),
+                    void (*on_data)(struct cv_gw_ctx *c, const char *file_id, const uint8_t *p,
+                                    size_t n, void *ud),
+                    void (*on_end)(struct cv_gw_ctx *c, const char *file_id, bool error, void *ud),
+                    void *ud);
+
 /* Streamed responses (tasks only, §8.5): status (200 if 0), content type
  * (NULL: application/octet-stream), extra headers as name/value pairs
- * (blocked names dropped). write copies; returns CV_EAGAIN when the
- * client is slow (wait for on_drain). end(c, false) finishes; end(c, true)
- * truncates (closes without the last chunk). */
+ * (blocked names dropped). write copies the bytes (always taken) and
+ * returns CV_EAGAIN when the client is slow: wait for on_drain before
+ * writing more. end(c, false) finishes; end(c, true) truncates (closes
+ * without the last chunk). The call object is invalid after end. */
 int cv_gw_stream_start(struct cv_gw_ctx *c, int status, const char *content_type,
                        const char *const *headers, size_t nheaders);
 int cv_gw_stream_write(struct cv_gw_ctx *c, const void *p, size_t n);

@@ -1,9 +1,11 @@
 #include "agent/agent.h"
+#include "agent/internal.h"
 
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "codec/kohaku.h"
 #include "core/err.h"
@@ -13,23 +15,6 @@
 #include "net/ws.h"
 #include "tunnel/local.h"
 
-struct cv_agent {
-    uv_loop_t *loop;        /* borrowed */
-    char *url;              /* owned */
-    char *log_url;          /* owned: url with a /t/TOKEN prefix masked, for logs */
-    struct cv_agent_opts o; /* string fields unused after start */
-    struct cv_local *local; /* owned */
-    struct cv_ws *ws;       /* owned by the ws layer until its on_close */
-    uv_timer_t retry;
-    uint32_t attempt;       /* consecutive failed handshakes + the current one */
-    bool established;       /* the current WebSocket completed its handshake */
-    bool stopping;
-    bool native;            /* the current WebSocket negotiated culvert.v1 */
-    char relay_host[CV_URL_MAX_HOST];
-    enum cv_agent_end end;
-    cv_agent_done_cb done;
-    void *data;
-};
 
 static void attempt_connect(struct cv_agent *a);
 
@@ -74,13 +59,20 @@ static void on_exposed(struct cv_agent *a, const struct cv_kh_msg *m)
     if (m->id == 0 || m->id > a->o.nexpose)
         return;
     const struct cv_agent_expose *x = &a->o.expose[m->id - 1];
+    struct agent_exposure *st = &a->xstate[m->id - 1];
     const char *proto = x->proto == CV_KH_UDP ? "udp" : "tcp";
     if (m->port == 0) {
         int n = m->len > 200 ? 200 : (int)m->len;
         cv_log_warn("expose %s:%u refused by the relay: %.*s", proto, x->local_port, n,
                     (const char *)m->payload);
+        st->state = AGENT_X_REFUSED;
+        st->public_port = 0;
+        snprintf(st->reason, sizeof st->reason, "%.*s", n, (const char *)m->payload);
         return;
     }
+    st->state = AGENT_X_EXPOSED;
+    st->public_port = m->port;
+    st->reason[0] = 0;
     cv_log_info("exposed %s 127.0.0.1:%u at %s:%u", proto, x->local_port, a->relay_host, m->port);
 }
 
@@ -88,6 +80,7 @@ static void send_exposes(struct cv_agent *a)
 {
     for (size_t i = 0; i < a->o.nexpose; i++) {
         const struct cv_agent_expose *x = &a->o.expose[i];
+        a->xstate[i].state = AGENT_X_PENDING;
         uint8_t port[2] = {(uint8_t)(x->local_port >> 8), (uint8_t)x->local_port};
         cv_tunnel_send(a->ws, CV_KH_EXPOSE, x->proto, (uint32_t)i + 1, x->public_port, port, 2);
     }
@@ -107,6 +100,7 @@ static void handle_connect(struct cv_agent *a, const struct cv_kh_msg *m)
     }
     size_t cap = a->native ? CV_LIMIT_NATIVE_CONNS : CV_LIMIT_TUNNEL_CONNS;
     if (cv_local_count(a->local) >= cap) {
+        a->stats.stream_refusals++;
         cv_log_warn("agent: %zu connections open: refusing id %u", cap, m->id);
         send_error(a, m->proto, m->id, "Too many connections");
         return;
@@ -117,8 +111,11 @@ static void handle_connect(struct cv_agent *a, const struct cv_kh_msg *m)
                                    : cv_local_tcp_connect(a->local, m->id, m->port);
     if (rc < 0) {
         char msg[128];
+        a->stats.stream_refusals++;
         send_error(a, m->proto, m->id, cv_local_os_error(rc, msg, sizeof msg));
+        return;
     }
+    a->stats.streams_total++;
 }
 
 static void on_msg(struct cv_ws *ws, uint8_t opcode, uint8_t *p, size_t n)
@@ -169,6 +166,7 @@ static void on_retry_closed(uv_handle_t *h)
     struct cv_agent *a = h->data;
     if (a->done != NULL)
         a->done(a, a->end, a->data);
+    free(a->xstate);
     free(a->url);
     free(a->log_url);
     free(a);
@@ -178,6 +176,7 @@ static void finish(struct cv_agent *a, enum cv_agent_end end)
 {
     a->stopping = true;
     a->end = end;
+    agent_admin_stop(a);
     cv_local_free(a->local);
     a->local = NULL;
     uv_close((uv_handle_t *)&a->retry, on_retry_closed);
@@ -217,6 +216,8 @@ static void on_open(struct cv_ws *ws, int status)
         return; /* on_close follows with the reason */
     a->established = true;
     a->attempt = 0;
+    a->since = (int64_t)time(NULL);
+    a->stats.established_total++;
     a->native = cv_ws_subprotocol(ws) != NULL;
     cv_local_set_ws(a->local, ws);
     cv_log_info("tunnel established: %s%s", a->log_url, a->native ? " (native)" : "");
@@ -235,6 +236,10 @@ static void on_drain(struct cv_ws *ws)
 static void on_close(struct cv_ws *ws, uint16_t code, const char *reason)
 {
     struct cv_agent *a = cv_ws_data(ws);
+    a->stats.rx_closed += cv_ws_rx_bytes(ws);
+    a->stats.tx_closed += cv_ws_tx_bytes(ws);
+    for (size_t i = 0; i < a->o.nexpose; i++)
+        a->xstate[i] = (struct agent_exposure){0};
     a->ws = NULL;
     cv_local_set_ws(a->local, NULL);
     cv_local_close_all(a->local); /* nothing resumes (spec §7) */
@@ -250,6 +255,7 @@ static void on_close(struct cv_ws *ws, uint16_t code, const char *reason)
         schedule(a, a->o.reconnect_delay_ms);
         return;
     }
+    a->stats.failures_total++;
     cv_log_error("connection to %s failed: %s", a->log_url, reason);
     schedule(a, backoff_ms(a->o.reconnect_delay_ms, a->attempt));
 }
@@ -283,6 +289,7 @@ static void attempt_connect(struct cv_agent *a)
     int rc = cv_ws_connect(a->loop, a->url, &wo, &cbs, a, &a->ws);
     if (rc < 0) {
         a->ws = NULL;
+        a->stats.failures_total++;
         cv_log_error("connection to %s failed: %s", a->log_url,
                      rc == CV_EINVAL ? "invalid URL (only ws:// is supported)" : cv_strerror(rc));
         schedule(a, backoff_ms(a->o.reconnect_delay_ms, a->attempt));
@@ -311,8 +318,11 @@ int cv_agent_start(uv_loop_t *loop, const struct cv_agent_opts *opts, cv_agent_d
     }
     cv_agent_url(opts->runner_url, opts->container_id, a->url, len);
     a->log_url = mask_token(a->url);
-    if (a->log_url == NULL) {
+    a->xstate = calloc(opts->nexpose ? opts->nexpose : 1, sizeof *a->xstate);
+    if (a->log_url == NULL || a->xstate == NULL) {
         cv_local_free(a->local);
+        free(a->xstate);
+        free(a->log_url);
         free(a->url);
         free(a);
         return CV_ENOMEM;
@@ -325,6 +335,18 @@ int cv_agent_start(uv_loop_t *loop, const struct cv_agent_opts *opts, cv_agent_d
     a->o.runner_url = a->o.container_id = NULL;
     a->done = done;
     a->data = data;
+    a->started = (int64_t)time(NULL);
+    if (opts->admin_host) {
+        int rc = agent_admin_start(a);
+        if (rc != 0) {
+            cv_local_free(a->local);
+            free(a->xstate);
+            free(a->log_url);
+            free(a->url);
+            free(a);
+            return rc;
+        }
+    }
     uv_timer_init(loop, &a->retry);
     a->retry.data = a;
     schedule(a, 0);

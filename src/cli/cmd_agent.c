@@ -16,9 +16,11 @@
 #include "cli/cmds.h"
 #include "cli/signals.h"
 #include "codec/url.h"
+#include "core/err.h"
 #include "core/log.h"
+#include "net/addr.h"
 
-enum { OPT_DELAY = 1000, OPT_MAX, OPT_LEVEL, OPT_TOKEN, OPT_EXPOSE, OPT_PING, OPT_COMPAT };
+enum { OPT_DELAY = 1000, OPT_MAX, OPT_LEVEL, OPT_TOKEN, OPT_EXPOSE, OPT_PING, OPT_COMPAT, OPT_ADMIN };
 
 #define MAX_EXPOSE 64
 
@@ -30,6 +32,8 @@ struct agent_args {
     const char *level;
     const char *token;
     const char *ping;
+    const char *admin;
+    char admin_host[CV_ADDR_STRLEN];
     bool compat;
     size_t nexpose;
     struct cv_agent_expose expose[MAX_EXPOSE];
@@ -66,6 +70,8 @@ static void usage(FILE *f, const char *prog)
             "                                (0/absent: any port) for 127.0.0.1:LOCAL;\n"
             "                                P is tcp or udp; repeatable (native mode)\n"
             "      --ping-interval <SECS>    native keepalive interval [default: 15]\n"
+            "      --admin <HOST:PORT>       admin listener: /api/status, /metrics, /healthz,\n"
+            "                                /readyz [default: off]\n"
             "      --compat                  KohakuRiver mode only: do not offer culvert.v1\n"
             "                                (the default when started as tunnel-client)\n"
             "  -h, --help                    print help\n"
@@ -152,6 +158,7 @@ static int parse_flags(int argc, char **argv, const char *prog, struct agent_arg
         {"expose", required_argument, NULL, OPT_EXPOSE},
         {"ping-interval", required_argument, NULL, OPT_PING},
         {"compat", no_argument, NULL, OPT_COMPAT},
+        {"admin", required_argument, NULL, OPT_ADMIN},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0}};
@@ -168,6 +175,7 @@ static int parse_flags(int argc, char **argv, const char *prog, struct agent_arg
         case OPT_TOKEN: a->token = optarg; break;
         case OPT_PING: a->ping = optarg; break;
         case OPT_COMPAT: a->compat = true; break;
+        case OPT_ADMIN: a->admin = optarg; break;
         case OPT_EXPOSE:
             if (a->nexpose == MAX_EXPOSE || parse_expose(optarg, &a->expose[a->nexpose]) < 0)
                 return usage_error(prog, "invalid value '%s' for '--expose <tcp|udp:LOCAL[:PUBLIC]>'",
@@ -239,6 +247,12 @@ static int resolve(const char *prog, struct agent_args *a, struct cv_agent_opts 
     }
     if (a->nexpose > 0 && !o->native)
         return usage_error(prog, "--expose needs native mode (not with --compat or tunnel-client)");
+    if (a->admin != NULL) {
+        if (cv_addr_split(a->admin, a->admin_host, sizeof a->admin_host, &o->admin_port) != 0)
+            return usage_error(prog, "invalid value '%s' for '--admin <HOST:PORT>' (numeric host)",
+                               a->admin);
+        o->admin_host = a->admin_host;
+    }
     return set_log_level(prog, a->level);
 }
 
@@ -276,8 +290,9 @@ static int run(const struct cv_agent_opts *o)
     struct cv_agent *ag;
     if (uv_loop_init(&loop) != 0)
         return 1;
-    if (cv_agent_start(&loop, o, on_done, &r, &ag) != 0) {
-        fprintf(stderr, "Error: cannot start the agent\n");
+    int rc = cv_agent_start(&loop, o, on_done, &r, &ag);
+    if (rc != 0) {
+        fprintf(stderr, "Error: cannot start the agent: %s\n", cv_strerror(rc));
         uv_loop_close(&loop);
         return 1;
     }

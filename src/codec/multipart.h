@@ -9,7 +9,27 @@
  * headers (name, filename, content type, with quoted-string \" and \\
  * unescaped) and for each run of part data (a slice of the caller's
  * buffer, or of the parser's small boundary look-behind), and enforces
- * limits. The preamble and epilogue are ignored. */
+ * limits. The preamble and epilogue are ignored.
+ *
+ * Framing (RFC 2046 §5.1.1): a delimiter is CRLF "--" boundary (the first
+ * may open the body without the CRLF). It always ends the part, since the
+ * boundary cannot occur in data; it must be followed by transport padding
+ * (SP/HT) and CRLF, or by "--" (the close delimiter, after which anything
+ * is ignored), else CV_EPROTO. "\r\n--boundarX" and the like are data.
+ * Part headers are CRLF lines up to an empty line (obs-fold unfolded;
+ * names case-insensitive; the first Content-Disposition and Content-Type
+ * are used, others ignored). Content-Disposition must be form-data with a
+ * name; repeated parameters: the last wins; filename* (RFC 8187, UTF-8 or
+ * ISO-8859-1, percent-decoded) is preferred over filename; a filename,
+ * even empty, makes the part a file. Names longer than max_name are cut
+ * to it (on a UTF-8 character boundary) without error, as busboy does
+ * with fieldNameSize. Filenames are passed as sent (no basename).
+ *
+ * Callbacks run synchronously inside cv_mp_feed, in the order on_part,
+ * on_data*, on_part_end for each part; parts never overlap. on_part_end
+ * comes once the next delimiter line is complete and valid. After an
+ * error (including a stop), no further callback is made, and the current
+ * part gets no on_part_end. Callbacks must not feed or free the parser. */
 #ifndef CV_MULTIPART_H
 #define CV_MULTIPART_H
 
@@ -25,7 +45,12 @@
  * CV_EPROTO (not multipart/form-data, missing, empty, too long, bad chars). */
 int cv_mp_boundary(const char *content_type, size_t len, char *out);
 
-/* Per-body limits; 0 means "no limit" for parts only (others must be set). */
+/* Per-body limits; 0 means "no limit" for parts only (others must be set).
+ * Counts (files, fields, parts) trip on the (limit+1)-th part, as busboy's
+ * do: parts as the part begins, files/fields once its headers are read
+ * (before on_part). Sizes trip on the first data byte past the limit; the
+ * bytes up to the limit are delivered, not the excess. A header block
+ * (its final empty line included) over max_part_head is CV_EPROTO. */
 struct cv_mp_limits {
     size_t max_part_head;   /* bytes of one part's header block (8 KiB) */
     size_t max_name;        /* field name bytes (100) */
@@ -54,6 +79,10 @@ struct cv_mp_part {
     const char *filename; /* NULL when absent (a plain field) */
     const char *content_type; /* NULL when absent */
     bool is_file;         /* filename present */
+    /* What busboy reports as mimeType (Runner fills a missing manifest
+     * type with it): Content-Type's type/subtype in lower case, parameters
+     * dropped; "text/plain" when absent or malformed. Never NULL. */
+    const char *mime_type;
 };
 
 struct cv_mp_cbs {
@@ -68,7 +97,10 @@ struct cv_mp_cbs {
 
 struct cv_mp; /* opaque; one per body */
 
-/* Creates a parser for boundary (from cv_mp_boundary). Returns NULL on ENOMEM. */
+/* Creates a parser for boundary (from cv_mp_boundary). lim NULL: the
+ * defaults; cbs NULL or a NULL member: no callback. One allocation of
+ * about 2 * max_part_head bytes; nothing else is allocated later. Returns
+ * NULL on ENOMEM or a boundary that is empty or over CV_MP_MAX_BOUNDARY. */
 struct cv_mp *cv_mp_new(const char *boundary, const struct cv_mp_limits *lim,
                         const struct cv_mp_cbs *cbs, void *ud);
 void cv_mp_free(struct cv_mp *mp);
@@ -79,8 +111,14 @@ void cv_mp_free(struct cv_mp *mp);
  * cv_mp_limit_hit) or CV_ECLOSED (a callback stopped it). After an error
  * every later call returns the same error. */
 int cv_mp_feed(struct cv_mp *mp, const uint8_t *p, size_t n);
-/* The body ended: returns 0 if the close delimiter was seen, else CV_EPROTO. */
+/* The body ended: returns 0 if the close delimiter was seen, else CV_EPROTO
+ * (or the earlier error). */
 int cv_mp_finish(struct cv_mp *mp);
 enum cv_mp_limit cv_mp_limit_hit(const struct cv_mp *mp);
+
+/* The file name as busboy hands it to Runner (preservePath off): the part
+ * after the last '/' or '\\', and "" for "." and "..". Returns a pointer
+ * into filename, or to a static "". */
+const char *cv_mp_basename(const char *filename);
 
 #endif

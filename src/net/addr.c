@@ -120,3 +120,24 @@ uint16_t cv_addr_port(const struct sockaddr *sa)
         return ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
     return 0;
 }
+
+int cv_addr_split(const char *s, char *host, size_t hostlen, uint16_t *port)
+{
+    struct sockaddr_storage ss;
+    char buf[CV_ADDR_STRLEN];
+    if (cv_addr_parse(s, &ss) != 0)
+        return CV_EINVAL;
+    cv_addr_str((struct sockaddr *)&ss, buf, sizeof buf);
+    char *colon = strrchr(buf, ':');
+    *colon = 0;
+    const char *h = buf;
+    if (buf[0] == '[') {
+        h = buf + 1;
+        colon[-1] = 0;
+    }
+    if (strlen(h) >= hostlen)
+        return CV_EINVAL;
+    memcpy(host, h, strlen(h) + 1);
+    *port = cv_addr_port((struct sockaddr *)&ss);
+    return 0;
+}

@@ -11,6 +11,9 @@
 /* Parses "HOST:PORT" or "[V6]:PORT" with a numeric host into out.
  * Returns 0 or CV_EINVAL. */
 int cv_addr_parse(const char *s, struct sockaddr_storage *out);
+/* Splits "HOST:PORT" / "[V6]:PORT" (numeric host) into host (no brackets,
+ * NUL-terminated) and port. Returns 0 or CV_EINVAL. */
+int cv_addr_split(const char *s, char *host, size_t hostlen, uint16_t *port);
 /* Parses a numeric host and a port into out. Returns 0 or CV_EINVAL. */
 int cv_addr_from(const char *host, uint16_t port, struct sockaddr_storage *out);
 /* Formats an address as "ip:port" ("[v6]:port"). Returns buf. */

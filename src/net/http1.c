@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "codec/chunked.h"
 #include "core/buf.h"
@@ -41,6 +42,7 @@ struct cv_http1_server {
     void *data;         /* borrowed */
     struct conn *conns; /* owned list of open connections */
     uint16_t port;
+    bool unlistened, listener_closed, free_pending;
 };
 
 struct conn {
@@ -78,6 +80,8 @@ struct cv_http1_req {
     uint64_t body_seen;
     bool chunked, body_done, end_called, paused, expect, continued;
     bool started, ended, no_body, resp_chunked, done;
+    bool discard;        /* body bytes are dropped, not delivered */
+    uint64_t discarded;  /* ... how many so far */
     int64_t resp_len; /* declared Content-Length, -1 if none */
     uint64_t resp_sent;
 };
@@ -97,6 +101,16 @@ void cv_http1_opts_init(struct cv_http1_opts *o)
     o->tx_high = 1024 * 1024;
     o->tx_low = 256 * 1024;
     o->tx_max = 16u * 1024 * 1024;
+    o->body_timeout_ms = 0;
+    o->silent_timeouts = false;
+    o->bare_errors = false;
+    o->eof_aborts = false;
+    o->keep_alive_s = 0;
+}
+
+static uint64_t body_ms(const struct conn *c)
+{
+    return c->opts.body_timeout_ms ? c->opts.body_timeout_ms : c->opts.idle_timeout_ms;
 }
 
 static size_t pending(const struct conn *c)
@@ -225,6 +239,13 @@ static void queue_error(struct conn *c, int status, const char *msg)
 {
     char head[256];
     size_t len = strlen(msg);
+    if (c->opts.bare_errors) {
+        /* Node's answer to a parse error: no body, no Content-Length. */
+        int n = snprintf(head, sizeof head, "HTTP/1.1 %d %s\r\nConnection: close\r\n\r\n", status,
+                         cv_http_reason(status));
+        queue(c, head, (size_t)n);
+        return;
+    }
     int n = snprintf(head, sizeof head,
                      "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
                      "Connection: close\r\n\r\n",
@@ -358,10 +379,19 @@ static void on_timer(uv_timer_t *t)
     case ST_HEAD:
         if (c->rx.len == 0)
             conn_close(c, 0); /* idle keep-alive connection, or one that never spoke */
+        else if (c->opts.silent_timeouts)
+            conn_close(c, CV_ETIMEDOUT);
         else
             fail(c, 408, "request head not received in time\n", CV_ETIMEDOUT);
         break;
-    case ST_BODY: fail(c, 408, "request body stalled\n", CV_ETIMEDOUT); break;
+    case ST_BODY:
+        if (c->opts.silent_timeouts) {
+            cv_log_info("http1: %s: request body stalled, closing", c->peer);
+            conn_close(c, CV_ETIMEDOUT);
+        } else {
+            fail(c, 408, "request body stalled\n", CV_ETIMEDOUT);
+        }
+        break;
     case ST_LINGER: conn_close(c, 0); break;
     default: break;
     }
@@ -448,7 +478,7 @@ static void start_request(struct conn *c, struct cv_http1_req *r)
     if (r->body_done)
         uv_timer_stop(&c->timer);
     else
-        arm(c, c->opts.idle_timeout_ms, on_timer);
+        arm(c, body_ms(c), on_timer);
 }
 
 /* HEAD: parses the next request head from rx. Returns true on progress. */
@@ -457,6 +487,10 @@ static bool step_head(struct conn *c)
     struct cv_http_head h;
     const char *msg;
 
+    if (c->eof && c->opts.eof_aborts) {
+        conn_close(c, 0); /* nothing after a half-close is served */
+        return false;
+    }
     if (c->rx.len == 0 || pending(c) > c->opts.tx_high) {
         if (c->eof && c->rx.len == 0)
             conn_close(c, 0);
@@ -527,6 +561,44 @@ static int next_piece(struct conn *c, struct cv_http1_req *r, const char **data,
     return 0;
 }
 
+/* An early reply leaves too much body unread to drop it and keep the
+ * connection (or the peer waits for a 100 Continue it will not get). */
+static bool early_close(const struct cv_http1_req *r)
+{
+    if (r->expect && !r->continued)
+        return true;
+    if (!r->chunked && r->body_left > CV_HTTP1_DISCARD_MAX)
+        return true;
+    return r->discarded > CV_HTTP1_DISCARD_MAX;
+}
+
+/* Drops body bytes after an early reply (or cv_http1_req_discard_body). */
+static bool step_discard(struct conn *c, struct cv_http1_req *r)
+{
+    if (early_close(r) || (r->ended && c->close_after)) {
+        if (!r->ended)
+            return false; /* stop reading until the response is done */
+        /* The rest of the body would be taken for the next request, so
+         * this connection ends after the response. */
+        c->close_after = true;
+        c->state = ST_WAIT;
+        return true;
+    }
+    if (c->rx.len == 0) {
+        if (c->eof)
+            conn_close(c, CV_ECLOSED);
+        return false;
+    }
+    const char *data;
+    size_t len, used;
+    if (next_piece(c, r, &data, &len, &used) < 0)
+        return false;
+    r->body_seen += len;
+    r->discarded += len;
+    cv_buf_consume(&c->rx, used);
+    return true;
+}
+
 /* BODY: delivers body bytes, then on_end. Returns true on progress. */
 static bool step_body(struct conn *c)
 {
@@ -536,20 +608,15 @@ static bool step_body(struct conn *c)
         if (!r->end_called) {
             r->end_called = true;
             uv_timer_stop(&c->timer);
-            if (c->cbs.on_end)
+            if (c->cbs.on_end && !r->discard && !r->ended)
                 c->cbs.on_end(r);
             return true;
         }
         c->state = ST_WAIT;
         return true;
     }
-    if (r->ended) {
-        /* Answered without reading the body: the rest of it would be taken
-         * for the next request, so this connection ends after the response. */
-        c->close_after = true;
-        c->state = ST_WAIT;
-        return true;
-    }
+    if (r->ended || r->discard)
+        return step_discard(c, r);
     if (r->paused)
         return false;
     if (r->expect && !r->continued && !r->started) {
@@ -653,6 +720,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         c->reading = false;
         if (c->state == ST_LINGER)
             conn_close(c, 0);
+        else if (c->opts.eof_aborts && c->req && !c->req->ended)
+            conn_close(c, CV_ECLOSED); /* a half-close is an abort (as in Node) */
         else
             pump(c);
         return;
@@ -670,7 +739,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         c->idle_wait = false;
         arm(c, c->opts.head_timeout_ms, on_timer);
     } else if (c->state == ST_BODY && !c->req->body_done) {
-        arm(c, c->opts.idle_timeout_ms, on_timer);
+        arm(c, body_ms(c), on_timer);
     }
     pump(c);
 }
@@ -682,7 +751,11 @@ static void update_reading(struct conn *c)
     bool want;
 
     switch (c->state) {
-    case ST_BODY: want = !c->req->paused || c->req->ended; break;
+    case ST_BODY:
+        want = !c->req->paused || c->req->ended || c->req->discard;
+        if (c->req->discard && !c->req->ended && early_close(c->req))
+            want = false;
+        break;
     case ST_LINGER: want = true; break;
     default: want = c->rx.len < c->opts.max_head; break;
     }
@@ -811,13 +884,34 @@ void *cv_http1_server_data(const struct cv_http1_server *srv)
     return srv->data;
 }
 
+static void on_listener_closed(uv_handle_t *h)
+{
+    struct cv_http1_server *srv = h->data;
+    srv->listener_closed = true;
+    if (srv->free_pending)
+        free(srv);
+}
+
+void cv_http1_server_unlisten(struct cv_http1_server *srv)
+{
+    if (srv == NULL || srv->unlistened)
+        return;
+    srv->unlistened = true;
+    uv_close((uv_handle_t *)&srv->tcp, on_listener_closed);
+}
+
 void cv_http1_server_close(struct cv_http1_server *srv)
 {
     if (srv == NULL)
         return;
     while (srv->conns)
         conn_close(srv->conns, CV_ECLOSED); /* unlinks it */
-    uv_close((uv_handle_t *)&srv->tcp, (uv_close_cb)free);
+    if (!srv->unlistened)
+        uv_close((uv_handle_t *)&srv->tcp, (uv_close_cb)free);
+    else if (srv->listener_closed)
+        free(srv);
+    else
+        srv->free_pending = true;
 }
 
 /* ------------------------------------------------------------------ */
@@ -879,8 +973,26 @@ void cv_http1_req_resume(struct cv_http1_req *req)
         return;
     req->paused = false;
     if (req->c->state == ST_BODY && !req->body_done)
-        arm(req->c, req->c->opts.idle_timeout_ms, on_timer);
+        arm(req->c, body_ms(req->c), on_timer);
     kick(req->c);
+}
+
+void cv_http1_req_discard_body(struct cv_http1_req *req)
+{
+    if (gone(req) || req->discard)
+        return;
+    req->discard = true;
+    if (req->paused) {
+        req->paused = false;
+        if (req->c->state == ST_BODY && !req->body_done)
+            arm(req->c, body_ms(req->c), on_timer);
+    }
+    kick(req->c);
+}
+
+bool cv_http1_req_body_done(const struct cv_http1_req *req)
+{
+    return req->body_done;
 }
 
 bool cv_http1_req_is_writable(const struct cv_http1_req *req)
@@ -940,6 +1052,8 @@ static const char *framing(struct cv_http1_req *req, int status)
     }
     if (!req->head.keep_alive || c->eof)
         c->close_after = true;
+    if (req->discard && !req->body_done && early_close(req))
+        c->close_after = true;
     if (c->close_after)
         return "Connection: close\r\n";
     return v11 ? "" : "Connection: keep-alive\r\n";
@@ -982,6 +1096,71 @@ int cv_http1_respond_start(struct cv_http1_req *req, int status,
     rc = queue(c, line, (size_t)n);
     if (rc == 0)
         rc = append_headers(c, headers, nheaders);
+    if (rc == 0)
+        rc = queue(c, "\r\n", 2);
+    if (rc < 0) {
+        c->tx.len = mark;
+        return rc;
+    }
+    req->started = true;
+    if (!c->in_pump)
+        flush(c);
+    return 0;
+}
+
+/* "Date: ...\r\n", formatted once per second (time() is a vDSO call). */
+static const char *date_line(size_t *len)
+{
+    static char buf[64];
+    static size_t n;
+    static time_t last = -1;
+    time_t now = time(NULL);
+    if (now != last) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        n = strftime(buf, sizeof buf, "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+        last = now;
+    }
+    *len = n;
+    return buf;
+}
+
+int cv_http1_respond_head(struct cv_http1_req *req, int status, const char *block, size_t len,
+                          int64_t content_length)
+{
+    if (gone(req))
+        return CV_ECLOSED;
+    if (req->started || status < 200 || status > 999)
+        return CV_EINVAL;
+    struct conn *c = req->c;
+    req->resp_len = content_length >= 0 ? content_length : -1;
+    framing(req, status);
+    char line[160];
+    int n = snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", status, cv_http_reason(status));
+    char tail[128];
+    int t;
+    if (c->close_after)
+        t = snprintf(tail, sizeof tail, "Connection: close\r\n");
+    else if (c->opts.keep_alive_s)
+        t = snprintf(tail, sizeof tail, "Connection: keep-alive\r\nKeep-Alive: timeout=%u\r\n",
+                     c->opts.keep_alive_s);
+    else
+        t = snprintf(tail, sizeof tail, "Connection: keep-alive\r\n");
+    if (req->resp_chunked)
+        t += snprintf(tail + t, sizeof tail - (size_t)t, "Transfer-Encoding: chunked\r\n");
+    size_t dlen;
+    const char *date = date_line(&dlen);
+    size_t total = (size_t)n + len + dlen + (size_t)t + 2;
+    size_t mark = c->tx.len;
+    int rc = cv_buf_reserve(&c->tx, total);
+    if (rc == 0)
+        rc = queue(c, line, (size_t)n);
+    if (rc == 0)
+        rc = queue(c, block, len);
+    if (rc == 0)
+        rc = queue(c, date, dlen);
+    if (rc == 0)
+        rc = queue(c, tail, (size_t)t);
     if (rc == 0)
         rc = queue(c, "\r\n", 2);
     if (rc < 0) {
@@ -1044,6 +1223,20 @@ int cv_http1_respond_end(struct cv_http1_req *req)
         flush(c);
     kick(c);
     return rc;
+}
+
+int cv_http1_respond_abort(struct cv_http1_req *req)
+{
+    if (gone(req))
+        return CV_ECLOSED;
+    if (!req->started || req->ended)
+        return CV_EINVAL;
+    req->ended = true;
+    req->c->close_after = true;
+    if (!req->c->in_pump)
+        flush(req->c);
+    kick(req->c);
+    return 0;
 }
 
 int cv_http1_respond(struct cv_http1_req *req, int status, const char *ctype, const void *body,

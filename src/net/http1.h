@@ -11,7 +11,13 @@
  * Errors the peer causes are answered by the server itself and close the
  * connection: malformed head or body framing 400, head too large or too
  * many headers 431, body over max_body 413, head not complete within
- * head_timeout_ms 408. */
+ * head_timeout_ms 408 (or a silent close, see silent_timeouts).
+ *
+ * A response that ends before the request body was read (an early reply):
+ * at most CV_HTTP1_DISCARD_MAX bytes left are read and dropped and the
+ * connection stays; more (or an Expect: 100-continue body never asked for)
+ * makes the response say Connection: close, and the connection lingers
+ * (shut down writing, drain for up to 2 s, close). */
 #ifndef CV_HTTP1_H
 #define CV_HTTP1_H
 
@@ -35,7 +41,18 @@ struct cv_http1_opts {
     size_t tx_high;           /* response bytes queued: not writable above (1 MiB) */
     size_t tx_low;            /* ... on_drain once back below (256 KiB) */
     size_t tx_max;            /* hard cap on queued response bytes (16 MiB) */
+    uint64_t body_timeout_ms; /* longest silence while a body is read (0: idle_timeout_ms) */
+    bool silent_timeouts;     /* head or body timeouts close without a 408 (as Node does) */
+    bool bare_errors;         /* framing errors get an empty-bodied 400/431/413 (as Node) */
+    bool eof_aborts;          /* EOF or half-close before the response ended aborts the
+                                 request: on_done(CV_ECLOSED) at once (else the response is
+                                 still sent to a half-closed peer) */
+    unsigned keep_alive_s;    /* cv_http1_respond_head: "Keep-Alive: timeout=N" on kept
+                                 connections (0: none) */
 };
+
+/* Body bytes an early reply may leave unread and still keep the connection. */
+#define CV_HTTP1_DISCARD_MAX (64 * 1024)
 
 /* Handler callbacks. Every callback gets the request; none runs
  * synchronously inside the API call that could trigger it, except where
@@ -82,6 +99,9 @@ int cv_http1_server_start(uv_loop_t *loop, const char *host, uint16_t port,
 int cv_http1_server_set_opts(struct cv_http1_server *srv, const struct cv_http1_opts *o);
 uint16_t cv_http1_server_port(const struct cv_http1_server *srv);
 void *cv_http1_server_data(const struct cv_http1_server *srv);
+/* Stops accepting; open connections carry on (graceful drain). A later
+ * cv_http1_server_close still closes them and frees srv. */
+void cv_http1_server_unlisten(struct cv_http1_server *srv);
 /* Stops listening and closes every connection; active requests get on_done
  * with CV_ECLOSED synchronously. srv is freed asynchronously. NULL-safe. */
 void cv_http1_server_close(struct cv_http1_server *srv);
@@ -122,8 +142,31 @@ int cv_http1_respond_write(struct cv_http1_req *req, const void *data, size_t le
 /* Ends the response. Returns 0, CV_EINVAL (not started or already ended; or
  * fewer bytes than the declared Content-Length: the connection is then
  * closed after what was queued) or CV_ECLOSED. If the request body was not
- * read to its end, the connection closes once the response is sent. */
+ * read to its end, the early-reply rule (top of this file) applies. */
 int cv_http1_respond_end(struct cv_http1_req *req);
+/* Ends a response started without Content-Length early: no final chunk,
+ * and the connection closes once what was queued is sent, so the client
+ * sees a truncated body. Returns 0, CV_EINVAL (not started or ended) or
+ * CV_ECLOSED. */
+int cv_http1_respond_abort(struct cv_http1_req *req);
+/* Starts a response from a preformatted header block (each line
+ * "Name: value\r\n", written as given: the caller controls names, casing
+ * and order and must have validated them). The server appends, in this
+ * order, "Date" (cached per second), "Connection: keep-alive|close",
+ * "Keep-Alive: timeout=N" (kept connections, opts.keep_alive_s) and, when
+ * content_length < 0 on HTTP/1.1, "Transfer-Encoding: chunked". A
+ * content_length >= 0 must also be in block (as content-length). Returns
+ * as cv_http1_respond_start. */
+int cv_http1_respond_head(struct cv_http1_req *req, int status, const char *block, size_t len,
+                          int64_t content_length);
+/* The handler will not read the rest of the body: it is dropped as it
+ * arrives (no more on_body/on_end) and the early-reply rule above applies
+ * to the response. Call before starting the response so that its
+ * Connection header tells the truth. */
+void cv_http1_req_discard_body(struct cv_http1_req *req);
+/* True once the whole request body has been received (or there is none). */
+bool cv_http1_req_body_done(const struct cv_http1_req *req);
+
 /* A whole response with Content-Type ctype (NULL: none) and
  * Content-Length. Returns as cv_http1_respond_start/_write/_end. */
 int cv_http1_respond(struct cv_http1_req *req, int status, const char *ctype, const void *body,

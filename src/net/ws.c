@@ -74,6 +74,7 @@ struct cv_ws {
     char key[25];
     char peer[CV_ADDR_STRLEN];
     uint64_t born_ns; /* uv_hrtime() at accept / connect start */
+    uint64_t rx_bytes, tx_bytes; /* wire bytes read / queued for writing */
     cv_ws__head_cb head_cb;
     void *srv;                   /* borrowed */
     struct cv_ws **pending;      /* borrowed: the server's list head */
@@ -135,6 +136,14 @@ const char *cv_ws_subprotocol(const struct cv_ws *ws)
 void cv_ws_set_data(struct cv_ws *ws, void *data) { ws->data = data; }
 const char *cv_ws_peer(const struct cv_ws *ws) { return ws->peer; }
 uint64_t cv_ws_born_ns(const struct cv_ws *ws) { return ws->born_ns; }
+uint64_t cv_ws_rx_bytes(const struct cv_ws *ws) { return ws->rx_bytes; }
+
+int cv_ws__peer_addr(struct cv_ws *ws, struct sockaddr_storage *ss)
+{
+    int len = sizeof *ss;
+    return uv_tcp_getpeername(&ws->tcp, (struct sockaddr *)ss, &len);
+}
+uint64_t cv_ws_tx_bytes(const struct cv_ws *ws) { return ws->tx_bytes; }
 size_t cv_ws_tx_pending(const struct cv_ws *ws) { return ws->pend.len + ws->infl.len; }
 
 bool cv_ws_is_writable(const struct cv_ws *ws)
@@ -371,6 +380,7 @@ static void queue_raw(struct cv_ws *ws, const void *p1, size_t n1, const void *p
                       const void *p3, size_t n3)
 {
     size_t total = n1 + n2 + n3, skip = 0;
+    ws->tx_bytes += total;
     if (total >= DIRECT_WRITE && !ws->writing && ws->pend.len == 0 && ws->state != ST_CLOSED) {
         uv_buf_t b[3] = {uv_buf_init((char *)p1, (unsigned)n1), uv_buf_init((char *)p2, (unsigned)n2),
                          uv_buf_init((char *)p3, (unsigned)n3)};
@@ -672,6 +682,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     ws->last_rx = uv_now(ws->loop);
+    ws->rx_bytes += (uint64_t)nread;
     if ((uint8_t *)buf->base != shared_rx) {
         cv_buf_commit(&ws->rx, (size_t)nread);
         process_rx(ws);
@@ -1068,7 +1079,8 @@ static int on_server_head(struct cv_ws *ws, const uint8_t *p, size_t n)
     return ws->state == ST_OPEN ? r : -1;
 }
 
-int cv_ws__accept(uv_stream_t *listener, cv_ws__head_cb cb, void *srv, struct cv_ws **pending)
+int cv_ws__accept(uv_stream_t *listener, cv_ws__head_cb cb, void *srv, struct cv_ws **pending,
+                  uint64_t handshake_ms)
 {
     struct cv_ws *ws = ws_new(listener->loop, NULL);
     if (ws == NULL)
@@ -1079,6 +1091,12 @@ int cv_ws__accept(uv_stream_t *listener, cv_ws__head_cb cb, void *srv, struct cv
         return rc;
     }
     ws->state = ST_SERVER_HS;
+    if (handshake_ms && handshake_ms != CV_LIMIT_HANDSHAKE_MS) {
+        uint64_t every = handshake_ms / 4 ? handshake_ms / 4 : 1;
+        ws->deadline = uv_now(ws->loop) + handshake_ms;
+        if (every < tick_interval(&ws->opts))
+            uv_timer_start(&ws->tick, on_tick, every, every);
+    }
     ws->head_cb = cb;
     ws->srv = srv;
     ws->pending = pending;

@@ -74,6 +74,9 @@ void cv_ws_set_data(struct cv_ws *ws, void *data);
 const char *cv_ws_peer(const struct cv_ws *ws);
 /* uv_hrtime() when the connection was accepted (server) or started (client). */
 uint64_t cv_ws_born_ns(const struct cv_ws *ws);
+/* Wire bytes read from the socket / queued for it (frames, handshake included). */
+uint64_t cv_ws_rx_bytes(const struct cv_ws *ws);
+uint64_t cv_ws_tx_bytes(const struct cv_ws *ws);
 
 /* Queues one message made of a followed by b (either may be empty), as a
  * single frame. Copies the bytes (masking them for a client). Returns 0,

@@ -20,6 +20,7 @@
 #include "core/buf.h"
 #include "core/err.h"
 #include "core/log.h"
+#include "net/admin.h"
 #include "net/http_server.h"
 #include "relay/internal.h"
 
@@ -148,107 +149,63 @@ static json_t *stats_json(struct cv_relay *r)
                      (json_int_t)st->hs_count, "handshake_seconds_sum", st->hs_sum);
 }
 
-static int appendf(struct cv_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int appendf(struct cv_buf *b, const char *fmt, ...)
-{
-    char line[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof line)
-        return CV_EINVAL;
-    return cv_buf_append(b, line, (size_t)n);
-}
-
-static void metric_head(struct cv_buf *b, const char *name, const char *type, const char *help)
-{
-    appendf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
-}
-
 static void metrics_text(struct cv_relay *r, struct cv_buf *b)
 {
     const struct relay_stats *st = &r->stats;
     struct gauges g;
     gauges(r, &g);
-    metric_head(b, "culvert_relay_agents", "gauge", "Agents connected now, by protocol mode.");
-    appendf(b, "culvert_relay_agents{mode=\"native\"} %llu\n", (unsigned long long)g.agents_native);
-    appendf(b, "culvert_relay_agents{mode=\"kohakuriver\"} %llu\n",
-            (unsigned long long)g.agents_compat);
-    metric_head(b, "culvert_relay_sessions", "gauge", "Forward sessions open now.");
-    appendf(b, "culvert_relay_sessions %llu\n", (unsigned long long)g.sessions);
-    metric_head(b, "culvert_relay_streams", "gauge", "Connections through agents open now.");
-    appendf(b, "culvert_relay_streams %llu\n", (unsigned long long)g.streams);
-    metric_head(b, "culvert_relay_exposures", "gauge", "Public ports held for agents now.");
-    appendf(b, "culvert_relay_exposures %llu\n", (unsigned long long)g.exposures);
-    static const struct {
-        const char *name, *help;
-        size_t off;
-    } counters[] = {
-        {"culvert_relay_agent_registrations_total", "Agent registrations accepted.",
-         offsetof(struct relay_stats, agents_total)},
-        {"culvert_relay_sessions_total", "Forward sessions accepted.",
-         offsetof(struct relay_stats, sessions_total)},
-        {"culvert_relay_streams_total", "Connections opened through agents.",
-         offsetof(struct relay_stats, streams_total)},
-        {"culvert_relay_stream_errors_total", "Connections aborted by the relay.",
-         offsetof(struct relay_stats, stream_errors)},
-        {"culvert_relay_auth_failures_total", "Handshakes refused for bad credentials.",
-         offsetof(struct relay_stats, auth_failures)},
-        {"culvert_relay_expose_refusals_total", "Public port requests refused.",
-         offsetof(struct relay_stats, expose_refusals)},
-    };
-    for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++) {
-        uint64_t v;
-        memcpy(&v, (const char *)st + counters[i].off, sizeof v);
-        metric_head(b, counters[i].name, "counter", counters[i].help);
-        appendf(b, "%s %llu\n", counters[i].name, (unsigned long long)v);
-    }
-    metric_head(b, "culvert_relay_bytes_total", "counter",
-                "Payload bytes carried, by direction relative to the agents.");
-    appendf(b, "culvert_relay_bytes_total{direction=\"to_agents\"} %llu\n",
-            (unsigned long long)st->bytes_to_agents);
-    appendf(b, "culvert_relay_bytes_total{direction=\"from_agents\"} %llu\n",
-            (unsigned long long)st->bytes_from_agents);
-    metric_head(b, "culvert_relay_handshake_seconds", "histogram",
-                "WebSocket handshakes of agents and sessions, TCP accept to 101.");
+    cv_prom_head(b, "culvert_relay_agents", "gauge", "Agents connected now, by protocol mode.");
+    cv_prom_value(b, "culvert_relay_agents", "mode=\"native\"", g.agents_native);
+    cv_prom_value(b, "culvert_relay_agents", "mode=\"kohakuriver\"", g.agents_compat);
+    cv_prom_metric(b, "culvert_relay_sessions", "gauge", "Forward sessions open now.", g.sessions);
+    cv_prom_metric(b, "culvert_relay_streams", "gauge", "Connections through agents open now.",
+                   g.streams);
+    cv_prom_metric(b, "culvert_relay_exposures", "gauge", "Public ports held for agents now.",
+                   g.exposures);
+    cv_prom_metric(b, "culvert_relay_agent_registrations_total", "counter",
+                   "Agent registrations accepted.", st->agents_total);
+    cv_prom_metric(b, "culvert_relay_sessions_total", "counter", "Forward sessions accepted.",
+                   st->sessions_total);
+    cv_prom_metric(b, "culvert_relay_streams_total", "counter",
+                   "Connections opened through agents.", st->streams_total);
+    cv_prom_metric(b, "culvert_relay_stream_errors_total", "counter",
+                   "Connections aborted by the relay.", st->stream_errors);
+    cv_prom_metric(b, "culvert_relay_auth_failures_total", "counter",
+                   "Handshakes refused for bad credentials.", st->auth_failures);
+    cv_prom_metric(b, "culvert_relay_expose_refusals_total", "counter",
+                   "Public port requests refused.", st->expose_refusals);
+    cv_prom_metric(b, "culvert_relay_rate_limited_total", "counter",
+                   "Connections refused by the per-address rate limit.",
+                   r->srv ? cv_http_server_rate_limited(r->srv) : 0);
+    cv_prom_head(b, "culvert_relay_bytes_total", "counter",
+                 "Payload bytes carried, by direction relative to the agents.");
+    cv_prom_value(b, "culvert_relay_bytes_total", "direction=\"to_agents\"", st->bytes_to_agents);
+    cv_prom_value(b, "culvert_relay_bytes_total", "direction=\"from_agents\"",
+                  st->bytes_from_agents);
+    cv_prom_head(b, "culvert_relay_handshake_seconds", "histogram",
+                 "WebSocket handshakes of agents and sessions, TCP accept to 101.");
     uint64_t cum = 0;
+    char le[32];
     for (size_t i = 0; i < RELAY_HS_BUCKETS - 1; i++) {
         cum += st->hs_bucket[i];
-        appendf(b, "culvert_relay_handshake_seconds_bucket{le=\"%g\"} %llu\n", hs_bounds[i],
-                (unsigned long long)cum);
+        snprintf(le, sizeof le, "le=\"%g\"", hs_bounds[i]);
+        cv_prom_value(b, "culvert_relay_handshake_seconds_bucket", le, cum);
     }
-    appendf(b, "culvert_relay_handshake_seconds_bucket{le=\"+Inf\"} %llu\n",
-            (unsigned long long)st->hs_count);
-    appendf(b, "culvert_relay_handshake_seconds_sum %.9f\n", st->hs_sum);
-    appendf(b, "culvert_relay_handshake_seconds_count %llu\n", (unsigned long long)st->hs_count);
-    metric_head(b, "culvert_relay_start_time_seconds", "gauge", "Unix time the relay started.");
-    appendf(b, "culvert_relay_start_time_seconds %lld\n", (long long)r->started);
-}
-
-static void respond_json(struct cv_http_req *req, int status, json_t *j)
-{
-    char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
-    json_decref(j);
-    if (text == NULL) {
-        cv_http_req_respond(req, 500, "text/plain", "out of memory\n", 14);
-        return;
-    }
-    size_t n = strlen(text);
-    text[n] = '\n'; /* replaces the NUL: the length is passed */
-    cv_http_req_respond(req, status, "application/json", text, n + 1);
-    free(text);
+    cv_prom_value(b, "culvert_relay_handshake_seconds_bucket", "le=\"+Inf\"", st->hs_count);
+    char line[96];
+    int n = snprintf(line, sizeof line, "culvert_relay_handshake_seconds_sum %.9f\n", st->hs_sum);
+    cv_buf_append(b, line, (size_t)n);
+    cv_prom_value(b, "culvert_relay_handshake_seconds_count", NULL, st->hs_count);
+    cv_prom_metric(b, "culvert_relay_start_time_seconds", "gauge", "Unix time the relay started.",
+                   (uint64_t)r->started);
 }
 
 static void on_request(struct cv_http_server *srv, struct cv_http_req *req)
 {
     struct cv_relay *r = cv_http_server_data(srv);
-    const struct cv_http_head *h = cv_http_req_head(req);
     const char *path = cv_http_req_path(req);
-    if (h->method_len != 3 || memcmp(h->method, "GET", 3) != 0) {
-        respond_json(req, 405, json_pack("{s:s}", "error", "method not allowed: use GET"));
+    if (cv_admin_refuse_non_get(req))
         return;
-    }
     if (strcmp(path, "/healthz") == 0) {
         cv_http_req_respond(req, 200, "text/plain", "ok\n", 3);
     } else if (strcmp(path, "/readyz") == 0) {
@@ -260,19 +217,18 @@ static void on_request(struct cv_http_server *srv, struct cv_http_req *req)
         struct cv_buf b;
         cv_buf_init(&b, 1 << 20);
         metrics_text(r, &b);
-        cv_http_req_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", cv_buf_head(&b),
-                            b.len);
+        cv_admin_metrics(req, &b);
         cv_buf_fini(&b);
     } else if (strcmp(path, "/api/agents") == 0) {
-        respond_json(req, 200, agents_json(r));
+        cv_admin_json(req, 200, agents_json(r));
     } else if (strcmp(path, "/api/sessions") == 0) {
-        respond_json(req, 200, sessions_json(r));
+        cv_admin_json(req, 200, sessions_json(r));
     } else if (strcmp(path, "/api/streams") == 0) {
-        respond_json(req, 200, streams_json(r));
+        cv_admin_json(req, 200, streams_json(r));
     } else if (strcmp(path, "/api/stats") == 0) {
-        respond_json(req, 200, stats_json(r));
+        cv_admin_json(req, 200, stats_json(r));
     } else {
-        respond_json(req, 404,
+        cv_admin_json(req, 404,
                      json_pack("{s:s,s:[s,s,s,s,s,s,s]}", "error", "not found", "endpoints",
                                "/healthz", "/readyz", "/metrics", "/api/agents", "/api/sessions",
                                "/api/streams", "/api/stats"));
@@ -294,10 +250,7 @@ int relay_admin_start(struct cv_relay *r)
     }
     r->admin = a;
     const char *host = r->opts.admin_host;
-    if (strcmp(host, "127.0.0.1") != 0 && strcmp(host, "::1") != 0)
-        cv_log_warn("admin listener on %s has no authentication: anyone who reaches it can read "
-                    "the agent list and counters",
-                    host);
+    cv_admin_warn_exposed("relay", host);
     cv_log_info("admin API on http://%s:%u/ (/api/agents, /metrics)", host,
                 cv_http_server_port(a->srv));
     return 0;

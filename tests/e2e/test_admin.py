@@ -1,4 +1,4 @@
-"""Relay admin listener (issue 4): the JSON API over the registry and Prometheus /metrics.
+"""Admin listeners of the relay and the agent (issue 4): the JSON API over the registry and Prometheus /metrics.
 
 A real relay with ``--admin 127.0.0.1:0`` and a real native agent exposing a TCP echo service; the
 counters are checked against bytes the test itself sent, so a counter that stopped counting fails.
@@ -129,3 +129,60 @@ def test_admin_address_in_use_is_an_error(culvert):
     assert "admin" in err and "address already in use" in err.lower()
     rc, out, err = culvert.run(["relay", "--allow-anonymous", "--admin", "localhost"])
     assert rc == 2 and "--admin wants HOST:PORT" in err
+
+
+# ---- the agent's admin listener ------------------------------------------------------------------------
+
+
+def test_agent_admin_status_metrics_and_readiness(culvert, tcp_echo):
+    relay = culvert.relay(extra=["--token", SECRET, "--allow-ports", "1024-65535"])
+    agent = culvert.agent(relay.url, "svc-3", extra=["--token", SECRET, "--admin", "127.0.0.1:0",
+                                                     "--expose", "tcp:%d" % tcp_echo.port,
+                                                     "--expose", "udp:9:80"])
+    m = agent.wait_line(r"admin API on http://127\.0\.0\.1:(\d+)/")
+    admin = "http://127.0.0.1:%s" % m.group(1)
+    m = agent.wait_line(r"exposed tcp 127\.0\.0\.1:%d at ([\d.]+):(\d+)" % tcp_echo.port)
+    pub = int(m.group(2))
+    agent.wait_line(r"expose udp:9 refused by the relay")
+    assert http_get(admin + "/readyz") == (200, b"ready\n")
+    st = get_json(admin + "/api/status")
+    assert st["connected"] is True and st["mode"] == "native"
+    assert "/ws/tunnel/svc-3" in st["relay"]
+    assert st["exposures"][0] == {"proto": "tcp", "local_port": tcp_echo.port, "requested_port": 0,
+                                  "state": "exposed", "public_port": pub}
+    assert st["exposures"][1]["state"] == "refused" and st["exposures"][1]["reason"]
+
+    payload = b"y" * 200000
+    s = socket.create_connection(("127.0.0.1", pub), timeout=5)
+    s.sendall(payload)
+    assert recv_exact(s, len(payload)) == payload
+    st = get_json(admin + "/api/status")
+    assert st["streams"] == 1 and st["streams_total"] == 1
+    # Wire bytes include framing, so at least the payload each way.
+    assert st["tunnel_rx_bytes"] >= len(payload) and st["tunnel_tx_bytes"] >= len(payload)
+    m = metrics(admin)
+    assert m["culvert_agent_connected"] == 1 and m["culvert_agent_exposures"] == 1
+    assert m["culvert_agent_streams_total"] == 1 and m["culvert_agent_tunnels_total"] == 1
+    assert m['culvert_agent_tunnel_bytes_total{direction="rx"}'] >= len(payload)
+    s.close()
+
+    relay.proc.kill()
+    deadline = time.monotonic() + 10
+    while http_get(admin + "/readyz")[0] != 503 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status, body = http_get(admin + "/readyz")
+    assert status == 503 and b"not connected" in body
+    st = get_json(admin + "/api/status")
+    assert st["connected"] is False and st["mode"] == "none"
+    assert [x["state"] for x in st["exposures"]] == ["disconnected", "disconnected"]
+    # Counters survive the tunnel: bytes of the closed tunnel are still counted.
+    assert st["tunnel_rx_bytes"] >= len(payload)
+    deadline = time.monotonic() + 10
+    while metrics(admin)["culvert_agent_connect_failures_total"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert metrics(admin)["culvert_agent_connect_failures_total"] >= 1
+
+
+def test_agent_admin_bad_address(culvert):
+    rc, out, err = culvert.run(["agent", "-r", "ws://127.0.0.1:9", "-c", "x", "--admin", "nohost"])
+    assert rc == 2 and "--admin <HOST:PORT>" in err

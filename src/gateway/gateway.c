@@ -1,0 +1,1430 @@
+/* The gateway core: the HTTP side of the Runner tunnel protocol
+ * (specs/runner-http.md). For each request on_request runs the §3 checks
+ * in order (routing, preflight, request id, method, auth, allow-list,
+ * backend) before any body byte is read, so a refused request never gets
+ * a 100 Continue; then the body is collected (JSON, 2 MiB), streamed
+ * (octet) or parsed (multipart, upload.c) and the call is handed to a
+ * backend (backend.h). Backends answer through the cv_gw_req_* functions
+ * below, which write the envelopes and headers of §4 and §5.
+ *
+ * Deadlines: every call waits in one FIFO list (all calls share the same
+ * deadline, so admission order is expiry order) served by one timer; a
+ * streaming call moves to a second list ordered by last activity. */
+#include "culvert/gateway.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+
+#include "codec/digest.h"
+#include "codec/gwroute.h"
+#include "codec/rjson.h"
+#include "core/err.h"
+#include "core/log.h"
+#include "gateway/gw.h"
+#include "net/http1.h"
+
+/* ------------------------------------------------------------------ */
+/* Small helpers                                                        */
+
+#define APPEND(b, lit) cv_buf_append(b, lit, sizeof(lit) - 1)
+
+static bool has_ci(const char *s, size_t n, const char *lit)
+{
+    size_t k = strlen(lit);
+    return n == k && strncasecmp(s, lit, k) == 0;
+}
+
+/* The request header named name (case-insensitive): *count occurrences,
+ * the first returned. */
+static const struct cv_http_header *find_hdr(const struct cv_http_head *h, const char *name,
+                                             int *count)
+{
+    const struct cv_http_header *first = NULL;
+    size_t k = strlen(name);
+    *count = 0;
+    for (size_t i = 0; i < h->nheaders; i++) {
+        const struct cv_http_header *x = &h->headers[i];
+        if (x->name_len == k && strncasecmp(x->name, name, k) == 0) {
+            if ((*count)++ == 0)
+                first = x;
+        }
+    }
+    return first;
+}
+
+/* xoshiro256** seeded once from getrandom(): request ids need to be
+ * unique and unguessable enough for log correlation, not secret, and a
+ * syscall per request would cost more than the rest of the id. */
+static uint64_t rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
+
+static uint64_t rng_next(uint64_t s[4])
+{
+    uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return r;
+}
+
+static void make_uuid(struct cv_gateway *gw, char out[37])
+{
+    static const char hex[] = "0123456789abcdef";
+    uint8_t b[16];
+    uint64_t a = rng_next(gw->rng), c = rng_next(gw->rng);
+    memcpy(b, &a, 8);
+    memcpy(b + 8, &c, 8);
+    b[6] = (uint8_t)((b[6] & 0x0f) | 0x40);
+    b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
+    size_t o = 0;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            out[o++] = '-';
+        out[o++] = hex[b[i] >> 4];
+        out[o++] = hex[b[i] & 15];
+    }
+    out[o] = '\0';
+}
+
+/* ------------------------------------------------------------------ */
+/* Responses                                                            */
+
+/* The common header lines: request id, CORS. */
+static int head_common(struct cv_gateway *gw, struct cv_buf *hb, const char *rid)
+{
+    int rc = 0;
+    cv_buf_reset(hb);
+    if (rid != NULL) {
+        rc = APPEND(hb, "x-runner-request-id: ");
+        if (rc == 0)
+            rc = cv_buf_append(hb, rid, strlen(rid));
+        if (rc == 0)
+            rc = APPEND(hb, "\r\n");
+    }
+    if (rc == 0)
+        rc = cv_buf_append(hb, gw->cors_actual, gw->cors_actual_len);
+    return rc;
+}
+
+/* Sends a whole JSON response; a body not read yet is dropped (§6). */
+static void respond_json(struct cv_gateway *gw, struct cv_http1_req *h, const char *rid,
+                         int status, const void *body, size_t len)
+{
+    struct cv_buf *hb = &gw->head;
+    char line[96];
+    int rc = head_common(gw, hb, rid);
+    int n = snprintf(line, sizeof line,
+                     "content-type: application/json; charset=utf-8\r\ncontent-length: %zu\r\n",
+                     len);
+    if (rc == 0)
+        rc = cv_buf_append(hb, line, (size_t)n);
+    if (rc == 0)
+        rc = APPEND(hb, "X-Content-Type-Options: nosniff\r\nX-Frame-Options: DENY\r\n");
+    if (rc < 0)
+        return;
+    if (!cv_http1_req_body_done(h))
+        cv_http1_req_discard_body(h);
+    if (cv_http1_respond_head(h, status, (const char *)cv_buf_head(hb), hb->len, (int64_t)len) ==
+        0) {
+        cv_http1_respond_write(h, body, len);
+        cv_http1_respond_end(h);
+    }
+}
+
+static void reply_error(struct cv_gateway *gw, struct cv_http1_req *h, const char *rid,
+                        int status, const char *code, const char *msg)
+{
+    cv_buf_reset(&gw->out);
+    if (cv_gwe_error(&gw->out, code, msg) == 0)
+        respond_json(gw, h, rid, status, cv_buf_head(&gw->out), gw->out.len);
+}
+
+/* "Task {id} not exposed" and friends. */
+static void reply_id_error(struct cv_gateway *gw, struct cv_http1_req *h, const char *rid,
+                           int status, const char *code, bool event, const char *id,
+                           const char *tail)
+{
+    size_t n = strlen(id) + strlen(tail) + 8;
+    char *msg = malloc(n);
+    if (msg == NULL)
+        return;
+    snprintf(msg, n, "%s %s%s", event ? "Event" : "Task", id, tail);
+    reply_error(gw, h, rid, status, code, msg);
+    free(msg);
+}
+
+static void preflight(struct cv_gateway *gw, struct cv_http1_req *h)
+{
+    struct cv_buf *hb = &gw->head;
+    int count;
+    const struct cv_http_head *hd = cv_http1_req_head(h);
+    const struct cv_http_header *rq = find_hdr(hd, "access-control-request-headers", &count);
+
+    cv_buf_reset(hb);
+    int rc = cv_buf_append(hb, gw->pre_a, gw->pre_a_len);
+    if (rc == 0 && rq != NULL && count > 0) {
+        rc = APPEND(hb, "Access-Control-Allow-Headers: ");
+        /* Node joins repeated values with ", ". */
+        for (size_t i = 0; rc == 0 && i < hd->nheaders; i++) {
+            const struct cv_http_header *x = &hd->headers[i];
+            if (!has_ci(x->name, x->name_len, "access-control-request-headers"))
+                continue;
+            if (x != rq)
+                rc = APPEND(hb, ", ");
+            if (rc == 0)
+                rc = cv_buf_append(hb, x->value, x->value_len);
+        }
+        if (rc == 0)
+            rc = APPEND(hb, "\r\n");
+    }
+    if (rc == 0)
+        rc = cv_buf_append(hb, gw->pre_b, gw->pre_b_len);
+    if (rc < 0)
+        return;
+    if (!cv_http1_req_body_done(h))
+        cv_http1_req_discard_body(h);
+    if (cv_http1_respond_head(h, 204, (const char *)cv_buf_head(hb), hb->len, 0) == 0)
+        cv_http1_respond_end(h);
+}
+
+/* ------------------------------------------------------------------ */
+/* Deadline lists                                                       */
+
+static void list_add(struct gw_list *l, struct cv_gw_req *r, int which)
+{
+    struct gw_link *k = &r->link[which];
+    k->prev = l->tail;
+    k->next = NULL;
+    if (l->tail)
+        l->tail->link[which].next = r;
+    else
+        l->head = r;
+    l->tail = r;
+}
+
+static void list_del(struct gw_list *l, struct cv_gw_req *r, int which)
+{
+    struct gw_link *k = &r->link[which];
+    if (k->prev)
+        k->prev->link[which].next = k->next;
+    else
+        l->head = k->next;
+    if (k->next)
+        k->next->link[which].prev = k->prev;
+    else
+        l->tail = k->prev;
+    k->prev = k->next = NULL;
+}
+
+static void on_deadline(uv_timer_t *t);
+static void on_idle(uv_timer_t *t);
+
+static void dl_add(struct cv_gw_req *r)
+{
+    struct cv_gateway *gw = r->gw;
+    r->due[GW_DL] = uv_now(gw->loop) + gw->deadline_ms;
+    r->in[GW_DL] = true;
+    bool was_empty = gw->lists[GW_DL].head == NULL;
+    list_add(&gw->lists[GW_DL], r, GW_DL);
+    if (was_empty)
+        uv_timer_start(&gw->timers[GW_DL], on_deadline, gw->deadline_ms, 0);
+}
+
+static void dl_del(struct cv_gw_req *r, int which)
+{
+    if (!r->in[which])
+        return;
+    r->in[which] = false;
+    list_del(&r->gw->lists[which], r, which);
+}
+
+static void idle_touch(struct cv_gw_req *r)
+{
+    struct cv_gateway *gw = r->gw;
+    dl_del(r, GW_IDLE);
+    r->due[GW_IDLE] = uv_now(gw->loop) + GW_STREAM_IDLE_MS;
+    r->in[GW_IDLE] = true;
+    bool was_empty = gw->lists[GW_IDLE].head == NULL;
+    list_add(&gw->lists[GW_IDLE], r, GW_IDLE);
+    if (was_empty)
+        uv_timer_start(&gw->timers[GW_IDLE], on_idle, GW_STREAM_IDLE_MS, 0);
+}
+
+/* Pops every expired call of list which, calling expire on each; re-arms. */
+static void sweep(struct cv_gateway *gw, int which, uv_timer_cb cb,
+                  void (*expire)(struct cv_gw_req *r))
+{
+    uint64_t now = uv_now(gw->loop);
+    struct cv_gw_req *r;
+    while ((r = gw->lists[which].head) != NULL && r->due[which] <= now) {
+        dl_del(r, which);
+        expire(r);
+    }
+    if (r != NULL)
+        uv_timer_start(&gw->timers[which], cb, r->due[which] - now, 0);
+}
+
+static void cancel_backend(struct cv_gw_req *r, enum cv_gw_cancel_reason why)
+{
+    if (r->started && !r->finished) {
+        r->finished = true;
+        r->be->ops->cancel(r->be, r, why);
+    }
+}
+
+static void expire_deadline(struct cv_gw_req *r)
+{
+    cv_log_info("gateway: %s %s: deadline passed (rid %s)", r->call.kind ? "event" : "task", r->id,
+                r->rid);
+    cancel_backend(r, CV_GW_CANCEL_TIMEOUT);
+    gw_upload_abort(r);
+    if (r->h != NULL && !r->answered) {
+        r->answered = true;
+        reply_error(r->gw, r->h, r->rid, 504, "TASK_TIMEOUT", "Task timed out");
+    }
+}
+
+static void expire_idle(struct cv_gw_req *r)
+{
+    cv_log_info("gateway: %s: stream idle for %d s, truncating (rid %s)", r->id,
+                GW_STREAM_IDLE_MS / 1000, r->rid);
+    cancel_backend(r, CV_GW_CANCEL_TIMEOUT);
+    if (r->h != NULL)
+        cv_http1_respond_abort(r->h);
+}
+
+static void on_deadline(uv_timer_t *t)
+{
+    struct cv_gateway *gw = t->data;
+    sweep(gw, GW_DL, on_deadline, expire_deadline);
+}
+
+static void on_idle(uv_timer_t *t)
+{
+    struct cv_gateway *gw = t->data;
+    sweep(gw, GW_IDLE, on_idle, expire_idle);
+}
+
+/* ------------------------------------------------------------------ */
+/* Checks                                                               */
+
+/* §5.1. Returns 0, 401 or 500. */
+static int check_auth(struct cv_gateway *gw, const struct cv_http_head *hd)
+{
+    if (gw->ntokens == 0)
+        return gw->allow_anonymous ? 0 : 500;
+    int count;
+    const struct cv_http_header *x = find_hdr(hd, gw->auth_header, &count);
+    if (count != 1)
+        return 401; /* absent, or repeated (Node would join them: never a match) */
+    uint8_t d[CV_SHA256_LEN];
+    cv_sha256(x->value, x->value_len, d);
+    /* Constant time over every token: no early exit on a match. */
+    unsigned ok = 0;
+    for (size_t i = 0; i < gw->ntokens; i++) {
+        unsigned diff = 0;
+        for (int k = 0; k < CV_SHA256_LEN; k++)
+            diff |= (unsigned)(d[k] ^ gw->tokens[i][k]);
+        ok |= diff == 0;
+    }
+    return ok ? 0 : 401;
+}
+
+static void reply_auth(struct cv_gateway *gw, struct cv_http1_req *h, const char *rid, int st)
+{
+    if (st == 500)
+        reply_error(gw, h, rid, 500, "AUTH_NOT_CONFIGURED", "Authentication not configured.");
+    else
+        reply_error(gw, h, rid, 401, "UNAUTHORIZED", "Unauthorized");
+}
+
+static bool allowed(char *const *list, size_t n, const char *id)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(list[i], id) == 0)
+            return true;
+    return false;
+}
+
+static struct cv_gw_backend *find_backend(struct cv_gateway *gw, enum cv_gw_kind kind,
+                                          const char *id)
+{
+    struct cv_gw_backend *nb = cv_gw_native_backend(gw->native);
+    if (nb->ops->has(nb, kind, id))
+        return nb;
+    for (size_t i = 0; i < gw->npools; i++)
+        if (gw->pools[i]->ops->has(gw->pools[i], kind, id))
+            return gw->pools[i];
+    return NULL;
+}
+
+/* The request id (§5.2): the client's if valid and not repeated. */
+static void assign_rid(struct cv_gateway *gw, const struct cv_http_head *hd, char out[GW_RID_MAX])
+{
+    int count;
+    const struct cv_http_header *x = find_hdr(hd, "x-runner-request-id", &count);
+    size_t off, n;
+    if (count == 1 && cv_gwr_rid_ok(x->value, x->value_len, &off, &n)) {
+        memcpy(out, x->value + off, n);
+        out[n] = '\0';
+        return;
+    }
+    make_uuid(gw, out);
+}
+
+/* ------------------------------------------------------------------ */
+/* Calls                                                                */
+
+static void call_free(struct cv_gw_req *r)
+{
+    gw_upload_free(r);
+    cv_buf_fini(&r->body);
+    cv_buf_fini(&r->held);
+    free(r->context);
+    free(r->runner_ctx);
+    struct gw_hcopy *c = r->hcopies;
+    while (c) {
+        struct gw_hcopy *next = c->next;
+        free(c);
+        c = next;
+    }
+    free(r);
+}
+
+/* The cwp/1 context object (§13.4), for worker backends only. */
+static int build_context(struct cv_gw_req *r)
+{
+    struct cv_gateway *gw = r->gw;
+    const struct cv_http_head *hd = cv_http1_req_head(r->h);
+    struct cv_buf b;
+    cv_buf_init(&b, 1u << 20);
+    int rc = APPEND(&b, "{\"method\":\"POST\",\"path\":");
+    const char *path = cv_http1_req_path(r->h);
+    if (rc == 0)
+        rc = cv_gwr_utf8_ok((const uint8_t *)path, strlen(path))
+                 ? cv_gwr_json_str(&b, path, strlen(path))
+                 : APPEND(&b, "\"\"");
+    if (rc == 0)
+        rc = APPEND(&b, ",\"query\":{},\"headers\":{");
+    bool first = true;
+    for (size_t i = 0; rc == 0 && i < hd->nheaders; i++) {
+        const struct cv_http_header *x = &hd->headers[i];
+        static const char *const skip[] = {"connection", "keep-alive", "proxy-connection",
+                                           "transfer-encoding", "te", "trailer", "upgrade",
+                                           "content-length"};
+        bool drop = has_ci(x->name, x->name_len, gw->auth_header);
+        for (size_t k = 0; !drop && k < sizeof skip / sizeof skip[0]; k++)
+            drop = has_ci(x->name, x->name_len, skip[k]);
+        /* Repeats are joined at their first occurrence. */
+        for (size_t j = 0; !drop && j < i; j++)
+            drop = hd->headers[j].name_len == x->name_len &&
+                   strncasecmp(hd->headers[j].name, x->name, x->name_len) == 0;
+        if (drop || !cv_gwr_utf8_ok((const uint8_t *)x->value, x->value_len))
+            continue;
+        char name[256];
+        size_t nl = x->name_len < sizeof name ? x->name_len : sizeof name - 1;
+        for (size_t k = 0; k < nl; k++)
+            name[k] = (char)((x->name[k] >= 'A' && x->name[k] <= 'Z') ? x->name[k] + 32 : x->name[k]);
+        rc = first ? 0 : APPEND(&b, ",");
+        first = false;
+        if (rc == 0)
+            rc = cv_gwr_json_str(&b, name, nl);
+        if (rc == 0)
+            rc = APPEND(&b, ":\"");
+        for (size_t j = i; rc == 0 && j < hd->nheaders; j++) {
+            const struct cv_http_header *y = &hd->headers[j];
+            if (y->name_len != x->name_len || strncasecmp(y->name, x->name, x->name_len) != 0 ||
+                !cv_gwr_utf8_ok((const uint8_t *)y->value, y->value_len))
+                continue;
+            if (j != i)
+                rc = APPEND(&b, ", ");
+            if (rc == 0) {
+                /* the value without its quotes */
+                size_t mark = b.len;
+                rc = cv_gwr_json_str(&b, y->value, y->value_len);
+                if (rc == 0) {
+                    uint8_t *s = cv_buf_head(&b) + mark;
+                    memmove(s, s + 1, b.len - mark - 2);
+                    b.len -= 2;
+                }
+            }
+        }
+        if (rc == 0)
+            rc = APPEND(&b, "\"");
+    }
+    if (rc == 0)
+        rc = APPEND(&b, "},\"requestId\":");
+    if (rc == 0)
+        rc = cv_gwr_json_str(&b, r->rid, strlen(r->rid));
+    if (rc == 0)
+        rc = APPEND(&b, ",\"remote\":");
+    const char *peer = cv_http1_req_peer(r->h);
+    if (rc == 0)
+        rc = cv_gwr_json_str(&b, peer, strlen(peer));
+    if (rc == 0 && r->runner_ctx != NULL) {
+        rc = APPEND(&b, ",\"runnerContext\":");
+        if (rc == 0)
+            rc = cv_gwr_json_str(&b, r->runner_ctx, strlen(r->runner_ctx));
+    }
+    if (rc == 0)
+        rc = APPEND(&b, "}");
+    if (rc == 0)
+        rc = cv_buf_append(&b, "", 1); /* NUL */
+    if (rc < 0) {
+        cv_buf_fini(&b);
+        return rc;
+    }
+    r->context = (char *)cv_buf_head(&b); /* the buffer's storage (off is 0) */
+    r->call.context = r->context;
+    r->call.context_len = b.len - 1;
+    return 0;
+}
+
+/* Hands the call to its backend (admission: the deadline starts). */
+void gw_start(struct cv_gw_req *r)
+{
+    struct cv_gateway *gw = r->gw;
+    r->call.id = r->id;
+    r->call.rid = r->rid;
+    r->call.runner_context = r->runner_ctx;
+    r->call.deadline_ms = gw->deadline_ms;
+    if (r->be != cv_gw_native_backend(gw->native)) {
+        if (build_context(r) < 0) {
+            r->answered = true;
+            reply_error(gw, r->h, r->rid, 500, "INTERNAL_ERROR", "Internal Error");
+            return;
+        }
+    } else {
+        r->call.context = "{}";
+        r->call.context_len = 2;
+    }
+    dl_add(r);
+    r->started = true;
+    int rc = r->be->ops->start(r->be, r, &r->call);
+    if (rc < 0) {
+        r->started = false;
+        dl_del(r, GW_DL);
+        if (!r->answered && r->h != NULL) {
+            r->answered = true;
+            reply_error(gw, r->h, r->rid, 503, "WORKER_UNAVAILABLE", "No worker available");
+        }
+    }
+}
+
+/* Sends (or, while a multipart body is still arriving, holds) the final
+ * envelope of a call. */
+void gw_answer(struct cv_gw_req *r, int status, const void *body, size_t len)
+{
+    if (r->answered || r->h == NULL)
+        return;
+    if (gw_upload_hold(r, status, body, len))
+        return;
+    r->answered = true;
+    respond_json(r->gw, r->h, r->rid, status, body, len);
+}
+
+/* The core's own error for an admitted call: cancels the backend first. */
+void gw_fail_call(struct cv_gw_req *r, int status, const char *code, const char *msg)
+{
+    cancel_backend(r, CV_GW_CANCEL_CLIENT);
+    dl_del(r, GW_DL);
+    if (r->answered || r->h == NULL)
+        return;
+    r->answered = true;
+    if (r->streaming) {
+        cv_http1_respond_abort(r->h);
+        return;
+    }
+    reply_error(r->gw, r->h, r->rid, status, code, msg);
+}
+
+static void json_ready(struct cv_gw_req *r)
+{
+    struct cv_gateway *gw = r->gw;
+    char *p = (char *)cv_buf_head(&r->body);
+    size_t n = r->body.len;
+    const char *why = NULL;
+
+    if (n > 0 && cv_rj_compact(p, n, p, &n, &why) != 0) {
+        cv_log_debug("gateway: %s: invalid JSON body (%s) (rid %s)", r->id, why ? why : "?", r->rid);
+        r->answered = true;
+        reply_error(gw, r->h, r->rid, 400, "INVALID_JSON", "Invalid JSON body");
+        return;
+    }
+    r->body.len = n;
+    if (r->call.kind == CV_GW_EVENT) {
+        struct cv_rj_top top;
+        memset(&top, 0, sizeof top);
+        if (n > 0 && cv_rj_top_scan(p, n, &top) != 0) {
+            r->answered = true;
+            reply_error(gw, r->h, r->rid, 400, "INVALID_JSON", "Invalid JSON body");
+            return;
+        }
+        if (top.is_object && top.payload.present) {
+            r->call.input = p + top.payload.off;
+            r->call.input_len = top.payload.len;
+        } else {
+            r->call.input = CV_RJ_UNDEFINED;
+            r->call.input_len = sizeof(CV_RJ_UNDEFINED) - 1;
+        }
+        r->call.return_payload = top.is_object && top.return_payload;
+        if (r->call.return_payload && r->be->ops->is_parallel(r->be, r->id)) {
+            r->answered = true;
+            reply_id_error(gw, r->h, r->rid, 400, "PARALLEL_EVENT_RETURN_UNSUPPORTED", true, r->id,
+                           " is marked parallel; returning a payload is not supported.");
+            return;
+        }
+    } else {
+        const char *text;
+        size_t off, len;
+        bool whole;
+        if (cv_rj_select_input(p, n, &text, &off, &len, &whole) != 0) {
+            r->answered = true;
+            reply_error(gw, r->h, r->rid, 400, "INVALID_JSON", "Invalid JSON body");
+            return;
+        }
+        r->call.input = text + off;
+        r->call.input_len = len;
+        r->call.input_is_body = whole;
+    }
+    gw_start(r);
+}
+
+/* ------------------------------------------------------------------ */
+/* HTTP callbacks                                                       */
+
+static void on_request(struct cv_http1_req *h)
+{
+    struct cv_gateway *gw = cv_http1_server_data(cv_http1_req_server(h));
+    const struct cv_http_head *hd = cv_http1_req_head(h);
+    const char *id = NULL;
+    size_t idlen = 0;
+    int route = cv_gwr_route(hd->target, hd->target_len, gw->base, gw->route_buf,
+                             gw->route_cap, &id, &idlen);
+
+    if (route <= CV_GWR_OUTSIDE) {
+        reply_error(gw, h, NULL, 404, "NOT_FOUND", "Not Found"); /* step 0: no request id */
+        return;
+    }
+    if (cv_http1_req_is_method(h, "OPTIONS")) {
+        preflight(gw, h);
+        return;
+    }
+    char rid[GW_RID_MAX];
+    assign_rid(gw, hd, rid);
+    if (route == CV_GWR_UNKNOWN || (route == CV_GWR_DISCOVERY && gw->discovery_disabled)) {
+        reply_error(gw, h, rid, 404, "NOT_FOUND", "Not Found");
+        return;
+    }
+    bool is_get = cv_http1_req_is_method(h, "GET");
+    if (route == CV_GWR_DISCOVERY ? !is_get : !cv_http1_req_is_method(h, "POST")) {
+        reply_error(gw, h, rid, 405, "METHOD_NOT_ALLOWED", "Method Not Allowed");
+        return;
+    }
+    int st = check_auth(gw, hd);
+    if (st != 0) {
+        reply_auth(gw, h, rid, st);
+        return;
+    }
+    if (route == CV_GWR_DISCOVERY) {
+        respond_json(gw, h, rid, 200, gw->discovery, gw->discovery_len);
+        return;
+    }
+    bool event = route == CV_GWR_EVENT;
+    if (gw->ntasks + gw->nevents == 0) {
+        reply_error(gw, h, rid, 403, "FORBIDDEN", "Exposure not enabled");
+        return;
+    }
+    if (!(event ? allowed(gw->events, gw->nevents, id) : allowed(gw->tasks, gw->ntasks, id))) {
+        reply_id_error(gw, h, rid, 403, "FORBIDDEN", event, id, " not exposed");
+        return;
+    }
+    enum cv_gw_kind kind = event ? CV_GW_EVENT : CV_GW_TASK;
+    struct cv_gw_backend *be = find_backend(gw, kind, id);
+    if (be == NULL) {
+        reply_id_error(gw, h, rid, 404, "NOT_FOUND", event, id, " not found");
+        return;
+    }
+    int count;
+    const struct cv_http_header *ct = find_hdr(hd, "content-type", &count);
+    enum cv_gw_mode mode =
+        event ? CV_GW_MODE_JSON
+              : (enum cv_gw_mode)cv_gwr_mode(ct ? ct->value : NULL, ct ? ct->value_len : 0);
+    if (mode != CV_GW_MODE_JSON && !be->ops->streams(be)) {
+        reply_error(gw, h, rid, 415, "UNSUPPORTED_MODE",
+                    "Streaming mode not supported by this backend");
+        return;
+    }
+    uint64_t limit = mode == CV_GW_MODE_JSON ? gw->max_json
+                     : mode == CV_GW_MODE_OCTET ? gw->max_octet : 0;
+    if (limit && hd->content_length >= 0 && (uint64_t)hd->content_length > limit) {
+        reply_error(gw, h, rid, 413, "PAYLOAD_TOO_LARGE", "Payload too large"); /* unread */
+        return;
+    }
+    struct cv_gw_req *r = calloc(1, sizeof *r + idlen + 1);
+    if (r == NULL) {
+        reply_error(gw, h, rid, 500, "INTERNAL_ERROR", "Internal Error");
+        return;
+    }
+    r->gw = gw;
+    r->h = h;
+    r->be = be;
+    memcpy(r->rid, rid, sizeof rid);
+    memcpy(r->id, id, idlen + 1);
+    r->call.kind = kind;
+    r->call.mode = mode;
+    cv_buf_init(&r->body, mode == CV_GW_MODE_JSON ? gw->max_json : 0);
+    cv_buf_init(&r->held, 1u << 24);
+    const struct cv_http_header *rc = find_hdr(hd, "x-runner-context", &count);
+    if (count == 1)
+        r->runner_ctx = strndup(rc->value, rc->value_len);
+    cv_http1_req_set_data(h, r);
+    gw->ncalls++;
+    if (mode == CV_GW_MODE_OCTET) {
+        r->call.input = CV_RJ_UNDEFINED;
+        r->call.input_len = sizeof(CV_RJ_UNDEFINED) - 1;
+        gw_start(r);
+    } else if (mode == CV_GW_MODE_MULTIPART) {
+        gw_upload_begin(r, ct ? ct->value : "", ct ? ct->value_len : 0);
+    }
+}
+
+static void on_body(struct cv_http1_req *h, const uint8_t *p, size_t n)
+{
+    struct cv_gw_req *r = cv_http1_req_data(h);
+    if (r == NULL || r->answered)
+        return;
+    switch (r->call.mode) {
+    case CV_GW_MODE_JSON:
+        if (cv_buf_append(&r->body, p, n) < 0) {
+            r->answered = true;
+            reply_error(r->gw, h, r->rid, 413, "PAYLOAD_TOO_LARGE", "Payload too large");
+        }
+        break;
+    case CV_GW_MODE_OCTET:
+        r->octet_seen += n;
+        if (r->gw->max_octet && r->octet_seen > r->gw->max_octet) {
+            if (r->started && !r->finished)
+                r->be->ops->stream_end(r->be, r, "body", "{\"message\":\"Payload too large\","
+                                                          "\"code\":\"PAYLOAD_TOO_LARGE\"}");
+            gw_fail_call(r, 413, "PAYLOAD_TOO_LARGE", "Payload too large");
+            return;
+        }
+        if (r->started && !r->finished)
+            gw_stream_in(r, "body", p, n);
+        break;
+    case CV_GW_MODE_MULTIPART: gw_upload_data(r, p, n); break;
+    }
+}
+
+static void on_end(struct cv_http1_req *h)
+{
+    struct cv_gw_req *r = cv_http1_req_data(h);
+    if (r == NULL || r->answered)
+        return;
+    switch (r->call.mode) {
+    case CV_GW_MODE_JSON: json_ready(r); break;
+    case CV_GW_MODE_OCTET:
+        if (r->started && !r->finished)
+            r->be->ops->stream_end(r->be, r, "body", NULL);
+        break;
+    case CV_GW_MODE_MULTIPART: gw_upload_end(r); break;
+    }
+}
+
+static void on_drain(struct cv_http1_req *h)
+{
+    struct cv_gw_req *r = cv_http1_req_data(h);
+    if (r == NULL || r->finished || r->ack_owed == 0)
+        return;
+    size_t n = r->ack_owed;
+    r->ack_owed = 0;
+    r->be->ops->out_ack(r->be, r, n);
+}
+
+static void maybe_stopped(struct cv_gateway *gw);
+
+static void on_done(struct cv_http1_req *h, int status)
+{
+    struct cv_gw_req *r = cv_http1_req_data(h);
+    if (r == NULL)
+        return;
+    struct cv_gateway *gw = r->gw;
+    r->h = NULL;
+    if (status != 0 && r->started && !r->finished)
+        cv_log_debug("gateway: %s: client gone (%s), cancelling (rid %s)", r->id,
+                     cv_strerror(status), r->rid);
+    cancel_backend(r, gw->stopping ? CV_GW_CANCEL_SHUTDOWN : CV_GW_CANCEL_CLIENT);
+    dl_del(r, GW_DL);
+    dl_del(r, GW_IDLE);
+    call_free(r);
+    gw->ncalls--;
+    maybe_stopped(gw);
+}
+
+/* ------------------------------------------------------------------ */
+/* Request streams (octet body, multipart files) with flow control      */
+
+void gw_stream_in(struct cv_gw_req *r, const char *stream, const uint8_t *p, size_t n)
+{
+    r->inflight += n;
+    r->be->ops->stream_data(r->be, r, stream, p, n);
+    if (r->h != NULL && !r->finished && r->inflight > GW_INFLIGHT_MAX && !r->paused) {
+        r->paused = true;
+        cv_http1_req_pause(r->h);
+    }
+}
+
+void cv_gw_req_consumed(struct cv_gw_req *req, size_t n)
+{
+    req->inflight = n > req->inflight ? 0 : req->inflight - n;
+    if (req->paused && req->inflight <= GW_INFLIGHT_MAX / 2 && req->h != NULL) {
+        req->paused = false;
+        cv_http1_req_resume(req->h);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Backend -> core                                                      */
+
+const char *cv_gw_cancel_name(enum cv_gw_cancel_reason r)
+{
+    switch (r) {
+    case CV_GW_CANCEL_CLIENT: return "client-closed";
+    case CV_GW_CANCEL_TIMEOUT: return "timeout";
+    case CV_GW_CANCEL_SHUTDOWN: return "shutdown";
+    }
+    return "?";
+}
+
+/* Marks the backend's part over. Returns false if it already was. */
+static bool finish(struct cv_gw_req *r)
+{
+    if (r->finished)
+        return false;
+    r->finished = true;
+    dl_del(r, GW_DL);
+    return true;
+}
+
+void cv_gw_req_result(struct cv_gw_req *req, const char *json, size_t len)
+{
+    if (!finish(req))
+        return;
+    struct cv_buf *out = &req->gw->out;
+    cv_buf_reset(out);
+    int rc;
+    if (req->call.kind == CV_GW_EVENT && !req->call.return_payload)
+        rc = APPEND(out, "{\"ok\":true}");
+    else
+        rc = cv_gwe_result(out, json, len);
+    if (rc == 0)
+        gw_answer(req, 200, cv_buf_head(out), out->len);
+    else
+        gw_answer(req, 500, "{\"ok\":false,\"error\":{\"message\":\"Internal Error\",\"code\":"
+                            "\"INTERNAL_ERROR\"}}", 71);
+}
+
+void cv_gw_req_error(struct cv_gw_req *req, int status, const char *error_json, size_t len)
+{
+    if (!finish(req))
+        return;
+    struct cv_buf *out = &req->gw->out;
+    cv_buf_reset(out);
+    if (status == 500 || status < 400 || status > 599)
+        cv_log_info("gateway: %s failed: %.*s (rid %s)", req->id, (int)(len > 512 ? 512 : len),
+                    error_json ? error_json : "", req->rid);
+    if (cv_gwe_sanitized(out, &status, error_json, len) == 0)
+        gw_answer(req, status, cv_buf_head(out), out->len);
+}
+
+void cv_gw_req_fail(struct cv_gw_req *req, int status, const char *code, const char *message)
+{
+    if (!finish(req))
+        return;
+    struct cv_buf *out = &req->gw->out;
+    cv_buf_reset(out);
+    if (status < 400 || status > 599)
+        status = 500;
+    if (status == 500 && strcmp(code, "AUTH_NOT_CONFIGURED") != 0)
+        message = "Internal Error";
+    if (cv_gwe_error(out, code, message) == 0)
+        gw_answer(req, status, cv_buf_head(out), out->len);
+}
+
+/* Response headers a stream may not set (§8.5). */
+static bool blocked(const char *name)
+{
+    static const char *const names[] = {
+        "set-cookie",        "access-control-allow-origin", "access-control-allow-credentials",
+        "x-content-type-options", "x-frame-options",        "content-length",
+        "transfer-encoding", "connection",                  "x-runner-request-id",
+        "keep-alive",        "content-type",                "date"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strcasecmp(name, names[i]) == 0)
+            return true;
+    return false;
+}
+
+static bool token_ok(const char *s)
+{
+    if (*s == '\0')
+        return false;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              (c && strchr("!#$%&'*+-.^_`|~", c))))
+            return false;
+    }
+    return true;
+}
+
+static bool value_ok(const char *s)
+{
+    for (; *s; s++)
+        if (*s == '\r' || *s == '\n')
+            return false;
+    return true;
+}
+
+int cv_gw_req_stream_start(struct cv_gw_req *req, int status, const char *content_type,
+                           const char *const *headers, size_t nheaders)
+{
+    if (req->call.kind != CV_GW_TASK || req->finished || req->streaming || req->answered)
+        return CV_EINVAL;
+    if (req->h == NULL)
+        return CV_ECLOSED;
+    struct cv_gateway *gw = req->gw;
+    struct cv_buf *hb = &gw->head;
+    if (status == 0)
+        status = 200;
+    if (status < 200 || status > 599)
+        return CV_EINVAL;
+    if (content_type == NULL || !value_ok(content_type) || *content_type == '\0')
+        content_type = "application/octet-stream";
+    int rc = head_common(gw, hb, req->rid);
+    if (rc == 0)
+        rc = APPEND(hb, "content-type: ");
+    if (rc == 0)
+        rc = cv_buf_append(hb, content_type, strlen(content_type));
+    if (rc == 0)
+        rc = APPEND(hb, "\r\n");
+    for (size_t i = 0; rc == 0 && i < nheaders; i++) {
+        const char *k = headers[2 * i], *v = headers[2 * i + 1];
+        if (k == NULL || v == NULL || !token_ok(k) || !value_ok(v) || blocked(k))
+            continue;
+        rc = cv_buf_append(hb, k, strlen(k));
+        if (rc == 0)
+            rc = APPEND(hb, ": ");
+        if (rc == 0)
+            rc = cv_buf_append(hb, v, strlen(v));
+        if (rc == 0)
+            rc = APPEND(hb, "\r\n");
+    }
+    if (rc == 0)
+        rc = APPEND(hb, "X-Content-Type-Options: nosniff\r\nX-Frame-Options: DENY\r\n");
+    if (rc < 0)
+        return rc;
+    rc = cv_http1_respond_head(req->h, status, (const char *)cv_buf_head(hb), hb->len, -1);
+    if (rc < 0)
+        return rc;
+    req->streaming = true;
+    req->answered = true;
+    dl_del(req, GW_DL);
+    idle_touch(req);
+    return 0;
+}
+
+int cv_gw_req_stream_write(struct cv_gw_req *req, const uint8_t *p, size_t n)
+{
+    if (!req->streaming || req->finished || req->h == NULL)
+        return CV_ECLOSED;
+    int rc = cv_http1_respond_write(req->h, p, n);
+    if (rc < 0)
+        return CV_ECLOSED;
+    idle_touch(req);
+    /* Acked once below the high mark; otherwise when on_drain comes. */
+    req->ack_owed += n;
+    if (cv_http1_req_is_writable(req->h)) {
+        size_t a = req->ack_owed;
+        req->ack_owed = 0;
+        req->be->ops->out_ack(req->be, req, a);
+    }
+    return 0;
+}
+
+void cv_gw_req_stream_end(struct cv_gw_req *req, bool truncate)
+{
+    if (!finish(req))
+        return;
+    dl_del(req, GW_IDLE);
+    if (req->h == NULL)
+        return;
+    if (!req->streaming) {
+        req->answered = true;
+        reply_error(req->gw, req->h, req->rid, 500, "INTERNAL_ERROR", "Internal Error");
+        return;
+    }
+    if (truncate)
+        cv_http1_respond_abort(req->h);
+    else
+        cv_http1_respond_end(req->h);
+}
+
+const char *cv_gw_req_rid(const struct cv_gw_req *req)
+{
+    return req->rid;
+}
+
+void cv_gw_req_set_data(struct cv_gw_req *req, void *data)
+{
+    req->data = data;
+}
+
+void *cv_gw_req_data(const struct cv_gw_req *req)
+{
+    return req->data;
+}
+
+const char *cv_gw_req_header(struct cv_gw_req *req, const char *name)
+{
+    if (req->h == NULL)
+        return NULL;
+    for (struct gw_hcopy *c = req->hcopies; c; c = c->next)
+        if (strcmp(c->name, name) == 0)
+            return c->value;
+    int count;
+    const struct cv_http_header *x = find_hdr(cv_http1_req_head(req->h), name, &count);
+    if (count != 1)
+        return NULL;
+    size_t nl = strlen(name);
+    struct gw_hcopy *c = malloc(sizeof *c + nl + 1 + x->value_len + 1);
+    if (c == NULL)
+        return NULL;
+    c->name = c->buf;
+    memcpy(c->buf, name, nl + 1);
+    c->value = c->buf + nl + 1;
+    memcpy(c->value, x->value, x->value_len);
+    c->value[x->value_len] = '\0';
+    c->next = req->hcopies;
+    req->hcopies = c;
+    return c->value;
+}
+
+bool cv_gw_req_writable(const struct cv_gw_req *req)
+{
+    return req->h != NULL && cv_http1_req_is_writable(req->h);
+}
+
+struct cv_gateway *cv_gw_req_gateway(const struct cv_gw_req *req)
+{
+    return req->gw;
+}
+
+/* ------------------------------------------------------------------ */
+/* Setup                                                                */
+
+void cv_gateway_opts_init(struct cv_gateway_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->host = "127.0.0.1";
+    o->port = 7070;
+    o->base_path = "/__runner";
+    o->auth_header = "x-runner-token";
+    o->cors.max_age = -1;
+    o->deadline_ms = 30000;
+    o->max_json_body = 2u * 1024 * 1024;
+}
+
+void cv_gateway_pool_opts_init(struct cv_gateway_pool_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->protocol = CV_GW_CWP1;
+    o->queue_timeout_ms = 5000;
+    o->queue_max = 1024;
+}
+
+static int copy_list(char ***out, const char *const *in, size_t n)
+{
+    *out = calloc(n + 1, sizeof **out);
+    if (*out == NULL)
+        return CV_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        if (in[i] == NULL || in[i][0] == '\0') {
+            cv_log_error("gateway: empty id in the allow-list");
+            return CV_EINVAL;
+        }
+        if (((*out)[i] = strdup(in[i])) == NULL)
+            return CV_ENOMEM;
+    }
+    return 0;
+}
+
+static void free_list(char **l, size_t n)
+{
+    if (l == NULL)
+        return;
+    for (size_t i = 0; i < n; i++)
+        free(l[i]);
+    free(l);
+}
+
+static bool header_text_ok(const char *s)
+{
+    return s != NULL && value_ok(s);
+}
+
+/* The CORS header lines (§5.5), fixed at start. */
+static int build_cors(struct cv_gateway *gw, const struct cv_gateway_cors *c)
+{
+    struct cv_buf a, pa, pb;
+    char line[64];
+    int rc = 0;
+    cv_buf_init(&a, 8192);
+    cv_buf_init(&pa, 8192);
+    cv_buf_init(&pb, 8192);
+    if ((c->origin && !header_text_ok(c->origin)) ||
+        (c->exposed_headers && !header_text_ok(c->exposed_headers))) {
+        cv_log_error("gateway: CORS values must not contain CR or LF");
+        rc = CV_EINVAL;
+        goto out;
+    }
+    /* Origin: a fixed string, else "*" unless credentials (then none and
+     * Vary: Origin, fail-safe). Vary comes first, as in the reference. */
+    if (c->origin == NULL && c->credentials) {
+        rc = APPEND(&a, "Vary: Origin\r\n");
+        if (rc == 0)
+            rc = APPEND(&pa, "Vary: Origin\r\n");
+    } else {
+        const char *o = c->origin ? c->origin : "*";
+        for (int i = 0; i < 2 && rc == 0; i++) {
+            struct cv_buf *b = i ? &pa : &a;
+            rc = APPEND(b, "Access-Control-Allow-Origin: ");
+            if (rc == 0)
+                rc = cv_buf_append(b, o, strlen(o));
+            if (rc == 0)
+                rc = APPEND(b, "\r\n");
+        }
+    }
+    if (rc == 0 && c->credentials)
+        rc = APPEND(&a, "Access-Control-Allow-Credentials: true\r\n");
+    if (rc == 0 && c->exposed_headers && c->exposed_headers[0]) {
+        rc = APPEND(&a, "Access-Control-Expose-Headers: ");
+        if (rc == 0)
+            rc = cv_buf_append(&a, c->exposed_headers, strlen(c->exposed_headers));
+        if (rc == 0)
+            rc = APPEND(&a, "\r\n");
+    }
+    /* §14.1: discovery is a GET, so the preflight lists it. */
+    if (rc == 0)
+        rc = APPEND(&pa, "Access-Control-Allow-Methods: POST, GET, OPTIONS\r\n");
+    if (rc == 0 && c->credentials)
+        rc = APPEND(&pb, "Access-Control-Allow-Credentials: true\r\n");
+    if (rc == 0 && c->max_age >= 0) {
+        int n = snprintf(line, sizeof line, "Access-Control-Max-Age: %d\r\n", c->max_age);
+        rc = cv_buf_append(&pb, line, (size_t)n);
+    }
+    if (rc == 0)
+        rc = APPEND(&pb, "content-length: 0\r\n");
+    if (rc == 0)
+        rc = cv_buf_append(&a, "", 1);
+    if (rc == 0)
+        rc = cv_buf_append(&pa, "", 1);
+    if (rc == 0)
+        rc = cv_buf_append(&pb, "", 1);
+    if (rc < 0)
+        goto out;
+    gw->cors_actual = (char *)cv_buf_head(&a);
+    gw->cors_actual_len = a.len - 1;
+    gw->pre_a = (char *)cv_buf_head(&pa);
+    gw->pre_a_len = pa.len - 1;
+    gw->pre_b = (char *)cv_buf_head(&pb);
+    gw->pre_b_len = pb.len - 1;
+    return 0;
+out:
+    cv_buf_fini(&a);
+    cv_buf_fini(&pa);
+    cv_buf_fini(&pb);
+    return rc;
+}
+
+/* {"ok":true,"result":{"allowList":{"enabled":..,"tasks":[..],"events":[..]}}} */
+static int build_discovery(struct cv_gateway *gw)
+{
+    struct cv_buf b;
+    cv_buf_init(&b, 1u << 24);
+    int rc = APPEND(&b, "{\"ok\":true,\"result\":{\"allowList\":{\"enabled\":");
+    if (rc == 0)
+        rc = gw->ntasks + gw->nevents ? APPEND(&b, "true") : APPEND(&b, "false");
+    for (int k = 0; k < 2 && rc == 0; k++) {
+        char **l = k ? gw->events : gw->tasks;
+        size_t n = k ? gw->nevents : gw->ntasks;
+        rc = k ? APPEND(&b, "],\"events\":[") : APPEND(&b, ",\"tasks\":[");
+        for (size_t i = 0; i < n && rc == 0; i++) {
+            if (i)
+                rc = APPEND(&b, ",");
+            if (rc == 0)
+                rc = cv_gwr_json_str(&b, l[i], strlen(l[i]));
+        }
+    }
+    if (rc == 0)
+        rc = APPEND(&b, "]}}}");
+    if (rc < 0) {
+        cv_buf_fini(&b);
+        return rc;
+    }
+    gw->discovery = (char *)cv_buf_head(&b);
+    gw->discovery_len = b.len;
+    return 0;
+}
+
+static void gw_free(struct cv_gateway *gw)
+{
+    if (gw == NULL)
+        return;
+    free(gw->base);
+    free(gw->tokens);
+    free(gw->auth_header);
+    free_list(gw->tasks, gw->ntasks);
+    free_list(gw->events, gw->nevents);
+    free(gw->cors_actual);
+    free(gw->pre_a);
+    free(gw->pre_b);
+    free(gw->discovery);
+    free(gw->route_buf);
+    cv_buf_fini(&gw->out);
+    cv_buf_fini(&gw->head);
+    free(gw);
+}
+
+static int validate(const struct cv_gateway_opts *o)
+{
+    for (size_t i = 0; i < o->ntokens; i++)
+        if (o->tokens[i] == NULL || o->tokens[i][0] == '\0') {
+            cv_log_error("gateway: empty token refused");
+            return CV_EINVAL;
+        }
+    if (o->auth_header == NULL || !token_ok(o->auth_header)) {
+        cv_log_error("gateway: bad auth header name '%s'", o->auth_header ? o->auth_header : "");
+        return CV_EINVAL;
+    }
+    if (o->deadline_ms == 0) {
+        cv_log_error("gateway: the deadline must be > 0 ms");
+        return CV_EINVAL;
+    }
+    return 0;
+}
+
+static int setup(struct cv_gateway *gw, const struct cv_gateway_opts *o)
+{
+    int rc = validate(o);
+    if (rc < 0)
+        return rc;
+    const char *base = o->base_path ? o->base_path : "/__runner";
+    gw->base = malloc(strlen(base) + 2);
+    if (gw->base == NULL)
+        return CV_ENOMEM;
+    if (cv_gwr_base_norm(base, gw->base, strlen(base) + 2) < 0) {
+        cv_log_error("gateway: bad base path '%s'", base);
+        return CV_EINVAL;
+    }
+    gw->ntokens = o->ntokens;
+    gw->tokens = calloc(o->ntokens + 1, CV_SHA256_LEN);
+    if (gw->tokens == NULL)
+        return CV_ENOMEM;
+    for (size_t i = 0; i < o->ntokens; i++)
+        cv_sha256(o->tokens[i], strlen(o->tokens[i]), gw->tokens[i]);
+    gw->auth_header = strdup(o->auth_header);
+    if (gw->auth_header == NULL)
+        return CV_ENOMEM;
+    gw->allow_anonymous = o->allow_anonymous;
+    gw->ntasks = o->nallow_tasks;
+    gw->nevents = o->nallow_events;
+    if ((rc = copy_list(&gw->tasks, o->allow_tasks, o->nallow_tasks)) < 0 ||
+        (rc = copy_list(&gw->events, o->allow_events, o->nallow_events)) < 0)
+        return rc;
+    if ((rc = build_cors(gw, &o->cors)) < 0 || (rc = build_discovery(gw)) < 0)
+        return rc;
+    gw->discovery_disabled = o->discovery_disabled;
+    gw->deadline_ms = o->deadline_ms;
+    gw->max_json = o->max_json_body ? o->max_json_body : 2u * 1024 * 1024;
+    gw->max_octet = o->max_octet_body;
+    gw->route_cap = 2 * GW_HEAD_MAX + 8;
+    gw->route_buf = malloc(gw->route_cap);
+    if (gw->route_buf == NULL)
+        return CV_ENOMEM;
+    cv_buf_init(&gw->out, 64u << 20);
+    cv_buf_init(&gw->head, 1u << 20);
+    if (getrandom(gw->rng, sizeof gw->rng, 0) != (ssize_t)sizeof gw->rng) {
+        cv_log_error("gateway: getrandom failed");
+        return CV_EINVAL;
+    }
+    if (gw->ntokens == 0 && !gw->allow_anonymous)
+        cv_log_warn("gateway: no token configured and anonymous access not allowed: every call "
+                    "answers 500 AUTH_NOT_CONFIGURED");
+    return 0;
+}
+
+static const struct cv_http1_cbs g_cbs = {.on_request = on_request,
+                                          .on_body = on_body,
+                                          .on_end = on_end,
+                                          .on_drain = on_drain,
+                                          .on_done = on_done};
+
+int cv_gateway_start(uv_loop_t *loop, const struct cv_gateway_opts *opts, struct cv_gateway **out)
+{
+    struct cv_gateway *gw = calloc(1, sizeof *gw);
+    if (gw == NULL)
+        return CV_ENOMEM;
+    gw->loop = loop;
+    int rc = setup(gw, opts);
+    if (rc == 0 && (gw->native = cv_gw_native_new(loop)) == NULL)
+        rc = CV_ENOMEM;
+    if (rc < 0) {
+        cv_gw_native_free(gw->native);
+        gw_free(gw);
+        return rc;
+    }
+    rc = cv_http1_server_start(loop, opts->host ? opts->host : "127.0.0.1", opts->port, &g_cbs, gw,
+                               &gw->srv);
+    if (rc < 0) {
+        cv_log_error("gateway: cannot listen on %s:%u: %s", opts->host ? opts->host : "127.0.0.1",
+                     opts->port, cv_strerror(rc));
+        cv_gw_native_free(gw->native);
+        gw_free(gw);
+        return rc;
+    }
+    struct cv_http1_opts ho;
+    cv_http1_opts_init(&ho);
+    ho.max_body = UINT64_MAX / 4; /* the gateway applies its own per-mode limits */
+    ho.max_head = GW_HEAD_MAX;
+    ho.head_timeout_ms = 10000;
+    ho.idle_timeout_ms = 5000;
+    ho.body_timeout_ms = 30000;
+    ho.silent_timeouts = true;
+    ho.bare_errors = true;
+    ho.eof_aborts = true;
+    ho.keep_alive_s = 5;
+    ho.tx_max = 64u << 20;
+    cv_http1_server_set_opts(gw->srv, &ho);
+    for (int i = 0; i < 3; i++) {
+        uv_timer_init(loop, &gw->timers[i]);
+        gw->timers[i].data = gw;
+    }
+    *out = gw;
+    return 0;
+}
+
+uint16_t cv_gateway_port(const struct cv_gateway *gw)
+{
+    return cv_http1_server_port(gw->srv);
+}
+
+int cv_gateway_add_task(struct cv_gateway *gw, const char *id, cv_gw_handler fn, void *ud)
+{
+    return cv_gw_native_add(gw->native, CV_GW_TASK, id, fn, ud, false);
+}
+
+int cv_gateway_add_event(struct cv_gateway *gw, const char *id, cv_gw_handler fn, void *ud,
+                         bool parallel)
+{
+    return cv_gw_native_add(gw->native, CV_GW_EVENT, id, fn, ud, parallel);
+}
+
+int cv_gateway_add_pool(struct cv_gateway *gw, const struct cv_gateway_pool_opts *o)
+{
+    if (gw->npools >= GW_MAX_POOLS || gw->stopping)
+        return CV_EINVAL;
+    struct cv_gw_backend *b;
+    int rc = cv_gw_pool_new(gw->loop, o, &b);
+    if (rc < 0)
+        return rc;
+    gw->pools[gw->npools++] = b;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Stop                                                                 */
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    struct cv_gateway *gw = h->data;
+    if (--gw->closing_timers > 0)
+        return;
+    void (*done)(struct cv_gateway *, void *) = gw->done;
+    void *ud = gw->done_ud;
+    cv_gw_native_free(gw->native);
+    for (size_t i = 0; i < gw->npools; i++)
+        gw->pools[i]->ops->free(gw->pools[i]);
+    gw_free(gw);
+    if (done)
+        done(gw, ud);
+}
+
+static void finish_stop(struct cv_gateway *gw)
+{
+    if (gw->shutdowns_pending > 0 || !gw->server_closed || gw->closing_timers > 0)
+        return;
+    gw->closing_timers = 3;
+    for (int i = 0; i < 3; i++)
+        uv_close((uv_handle_t *)&gw->timers[i], on_timer_closed);
+}
+
+static void on_backend_down(struct cv_gw_backend *b, void *ud)
+{
+    struct cv_gateway *gw = ud;
+    (void)b;
+    gw->shutdowns_pending--;
+    finish_stop(gw);
+}
+
+static void close_server(struct cv_gateway *gw)
+{
+    if (gw->server_closed)
+        return;
+    gw->server_closed = true; /* before: on_done runs synchronously below */
+    uv_timer_stop(&gw->timers[GW_GRACE]);
+    cv_http1_server_close(gw->srv);
+    gw->srv = NULL;
+    finish_stop(gw);
+}
+
+static void on_grace(uv_timer_t *t)
+{
+    struct cv_gateway *gw = t->data;
+    if (gw->ncalls > 0)
+        cv_log_info("gateway: grace period over, cancelling %zu call(s)", gw->ncalls);
+    close_server(gw);
+}
+
+/* Stopping and the last call ended: close now (from the loop, not from
+ * inside the call's on_done). */
+static void maybe_stopped(struct cv_gateway *gw)
+{
+    if (gw->stopping && gw->ncalls == 0 && !gw->server_closed)
+        uv_timer_start(&gw->timers[GW_GRACE], on_grace, 0, 0);
+}
+
+void cv_gateway_stop(struct cv_gateway *gw, uint64_t grace_ms,
+                     void (*done)(struct cv_gateway *gw, void *ud), void *ud)
+{
+    if (gw->stopping)
+        return;
+    gw->stopping = true;
+    gw->done = done;
+    gw->done_ud = ud;
+    cv_http1_server_unlisten(gw->srv);
+    gw->shutdowns_pending = gw->npools;
+    for (size_t i = 0; i < gw->npools; i++)
+        gw->pools[i]->ops->shutdown(gw->pools[i], grace_ms, on_backend_down, gw);
+    uv_timer_start(&gw->timers[GW_GRACE], on_grace, gw->ncalls ? grace_ms : 0, 0);
+}

@@ -1,0 +1,122 @@
+/* The gateway core's own structures, shared by gateway.c and upload.c. */
+#ifndef CV_GW_GW_H
+#define CV_GW_GW_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "core/buf.h"
+#include "gateway/internal.h"
+
+struct cv_http1_server;
+struct cv_http1_req;
+
+/* Largest request head (§6: at least 16 KiB). */
+#define GW_HEAD_MAX (32 * 1024)
+/* Request-stream bytes a backend may hold unconsumed before the HTTP body
+ * is paused (per call). */
+#define GW_INFLIGHT_MAX (1024 * 1024)
+/* Once streaming, a response silent this long is truncated (§11). */
+#define GW_STREAM_IDLE_MS 60000
+#define GW_MAX_POOLS 8
+#define GW_RID_MAX 132
+
+enum { GW_DL = 0, GW_IDLE = 1, GW_GRACE = 2 };
+
+struct gw_link {
+    struct cv_gw_req *prev, *next;
+};
+
+struct gw_list {
+    struct cv_gw_req *head, *tail;
+};
+
+struct gw_hcopy {
+    struct gw_hcopy *next;
+    char *name, *value;
+    char buf[];
+};
+
+struct gw_upload;
+
+struct cv_gw_req {
+    struct cv_gateway *gw;
+    struct cv_http1_req *h;  /* borrowed; NULL once the HTTP request is over */
+    struct cv_gw_backend *be; /* borrowed */
+    void *data;              /* the backend's */
+    struct cv_gw_call call;
+    bool started;   /* ops->start accepted it (or is running) */
+    bool finished;  /* the backend answered or was cancelled */
+    bool answered;  /* the final response went out (or is held, see upload.c) */
+    bool streaming; /* a streamed response head went out */
+    bool paused;    /* the HTTP body is paused for flow control */
+    bool in[2];
+    uint64_t due[2];
+    struct gw_link link[2];
+    uint64_t inflight;   /* request-stream bytes not yet consumed by the backend */
+    uint64_t octet_seen;
+    size_t ack_owed;     /* response stream bytes queued, not acked yet */
+    struct cv_buf body;  /* JSON body (owned) */
+    struct cv_buf held;  /* a final envelope held until the multipart body ends */
+    int held_status;
+    bool holding;
+    char *context;    /* owned */
+    char *runner_ctx; /* owned: x-runner-context when present once */
+    struct gw_hcopy *hcopies; /* owned */
+    struct gw_upload *up;     /* owned: multipart state */
+    char rid[GW_RID_MAX];
+    char id[];
+};
+
+struct cv_gateway {
+    uv_loop_t *loop;                /* borrowed */
+    struct cv_http1_server *srv;    /* owned */
+    char *base;                     /* normalised base path */
+    uint8_t (*tokens)[32];          /* SHA-256 of each token */
+    size_t ntokens;
+    char *auth_header;
+    bool allow_anonymous, discovery_disabled;
+    char **tasks, **events;
+    size_t ntasks, nevents;
+    char *cors_actual, *pre_a, *pre_b; /* header lines (§5.5) */
+    size_t cors_actual_len, pre_a_len, pre_b_len;
+    char *discovery;
+    size_t discovery_len;
+    uint64_t deadline_ms, max_json, max_octet;
+    struct cv_gw_native *native;
+    struct cv_gw_backend *pools[GW_MAX_POOLS];
+    size_t npools;
+    uint64_t rng[4];
+    char *route_buf;
+    size_t route_cap;
+    struct cv_buf out, head; /* scratch for response bodies and heads */
+    struct gw_list lists[2];
+    uv_timer_t timers[3];
+    size_t ncalls;
+    bool stopping, server_closed;
+    size_t shutdowns_pending;
+    int closing_timers;
+    void (*done)(struct cv_gateway *gw, void *ud);
+    void *done_ud;
+};
+
+/* gateway.c */
+void gw_start(struct cv_gw_req *r);
+void gw_answer(struct cv_gw_req *r, int status, const void *body, size_t len);
+void gw_fail_call(struct cv_gw_req *r, int status, const char *code, const char *msg);
+void gw_stream_in(struct cv_gw_req *r, const char *stream, const uint8_t *p, size_t n);
+
+/* upload.c: multipart mode (§8.3) */
+void gw_upload_begin(struct cv_gw_req *r, const char *ctype, size_t len);
+void gw_upload_data(struct cv_gw_req *r, const uint8_t *p, size_t n);
+void gw_upload_end(struct cv_gw_req *r);
+/* While the multipart body is still arriving, keeps the final envelope
+ * (a late multipart failure replaces it). Returns true if held. */
+bool gw_upload_hold(struct cv_gw_req *r, int status, const void *body, size_t len);
+/* The call is over (deadline): stop parsing. */
+void gw_upload_abort(struct cv_gw_req *r);
+void gw_upload_free(struct cv_gw_req *r);
+
+#endif
