@@ -840,6 +840,8 @@ export async function serveWorker(app, options = {}) {
     }
     pending = start === 0 ? pending : pending.slice(start);
   });
+  // EPIPE and friends: the gateway is gone, so is the point of running.
+  process.stdout.on("error", () => process.exit(0));
   process.stdin.on("end", () => {
     // The gateway went away: nobody can read replies any more.
     worker.exit(0);
