@@ -48,18 +48,6 @@ struct preq {
 void pool_free_memory(struct pool *p);
 static void on_stimer(uv_timer_t *t);
 
-/* Weak so that the core may define it too; both apply the same defaults,
- * and cv_gw_pool_new treats zero values as defaults anyway. */
-__attribute__((weak)) void cv_gateway_pool_opts_init(struct cv_gateway_pool_opts *o)
-{
-    o->argv = NULL;
-    o->workers = 0;
-    o->protocol = CV_GW_CWP1;
-    o->queue_timeout_ms = 5000;
-    o->queue_max = 1024;
-    o->max_requests = 0;
-}
-
 static void free_preq(struct preq *pr)
 {
     struct istream *s = pr->streams;
