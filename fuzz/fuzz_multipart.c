@@ -48,11 +48,15 @@ static void put_str(struct rec *r, char tag, const char *s)
 static int on_part(void *ud, const struct cv_mp_part *p)
 {
     struct rec *r = ud;
-    if (p->name == NULL || strlen(p->name) > r->max_name || p->is_file != (p->filename != NULL))
+    if (p->name == NULL || strlen(p->name) > r->max_name || p->is_file != (p->filename != NULL) ||
+        p->mime_type == NULL)
         abort();
     put_str(r, 'P', p->name);
     put_str(r, 'F', p->filename);
     put_str(r, 'T', p->content_type);
+    put_str(r, 'M', p->mime_type);
+    if (p->filename != NULL)
+        put_str(r, 'B', cv_mp_basename(p->filename));
     return 0;
 }
 

@@ -1,12 +1,15 @@
 /* Fuzzes the Runner serializer JSON codec. Compaction into a copy and in
  * place agree, is idempotent and never grows the text; the top-level scan
  * and the input selection accept every compact text and return slices
- * inside it that are themselves compact JSON values. */
+ * inside it that are themselves compact JSON values. Decoding accepts only
+ * what compaction accepts; a decoded tree encodes to text that decodes
+ * again to a tree that encodes to the same text (a fixed point). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "codec/rjson.h"
+#include "core/buf.h"
 #include "core/err.h"
 
 static void check_value(const char *p, size_t n)
@@ -28,6 +31,52 @@ static void check_slice(const char *c, size_t len, struct cv_rj_slice s)
     if (s.off > len || s.len > len - s.off || s.len == 0)
         abort();
     check_value(c + s.off, s.len);
+}
+
+static void check_decode(const char *in, size_t size, bool valid)
+{
+    char why[128];
+    json_t *v = cv_rj_decode(in, size, why, sizeof why);
+    if (v == NULL) {
+        if (why[0] == '\0')
+            abort(); /* every refusal says why */
+        return;
+    }
+    if (!valid)
+        abort();
+    struct cv_buf a, b;
+    cv_buf_init(&a, 1u << 26);
+    cv_buf_init(&b, 1u << 26);
+    int rc = cv_rj_encode(v, &a);
+    if (rc == 0) {
+        /* Encoder output is compact, valid JSON that decodes again. */
+        const char *w;
+        char *t = malloc(a.len ? a.len : 1);
+        size_t tl;
+        if (t == NULL || cv_rj_compact((char *)cv_buf_head(&a), a.len, t, &tl, &w) != 0 ||
+            tl != a.len)
+            abort();
+        free(t);
+        json_t *v2 = cv_rj_decode((char *)cv_buf_head(&a), a.len, why, sizeof why);
+        if (v2 == NULL || cv_rj_encode(v2, &b) != 0 || a.len != b.len ||
+            memcmp(cv_buf_head(&a), cv_buf_head(&b), a.len) != 0)
+            abort();
+        json_decref(v2);
+    } else if (rc != CV_ETOOBIG) {
+        abort();
+    }
+    /* The accessors never crash on any node. */
+    double d;
+    int64_t ms;
+    (void)cv_rj_number(v, &d);
+    (void)cv_rj_date_ms(v, &ms);
+    (void)cv_rj_bigint(v);
+    (void)cv_rj_is_undefined(v);
+    (void)cv_rj_get(v, "__type");
+    (void)cv_rj_get(v, "input");
+    cv_buf_fini(&a);
+    cv_buf_fini(&b);
+    json_decref(v);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -76,6 +125,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (top.input.present && (top.input.off > size || top.input.len > size - top.input.off))
             abort();
     }
+    check_decode(in, size, ra == 0);
     free(a);
     free(b);
     free(c);

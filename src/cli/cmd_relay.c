@@ -33,6 +33,10 @@ static void usage(FILE *f)
             "  --conn-buffer SIZE     bytes queued per connection toward a KohakuRiver peer\n"
             "                         before that one connection is aborted (that protocol\n"
             "                         has no flow control); K/M/G suffixes (default 8M)\n"
+            "  --handshake-timeout SEC  close connections whose request head is not complete\n"
+            "                         within SEC (slowloris guard; default 10)\n"
+            "  --conn-rate N[/BURST]  new connections per second per client address, with\n"
+            "                         BURST at once; beyond: 429 (default 20/200; 0 = off)\n"
             "  --admin HOST:PORT      admin listener: JSON API (/api/agents, /api/streams, ...),\n"
             "                         Prometheus /metrics, /healthz, /readyz (default: off)\n"
             "  --log-level LEVEL      error, warn, info, debug or trace (default info)\n"
@@ -47,6 +51,28 @@ static int parse_seconds(const char *s, uint32_t *ms)
     if (end == s || *end != 0 || !(v > 0) || v > 86400)
         return CV_EINVAL;
     *ms = (uint32_t)(v * 1000 + 0.5);
+    return 0;
+}
+
+/* Parses "N" or "N/BURST": N >= 0 per second (0: off), BURST >= 1 (default
+ * max(10 N, 1)). */
+static int parse_rate(const char *s, double *rate, double *burst)
+{
+    char *end;
+    double r = strtod(s, &end);
+    if (end == s || !(r >= 0) || r > 1e6)
+        return CV_EINVAL;
+    double b = r * 10 >= 1 ? r * 10 : 1;
+    if (*end == '/') {
+        const char *bs = end + 1;
+        b = strtod(bs, &end);
+        if (end == bs || !(b >= 1) || b > 1e7)
+            return CV_EINVAL;
+    }
+    if (*end != 0)
+        return CV_EINVAL;
+    *rate = r;
+    *burst = b;
     return 0;
 }
 
@@ -107,6 +133,7 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
         {"token", required_argument, NULL, 'T'}, {"allow-anonymous", no_argument, NULL, 'A'},
         {"public-bind", required_argument, NULL, 'B'}, {"allow-ports", required_argument, NULL, 'P'},
         {"conn-buffer", required_argument, NULL, 'C'}, {"admin", required_argument, NULL, 'D'},
+        {"handshake-timeout", required_argument, NULL, 'H'}, {"conn-rate", required_argument, NULL, 'R'},
         {NULL, 0, NULL, 0}};
     int c;
     optind = 1;
@@ -130,6 +157,20 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
             if (parse_seconds(optarg, c == 'i' ? &o->ping_interval_ms : &o->pong_timeout_ms) != 0) {
                 fprintf(stderr, "culvert relay: --ping-%s wants a positive number of seconds, got '%s'\n",
                         c == 'i' ? "interval" : "timeout", optarg);
+                return 2;
+            }
+            break;
+        case 'H':
+            if (parse_seconds(optarg, &o->handshake_ms) != 0) {
+                fprintf(stderr, "culvert relay: --handshake-timeout wants a positive number of "
+                                "seconds, got '%s'\n", optarg);
+                return 2;
+            }
+            break;
+        case 'R':
+            if (parse_rate(optarg, &o->conn_rate, &o->conn_burst) != 0) {
+                fprintf(stderr, "culvert relay: --conn-rate wants N or N/BURST (N >= 0, BURST >= 1), "
+                                "got '%s'\n", optarg);
                 return 2;
             }
             break;

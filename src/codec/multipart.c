@@ -282,11 +282,12 @@ struct cv_mp *cv_mp_new(const char *boundary, const struct cv_mp_limits *lim,
         cbs = &no_cbs;
     size_t bl = strlen(boundary);
     size_t cap = lim->max_part_head;
-    /* Header bytes plus the same again for decoded values (each at most as
-     * long as its raw text, NUL included: see parse_head). */
-    if (bl == 0 || bl > CV_MP_MAX_BOUNDARY || cap > (SIZE_MAX - sizeof(struct cv_mp)) / 2 - 8)
+    /* Header bytes, then twice that for decoded values: each value is at
+     * most as long as its raw text, NUL included (see put_param), and the
+     * mime type at most as long as the Content-Type value. */
+    if (bl == 0 || bl > CV_MP_MAX_BOUNDARY || cap > (SIZE_MAX - sizeof(struct cv_mp)) / 3 - 16)
         return NULL;
-    struct cv_mp *mp = malloc(sizeof(*mp) + 2 * cap + 8);
+    struct cv_mp *mp = malloc(sizeof(*mp) + 3 * cap + 16);
     if (mp == NULL)
         return NULL;
     memset(mp, 0, sizeof(*mp));
@@ -576,6 +577,50 @@ static int parse_line(struct cv_mp *mp, const uint8_t *s, size_t n, struct head_
     return 0;
 }
 
+/* Busboy's parseContentType result as "type/subtype" in lower case, put
+ * in mp->val; "text/plain" if ct is NULL or malformed. */
+static const char *mime_type(struct cv_mp *mp, const char *ct)
+{
+    if (ct == NULL)
+        return "text/plain";
+    struct cursor c = {(const uint8_t *)ct, strlen(ct), 0};
+    const uint8_t *t;
+    size_t tl, slash = 0;
+    struct param pa;
+    int rc;
+
+    read_type(&c, &t, &tl);
+    for (size_t i = 0; i < tl; i++) {
+        if (t[i] == '/' && slash == 0 && i > 0)
+            slash = i;
+        else if (!is_tchar(t[i]))
+            return "text/plain";
+    }
+    if (slash == 0 || slash + 1 == tl)
+        return "text/plain";
+    while ((rc = next_param(&c, &pa)) > 0)
+        ;
+    if (rc < 0)
+        return "text/plain";
+    char *out = mp->val + mp->val_len;
+    for (size_t i = 0; i < tl; i++)
+        out[i] = (char)(t[i] >= 'A' && t[i] <= 'Z' ? t[i] + 32 : t[i]);
+    out[tl] = '\0';
+    mp->val_len += tl + 1;
+    return out;
+}
+
+const char *cv_mp_basename(const char *filename)
+{
+    const char *b = filename;
+    for (const char *p = filename; *p != '\0'; p++)
+        if (*p == '/' || *p == '\\')
+            b = p + 1;
+    if (strcmp(b, ".") == 0 || strcmp(b, "..") == 0)
+        return "";
+    return b;
+}
+
 /* Cuts a name to max_name bytes, on a UTF-8 character boundary. */
 static void truncate_name(char *s, size_t max)
 {
@@ -623,6 +668,7 @@ static int parse_head(struct cv_mp *mp, size_t n)
     part.filename = fn >= 0 ? mp->val + fn : NULL;
     part.content_type = hv.ctype >= 0 ? mp->val + hv.ctype : NULL;
     part.is_file = fn >= 0;
+    part.mime_type = mime_type(mp, part.content_type);
 
     /* Like busboy, the (limit+1)-th file or field trips its limit. */
     if (part.is_file && mp->files >= mp->lim.max_files) {

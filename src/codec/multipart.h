@@ -79,6 +79,10 @@ struct cv_mp_part {
     const char *filename; /* NULL when absent (a plain field) */
     const char *content_type; /* NULL when absent */
     bool is_file;         /* filename present */
+    /* What busboy reports as mimeType (Runner fills a missing manifest
+     * type with it): Content-Type's type/subtype in lower case, parameters
+     * dropped; "text/plain" when absent or malformed. Never NULL. */
+    const char *mime_type;
 };
 
 struct cv_mp_cbs {
@@ -111,5 +115,10 @@ int cv_mp_feed(struct cv_mp *mp, const uint8_t *p, size_t n);
  * (or the earlier error). */
 int cv_mp_finish(struct cv_mp *mp);
 enum cv_mp_limit cv_mp_limit_hit(const struct cv_mp *mp);
+
+/* The file name as busboy hands it to Runner (preservePath off): the part
+ * after the last '/' or '\\', and "" for "." and "..". Returns a pointer
+ * into filename, or to a static "". */
+const char *cv_mp_basename(const char *filename);
 
 #endif

@@ -72,44 +72,83 @@ int cv_rj_top_scan(const char *compact, size_t len, struct cv_rj_top *top);
 int cv_rj_select_input(const char *compact, size_t len, const char **text, size_t *off,
                        size_t *out_len, bool *whole_body);
 
-/* Decodes serializer JSON into a wire-form tree (see top). Validates every
- * typed record: known built-in type (§7.2) with a well-formed value
- * (Date string or epoch ms, BigInt digits, NonFiniteNumber name, byte
- * arrays 0..255, RegExp flags and no nested quantifiers, ...); drops
- * __proto__/constructor/prototype keys; depth <= CV_RJ_MAX_DEPTH; resolves
- * the graph format (refs duplicated; a cycle is refused). Numbers are all
- * reals (JS numbers). Returns the tree (caller owns one reference) or NULL
- * with a reason in why[0..whylen). */
+/* Decodes serializer JSON into a wire-form tree (see top). The text is
+ * first checked by cv_rj_compact (so "" and "  " are refused: the caller
+ * maps an empty body to cv_rj_make_undefined()), then parsed by jansson.
+ * Validates every typed record as Runner's registry does: a known
+ * built-in type (§7.2; anything else is "unknown __type") with a
+ * well-formed value (Undefined: null; NonFiniteNumber: "NaN", "Infinity"
+ * or "-Infinity"; BigInt: /^[+-]?\d+$/ after trimming, stored normalised
+ * as BigInt#toString gives it; Date: YYYY-MM-DDTHH:MM:SS[.f]Z or ±YYYYYY-…
+ * or epoch ms, within ±8.64e15 ms; RegExp: {pattern <= 1024 UTF-16 units,
+ * passing Runner's nested-quantifier/overlapping-alternation check, flags
+ * a unique subset of dgimsuvy}; Map: [[k,v],...]; Set: array; Symbol:
+ * {kind For|WellKnown (a well-known name), key}; URL/URLSearchParams:
+ * string; Error: {name, message strings, stack?, customFields?}; byte
+ * types: integers 0..255, a multiple of the element size). Extra keys of
+ * a record are dropped. Plain objects: keys lose one "$runner.escape::"
+ * prefix and are stored in their canonical wire spelling (so cv_rj_get
+ * finds them; of two spellings of one key the later assignment wins, as
+ * in JS), and __proto__/constructor/prototype keys are dropped. Depth is
+ * counted as Runner does (root 0, > CV_RJ_MAX_DEPTH refused). The graph
+ * format ({"__graph":true, "root", object "nodes"}) is resolved: a node
+ * referenced twice is one shared json_t (as JS shares the object; copy it
+ * with json_deep_copy before mutating one place), a cycle is refused, and
+ * shared subtrees count toward the depth wherever they appear. Numbers
+ * are all reals (JS numbers), -0 kept. Not representable in jansson, so
+ * refused with a reason: numbers beyond ±1.8e308 (JSON.parse gives
+ * ±Infinity), lone surrogate escapes ("\ud800"), "\u0000" in keys.
+ * Returns the tree (caller owns one reference) or NULL with a reason in
+ * why[0..whylen) (why may be NULL). Not on the pass-through hot path. */
 json_t *cv_rj_decode(const char *in, size_t len, char *why, size_t whylen);
 
-/* Accessors (the unescaped view of a wire-form tree). */
+/* Accessors (the unescaped view of a wire-form tree). All accept any
+ * json_t (or NULL) and answer "no" for the wrong kind of node. */
 bool cv_rj_is_undefined(const json_t *v);
-/* The record's type name if v is a typed record, else NULL. */
+/* The record's type name if v is a typed record (an object with a string
+ * "__type" and a "value" key), else NULL. Borrowed. */
 const char *cv_rj_record_type(const json_t *v);
 /* A number: a JSON number, or a NonFiniteNumber record. Returns 0 or CV_EINVAL. */
 int cv_rj_number(const json_t *v, double *out);
-/* A Date record as epoch milliseconds. Returns 0 or CV_EINVAL. */
+/* A Date record (ISO string or epoch ms) as epoch milliseconds. Returns 0
+ * or CV_EINVAL. */
 int cv_rj_date_ms(const json_t *v, int64_t *ms);
-/* A BigInt record's decimal digits (borrowed), else NULL. */
+/* A BigInt record's decimal digits with an optional '-' (borrowed), else NULL. */
 const char *cv_rj_bigint(const json_t *v);
 /* Object member by its real (unescaped) key, e.g. "__type" finds the wire
  * key "$runner.escape::__type". Borrowed; NULL if absent. */
 json_t *cv_rj_get(const json_t *obj, const char *key);
-/* Sets a member by real key (escaping as needed); steals v. Returns 0 or CV_EINVAL. */
+/* Sets a member by real key, stealing v (also on failure). The wire key
+ * gets one "$runner.escape::" prefix when the real key is "__type" or
+ * "__graph" or already starts with the prefix (Runner's
+ * escapeReservedMarkerKey): "__type" -> "$runner.escape::__type",
+ * "$runner.escape::x" -> "$runner.escape::$runner.escape::x". Returns 0,
+ * CV_EINVAL (not an object, NULL key or v) or CV_ENOMEM. */
 int cv_rj_set(json_t *obj, const char *key, json_t *v);
 
-/* Constructors (new references). */
+/* Constructors (new references; NULL on bad arguments or no memory). */
 json_t *cv_rj_make_undefined(void);
-json_t *cv_rj_make_number(double d);  /* NaN/±Infinity become records */
-json_t *cv_rj_make_int(int64_t i);    /* beyond ±2^53: a BigInt record */
+json_t *cv_rj_make_number(double d); /* NaN/±Infinity become records; -0 becomes 0 */
+json_t *cv_rj_make_int(int64_t i);   /* beyond ±2^53: a BigInt record */
+/* A Date record with the ISO string Date#toISOString gives (±YYYYYY years
+ * outside 0..9999); NULL outside ±8.64e15 ms. */
 json_t *cv_rj_make_date(int64_t ms);
+/* A BigInt record; digits as BigInt() accepts them (/^[+-]?\d+$/), stored
+ * normalised ("+007" -> "7"); NULL otherwise. */
 json_t *cv_rj_make_bigint(const char *digits);
-json_t *cv_rj_make_bytes(const char *type, const uint8_t *p, size_t n); /* Uint8Array, Buffer, ... */
+/* A byte record: type is Buffer, ArrayBuffer, DataView, Uint8Array or
+ * another typed array (raw little-endian bytes; n a multiple of the
+ * element size); NULL for an unknown type or a bad length. */
+json_t *cv_rj_make_bytes(const char *type, const uint8_t *p, size_t n);
 
 /* Appends v in tree format to out, as JSON.stringify writes it: numbers
- * in JS's shortest round-trip form (8, 1.5, 1e+21, -0 as 0), strings with
- * JSON.stringify's escapes, keys in tree order. Returns 0, CV_ETOOBIG or
- * CV_ENOMEM. */
+ * in JS's shortest round-trip form (8, 1.5, 1e+21, 1.5e-7, -0 as 0),
+ * strings with JSON.stringify's escapes (\" \\ \b \f \n \r \t, other
+ * controls as \u00xx, the rest raw UTF-8; an invalid UTF-8 byte planted
+ * with a _nocheck string becomes U+FFFD), keys in tree order. A
+ * json_integer beyond ±2^53 is written as a BigInt record. Returns 0,
+ * CV_EINVAL (v NULL), CV_ETOOBIG (out's maximum, or nesting deeper than
+ * 2 * CV_RJ_MAX_DEPTH) or CV_ENOMEM; on error out is left as it was. */
 int cv_rj_encode(const json_t *v, struct cv_buf *out);
 
 #endif

@@ -8,6 +8,10 @@
 #define CV_LIMIT_HTTP_HEADERS 64
 /* Time a peer has to complete an HTTP or WebSocket handshake, ms. */
 #define CV_LIMIT_HANDSHAKE_MS 10000
+/* New connections per second per client address at the relay's front door,
+ * and the burst allowed at once; beyond: 429 and close. */
+#define CV_LIMIT_CONN_RATE 20.0
+#define CV_LIMIT_CONN_BURST 200.0
 /* Largest WebSocket message the relay accepts (spec §9: 16 MiB, 1009 beyond). */
 #define CV_LIMIT_WS_MSG_RELAY (16u * 1024 * 1024)
 /* Largest message the agent and forward accept: 16 MiB plus a tunnel header. */

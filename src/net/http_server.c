@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "core/err.h"
+#include "core/ratelimit.h"
 #include "core/log.h"
 #include "net/addr.h"
 #include "net/ws_server.h"
@@ -18,6 +19,9 @@ struct cv_http_server {
     void *data;          /* borrowed */
     struct cv_ws *pending; /* connections still in their head phase */
     uint16_t port;
+    uint64_t handshake_ms;
+    struct cv_ratelimit *rl; /* NULL: no per-address limit */
+    uint64_t limited;
 };
 
 struct cv_http_req {
@@ -47,6 +51,40 @@ static void on_head(struct cv_ws *ws, const struct cv_http_head *head, void *srv
         cv_http_req_respond(&req, 500, "text/plain", "no handler answered\n", 20);
 }
 
+/* Maps an address to a 16-byte key: IPv6 as is, IPv4 as ::ffff:a.b.c.d. */
+static void addr_key(const struct sockaddr_storage *ss, uint8_t key[16])
+{
+    memset(key, 0, 16);
+    if (ss->ss_family == AF_INET6) {
+        memcpy(key, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
+    } else if (ss->ss_family == AF_INET) {
+        key[10] = key[11] = 0xff;
+        memcpy(key + 12, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+    }
+}
+
+static void rate_check(struct cv_http_server *srv, struct cv_ws *ws)
+{
+    struct sockaddr_storage ss;
+    if (cv_ws__peer_addr(ws, &ss) != 0)
+        return;
+    uint8_t key[16];
+    addr_key(&ss, key);
+    uint64_t wait = cv_ratelimit_take(srv->rl, key, uv_now(srv->tcp.loop));
+    if (wait == 0)
+        return;
+    srv->limited++;
+    cv_log_debug("%s: too many connections, refused (retry in %llu ms)", cv_ws_peer(ws),
+                 (unsigned long long)wait);
+    static const char body[] = "too many connections from your address: slow down\n";
+    char resp[256];
+    int n = snprintf(resp, sizeof resp,
+                     "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\n"
+                     "Retry-After: %llu\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                     (unsigned long long)(wait + 999) / 1000, sizeof body - 1, body);
+    cv_ws__respond(ws, resp, (size_t)n);
+}
+
 static void on_connection(uv_stream_t *s, int status)
 {
     struct cv_http_server *srv = s->data;
@@ -54,9 +92,13 @@ static void on_connection(uv_stream_t *s, int status)
         cv_log_warn("accept failed: %s", uv_strerror(status));
         return;
     }
-    int rc = cv_ws__accept(s, on_head, srv, &srv->pending);
-    if (rc < 0)
+    int rc = cv_ws__accept(s, on_head, srv, &srv->pending, srv->handshake_ms);
+    if (rc < 0) {
         cv_log_warn("accept failed: %s", cv_strerror(rc));
+        return;
+    }
+    if (srv->rl != NULL)
+        rate_check(srv, srv->pending); /* the newest connection heads the list */
 }
 
 int cv_http_server_start(uv_loop_t *loop, const char *host, uint16_t port, cv_http_req_cb cb,
@@ -86,6 +128,21 @@ int cv_http_server_start(uv_loop_t *loop, const char *host, uint16_t port, cv_ht
     return 0;
 }
 
+int cv_http_server_set_limits(struct cv_http_server *srv, const struct cv_http_server_limits *l)
+{
+    if (l->rate_per_ip < 0 || (l->rate_per_ip > 0 && l->burst_per_ip < 1))
+        return CV_EINVAL;
+    struct cv_ratelimit *rl = NULL;
+    if (l->rate_per_ip > 0 && (rl = cv_ratelimit_new(l->rate_per_ip, l->burst_per_ip, 4096)) == NULL)
+        return CV_ENOMEM;
+    cv_ratelimit_free(srv->rl);
+    srv->rl = rl;
+    srv->handshake_ms = l->handshake_ms;
+    return 0;
+}
+
+uint64_t cv_http_server_rate_limited(const struct cv_http_server *srv) { return srv->limited; }
+
 uint16_t cv_http_server_port(const struct cv_http_server *srv) { return srv->port; }
 void *cv_http_server_data(const struct cv_http_server *srv) { return srv->data; }
 
@@ -95,6 +152,8 @@ void cv_http_server_close(struct cv_http_server *srv)
         return;
     while (srv->pending)
         cv_ws__abandon(srv->pending);
+    cv_ratelimit_free(srv->rl);
+    srv->rl = NULL;
     uv_close((uv_handle_t *)&srv->tcp, (uv_close_cb)free);
 }
 

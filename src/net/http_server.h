@@ -22,6 +22,16 @@ typedef void (*cv_http_req_cb)(struct cv_http_server *srv, struct cv_http_req *r
  * (e.g. UV_EADDRINUSE); on error nothing is left running. */
 int cv_http_server_start(uv_loop_t *loop, const char *host, uint16_t port, cv_http_req_cb cb,
                          void *data, struct cv_http_server **out);
+/* Abuse limits, checked from accept on. */
+struct cv_http_server_limits {
+    uint64_t handshake_ms;  /* request head within this, else silent close (0: 10 s) */
+    double rate_per_ip;     /* new connections per second per client address (0: no limit) */
+    double burst_per_ip;    /* ... of which this many at once; beyond: 429 + close */
+};
+/* Applies to connections accepted from now on. Returns 0, CV_EINVAL or CV_ENOMEM. */
+int cv_http_server_set_limits(struct cv_http_server *srv, const struct cv_http_server_limits *l);
+/* Connections refused by the per-address rate limit so far. */
+uint64_t cv_http_server_rate_limited(const struct cv_http_server *srv);
 /* The bound port. */
 uint16_t cv_http_server_port(const struct cv_http_server *srv);
 void *cv_http_server_data(const struct cv_http_server *srv);

@@ -137,6 +137,12 @@ void cv_ws_set_data(struct cv_ws *ws, void *data) { ws->data = data; }
 const char *cv_ws_peer(const struct cv_ws *ws) { return ws->peer; }
 uint64_t cv_ws_born_ns(const struct cv_ws *ws) { return ws->born_ns; }
 uint64_t cv_ws_rx_bytes(const struct cv_ws *ws) { return ws->rx_bytes; }
+
+int cv_ws__peer_addr(struct cv_ws *ws, struct sockaddr_storage *ss)
+{
+    int len = sizeof *ss;
+    return uv_tcp_getpeername(&ws->tcp, (struct sockaddr *)ss, &len);
+}
 uint64_t cv_ws_tx_bytes(const struct cv_ws *ws) { return ws->tx_bytes; }
 size_t cv_ws_tx_pending(const struct cv_ws *ws) { return ws->pend.len + ws->infl.len; }
 
@@ -1073,7 +1079,8 @@ static int on_server_head(struct cv_ws *ws, const uint8_t *p, size_t n)
     return ws->state == ST_OPEN ? r : -1;
 }
 
-int cv_ws__accept(uv_stream_t *listener, cv_ws__head_cb cb, void *srv, struct cv_ws **pending)
+int cv_ws__accept(uv_stream_t *listener, cv_ws__head_cb cb, void *srv, struct cv_ws **pending,
+                  uint64_t handshake_ms)
 {
     struct cv_ws *ws = ws_new(listener->loop, NULL);
     if (ws == NULL)
@@ -1084,6 +1091,12 @@ int cv_ws__accept(uv_stream_t *listener, cv_ws__head_cb cb, void *srv, struct cv
         return rc;
     }
     ws->state = ST_SERVER_HS;
+    if (handshake_ms && handshake_ms != CV_LIMIT_HANDSHAKE_MS) {
+        uint64_t every = handshake_ms / 4 ? handshake_ms / 4 : 1;
+        ws->deadline = uv_now(ws->loop) + handshake_ms;
+        if (every < tick_interval(&ws->opts))
+            uv_timer_start(&ws->tick, on_tick, every, every);
+    }
     ws->head_cb = cb;
     ws->srv = srv;
     ws->pending = pending;

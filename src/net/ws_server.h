@@ -14,11 +14,16 @@
  * call only; the callee must call cv_ws__respond or cv_ws__upgrade. */
 typedef void (*cv_ws__head_cb)(struct cv_ws *ws, const struct cv_http_head *head, void *srv);
 
-/* Accepts a connection from listener and starts reading its request head.
+/* Accepts a connection from listener and starts reading its request head,
+ * which must be complete within handshake_ms (0: CV_LIMIT_HANDSHAKE_MS),
+ * else the connection is closed without an answer.
  * While in the head phase the connection is linked into *pending (a list
- * owned by the server) so the server can abandon it when it stops.
- * Returns 0 or a libuv error (nothing left allocated). */
-int cv_ws__accept(uv_stream_t *listener, cv_ws__head_cb cb, void *srv, struct cv_ws **pending);
+ * owned by the server, newest first) so the server can abandon it when it
+ * stops. Returns 0 or a libuv error (nothing left allocated). */
+int cv_ws__accept(uv_stream_t *listener, cv_ws__head_cb cb, void *srv, struct cv_ws **pending,
+                  uint64_t handshake_ms);
+/* The peer's address. Returns 0 or a libuv error. */
+int cv_ws__peer_addr(struct cv_ws *ws, struct sockaddr_storage *ss);
 /* Sends raw bytes (a whole HTTP response) and closes once they are written. */
 void cv_ws__respond(struct cv_ws *ws, const void *bytes, size_t n);
 /* Sends the 101 response with accept and turns ws into an open WebSocket.

@@ -174,6 +174,9 @@ static void metrics_text(struct cv_relay *r, struct cv_buf *b)
                    "Handshakes refused for bad credentials.", st->auth_failures);
     cv_prom_metric(b, "culvert_relay_expose_refusals_total", "counter",
                    "Public port requests refused.", st->expose_refusals);
+    cv_prom_metric(b, "culvert_relay_rate_limited_total", "counter",
+                   "Connections refused by the per-address rate limit.",
+                   r->srv ? cv_http_server_rate_limited(r->srv) : 0);
     cv_prom_head(b, "culvert_relay_bytes_total", "counter",
                  "Payload bytes carried, by direction relative to the agents.");
     cv_prom_value(b, "culvert_relay_bytes_total", "direction=\"to_agents\"", st->bytes_to_agents);

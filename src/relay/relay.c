@@ -34,6 +34,9 @@ void cv_relay_opts_default(struct cv_relay_opts *o)
     o->pong_timeout_ms = CV_LIMIT_PONG_TIMEOUT_MS;
     o->conn_pending = CV_LIMIT_CONN_PENDING;
     o->public_bind = "127.0.0.1";
+    o->handshake_ms = CV_LIMIT_HANDSHAKE_MS;
+    o->conn_rate = CV_LIMIT_CONN_RATE;
+    o->conn_burst = CV_LIMIT_CONN_BURST;
 }
 
 static void on_relay_freed(uv_handle_t *h)
@@ -379,6 +382,14 @@ int cv_relay_start(uv_loop_t *loop, const struct cv_relay_opts *opts, struct cv_
         r->opts.token = NULL;
     int rc = cv_http_server_start(loop, opts->host, opts->port, on_request, r, &r->srv);
     if (rc != 0) {
+        free(r);
+        return rc;
+    }
+    struct cv_http_server_limits lim = {.handshake_ms = opts->handshake_ms,
+                                        .rate_per_ip = opts->conn_rate,
+                                        .burst_per_ip = opts->conn_burst};
+    if ((rc = cv_http_server_set_limits(r->srv, &lim)) != 0) {
+        cv_http_server_close(r->srv);
         free(r);
         return rc;
     }

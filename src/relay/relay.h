@@ -22,12 +22,16 @@ struct cv_relay_opts {
     bool allow_anonymous;      /* admit peers without a token */
     const char *public_bind;   /* address for agent-declared public ports */
     uint16_t allow_lo, allow_hi; /* public ports agents may claim; 0-0: any */
+    uint32_t handshake_ms;     /* request head within this (default 10 s) */
+    double conn_rate;          /* new connections per second per client address (0: off) */
+    double conn_burst;         /* ... of which this many at once */
     const char *admin_host;    /* admin listener (JSON API, /metrics); NULL: none */
     uint16_t admin_port;       /* 0: ephemeral */
 };
 
 /* Fills opts with the defaults (127.0.0.1:8001, 20 s / 20 s, URL port only,
- * 8 MiB, no token, anonymous refused, public ports on 127.0.0.1, any port). */
+ * 8 MiB, no token, anonymous refused, public ports on 127.0.0.1, any port,
+ * 10 s handshakes, 20 connections/s per address with bursts of 200). */
 void cv_relay_opts_default(struct cv_relay_opts *opts);
 
 /* Starts listening. Returns 0, CV_EINVAL for a bad address or for no token

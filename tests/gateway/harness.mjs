@@ -8,10 +8,21 @@
 //
 // A target whose binary is not built is skipped with the reason.
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, lstatSync, symlinkSync } from "node:fs";
 import { createRequire } from "node:module";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+
+// workers/node resolves its peer @bluelibs/runner through a link to the
+// test install (scripts/setup makes it; so does this, for worktrees that
+// did not run setup).
+const HERE0 = path.dirname(fileURLToPath(import.meta.url));
+const LINK = path.resolve(HERE0, "..", "..", "workers", "node", "node_modules");
+try {
+  lstatSync(LINK);
+} catch {
+  symlinkSync("../../tests/node_modules", LINK);
+}
 
 export const require = createRequire(import.meta.url);
 export const runner = require("@bluelibs/runner");

@@ -697,6 +697,52 @@ static void test_large_streamed(void **state)
     free(body);
 }
 
+static int on_part_mime(void *ud, const struct cv_mp_part *p)
+{
+    struct rec *r = ud;
+    puts_(r, "[");
+    puts_(r, p->mime_type);
+    puts_(r, "|");
+    puts_(r, p->filename ? cv_mp_basename(p->filename) : "-");
+    puts_(r, "]");
+    return 0;
+}
+
+static void test_mime_basename(void **state)
+{
+    /* What busboy gives Runner as mimeType and (preservePath off) filename. */
+    static const char body[] =
+        "--b\r\nContent-Disposition: form-data; name=a\r\n\r\n\r\n"
+        "--b\r\nContent-Disposition: form-data; name=a; filename=\"C:\\\\dir\\\\x.txt\"\r\n"
+        "Content-Type: Text/Plain; Charset=UTF-8\r\n\r\n\r\n"
+        "--b\r\nContent-Disposition: form-data; name=a; filename=\"/etc/..\"\r\n"
+        "Content-Type: image/svg+xml\r\n\r\n\r\n"
+        "--b\r\nContent-Disposition: form-data; name=a; filename=\"a/b/c\"\r\n"
+        "Content-Type: text\r\n\r\n\r\n"
+        "--b\r\nContent-Disposition: form-data; name=a; filename=\".\"\r\n"
+        "Content-Type: a/b/c\r\n\r\n\r\n"
+        "--b\r\nContent-Disposition: form-data; name=a; filename=\"x/\"\r\n"
+        "Content-Type: a/b; =\r\n\r\n\r\n"
+        "--b\r\nContent-Disposition: form-data; name=a; filename=\"..x\"\r\n"
+        "Content-Type: /b\r\n\r\n\r\n"
+        "--b\r\nContent-Disposition: form-data; name=a\r\nContent-Type: a/\r\n\r\n\r\n"
+        "--b\r\nContent-Disposition: form-data; name=a\r\nContent-Type:\r\n\r\n\r\n"
+        "--b--";
+    struct rec r = {0};
+    struct cv_mp_cbs c = {on_part_mime, NULL, NULL};
+    struct cv_mp *mp = cv_mp_new("b", NULL, &c, &r);
+    assert_int_equal(cv_mp_feed(mp, (const uint8_t *)body, sizeof body - 1), 0);
+    assert_int_equal(cv_mp_finish(mp), 0);
+    cv_mp_free(mp);
+    assert_string_equal(r.buf, "[text/plain|-][text/plain|x.txt][image/svg+xml|][text/plain|c]"
+                               "[text/plain|][text/plain|][text/plain|..x][text/plain|-]"
+                               "[text/plain|-]");
+    free(r.buf);
+    assert_string_equal(cv_mp_basename(""), "");
+    assert_string_equal(cv_mp_basename("a"), "a");
+    assert_string_equal(cv_mp_basename(".."), "");
+}
+
 static void test_api(void **state)
 {
     assert_string_equal(cv_mp_limit_message(CV_MP_LIMIT_FIELD_SIZE), "Field limit exceeded");
@@ -738,6 +784,7 @@ int main(void)
         cmocka_unit_test(test_stop),
         cmocka_unit_test(test_binary),
         cmocka_unit_test(test_large_streamed),
+        cmocka_unit_test(test_mime_basename),
         cmocka_unit_test(test_api),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

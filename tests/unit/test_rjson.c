@@ -11,8 +11,10 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <math.h>
 
 #include "codec/rjson.h"
+#include "core/buf.h"
 #include "core/err.h"
 
 #define S(lit) lit, sizeof(lit) - 1
@@ -417,12 +419,513 @@ static void test_top_scan(void **state)
     assert_int_equal(cv_rj_top_scan("", 0, &top), CV_EPROTO);
 }
 
+/* --- decode and encode --------------------------------------------------- */
+
+static char *encode(const json_t *v)
+{
+    struct cv_buf b;
+    cv_buf_init(&b, 1 << 24);
+    assert_int_equal(cv_rj_encode(v, &b), 0);
+    char *s = malloc(b.len + 1);
+    assert_non_null(s);
+    memcpy(s, cv_buf_head(&b), b.len);
+    s[b.len] = '\0';
+    cv_buf_fini(&b);
+    return s;
+}
+
+/* Decodes in, encodes the tree and compares with want (in itself if NULL);
+ * decoding the output again gives the same output. */
+static void rt(const char *in, const char *want)
+{
+    char why[128];
+    json_t *v = cv_rj_decode(in, strlen(in), why, sizeof why);
+    if (v == NULL)
+        fail_msg("refused %s: %s", in, why);
+    char *out = encode(v);
+    if (strcmp(out, want ? want : in) != 0)
+        fail_msg("%s -> %s, want %s", in, out, want ? want : in);
+    json_t *v2 = cv_rj_decode(out, strlen(out), why, sizeof why);
+    assert_non_null(v2);
+    char *out2 = encode(v2);
+    assert_string_equal(out, out2);
+    free(out);
+    free(out2);
+    json_decref(v);
+    json_decref(v2);
+}
+
+static void refused(const char *in, const char *why_part)
+{
+    char why[128];
+    json_t *v = cv_rj_decode(in, strlen(in), why, sizeof why);
+    if (v != NULL)
+        fail_msg("accepted %s", in);
+    if (why_part != NULL && strstr(why, why_part) == NULL)
+        fail_msg("%s: reason '%s', want '%s'", in, why, why_part);
+}
+
+static void test_decode_records(void **state)
+{
+    rt("{\"input\":{\"a\":5,\"b\":3}}", NULL);
+    rt(" { \"a\" : [ 1 , 2 ] } ", "{\"a\":[1,2]}");
+    /* §7.2 examples. */
+    rt("{\"__type\":\"Int16Array\",\"value\":[1,0,254,255]}", NULL);
+    rt("{\"__type\":\"Float64Array\",\"value\":[0,0,0,0,0,0,248,63]}", NULL);
+    rt("{\"__type\":\"Date\",\"value\":\"1970-01-01T00:00:00.005Z\"}", NULL);
+    rt("{\"__type\":\"Date\",\"value\":5}", NULL);
+    rt("{\"__type\":\"BigInt\",\"value\":\"12345678901234567890\"}", NULL);
+    rt("{\"__type\":\"Undefined\",\"value\":null}", NULL);
+    rt("{\"__type\":\"NonFiniteNumber\",\"value\":\"-Infinity\"}", NULL);
+    rt("{\"__type\":\"RegExp\",\"value\":{\"pattern\":\"^a+$\",\"flags\":\"gi\"}}", NULL);
+    rt("{\"__type\":\"Map\",\"value\":[[\"k\",1],[{\"__type\":\"Date\",\"value\":0},2]]}", NULL);
+    rt("{\"__type\":\"Set\",\"value\":[1,\"x\",{\"__type\":\"Undefined\",\"value\":null}]}", NULL);
+    rt("{\"__type\":\"Symbol\",\"value\":{\"kind\":\"For\",\"key\":\"k\"}}", NULL);
+    rt("{\"__type\":\"Symbol\",\"value\":{\"kind\":\"WellKnown\",\"key\":\"iterator\"}}", NULL);
+    rt("{\"__type\":\"URL\",\"value\":\"https://x.test/a?b=1\"}", NULL);
+    rt("{\"__type\":\"URLSearchParams\",\"value\":\"a=1&b=2\"}", NULL);
+    rt("{\"__type\":\"Error\",\"value\":{\"name\":\"TypeError\",\"message\":\"boom\","
+       "\"customFields\":{\"code\":1},\"stack\":\"at x\"}}",
+       NULL);
+    rt("{\"__type\":\"Buffer\",\"value\":[104,105]}", NULL);
+    rt("{\"__type\":\"Uint8Array\",\"value\":[]}", NULL);
+    rt("{\"__type\":\"BigUint64Array\",\"value\":[1,0,0,0,0,0,0,0]}", NULL);
+    /* Extra keys are ignored (dropped); no value key: a plain object. */
+    rt("{\"__type\":\"Date\",\"value\":0,\"x\":1}", "{\"__type\":\"Date\",\"value\":0}");
+    rt("{\"__type\":\"Date\"}", "{\"$runner.escape::__type\":\"Date\"}");
+    rt("{\"__type\":5,\"value\":1}", "{\"$runner.escape::__type\":5,\"value\":1}");
+    /* BigInt payloads are normalised like BigInt(s).toString(). */
+    rt("{\"__type\":\"BigInt\",\"value\":\" +007 \"}", "{\"__type\":\"BigInt\",\"value\":\"7\"}");
+    rt("{\"__type\":\"BigInt\",\"value\":\"-0\"}", "{\"__type\":\"BigInt\",\"value\":\"0\"}");
+
+    refused("{\"__type\":\"Nope\",\"value\":1}", "unknown __type");
+    refused("{\"a\":[{\"__type\":\"Function\",\"value\":\"x\"}]}", "unknown __type");
+    refused("{\"__type\":\"Undefined\",\"value\":1}", "Undefined");
+    refused("{\"__type\":\"NonFiniteNumber\",\"value\":\"nan\"}", NULL);
+    refused("{\"__type\":\"BigInt\",\"value\":\"1.5\"}", "BigInt");
+    refused("{\"__type\":\"BigInt\",\"value\":\"\"}", NULL);
+    refused("{\"__type\":\"BigInt\",\"value\":\"0x10\"}", NULL);
+    refused("{\"__type\":\"BigInt\",\"value\":12}", NULL);
+    refused("{\"__type\":\"Date\",\"value\":\"not-a-date\"}", "Date");
+    refused("{\"__type\":\"Date\",\"value\":\"2023-02-29T00:00:00.000Z\"}", NULL);
+    refused("{\"__type\":\"Date\",\"value\":\"2024-01-01T00:00:60.000Z\"}", NULL);
+    refused("{\"__type\":\"Date\",\"value\":\"2024-01-01T00:00:00.000\"}", NULL);
+    refused("{\"__type\":\"Date\",\"value\":8640000000000001}", NULL);
+    refused("{\"__type\":\"Date\",\"value\":null}", NULL);
+    refused("{\"__type\":\"RegExp\",\"value\":{\"pattern\":\"(a+)+\",\"flags\":\"\"}}", "unsafe");
+    refused("{\"__type\":\"RegExp\",\"value\":{\"pattern\":\"(a|a)*\",\"flags\":\"\"}}", "unsafe");
+    refused("{\"__type\":\"RegExp\",\"value\":{\"pattern\":\"((ab)*c)*\",\"flags\":\"\"}}",
+            "unsafe");
+    refused("{\"__type\":\"RegExp\",\"value\":{\"pattern\":\"(x{2,3}){4}\",\"flags\":\"\"}}",
+            "unsafe");
+    refused("{\"__type\":\"RegExp\",\"value\":{\"pattern\":\"a\",\"flags\":\"gg\"}}", "flags");
+    refused("{\"__type\":\"RegExp\",\"value\":{\"pattern\":\"a\",\"flags\":\"x\"}}", "flags");
+    refused("{\"__type\":\"RegExp\",\"value\":{\"pattern\":\"a\"}}", NULL);
+    refused("{\"__type\":\"Map\",\"value\":[[1]]}", NULL);
+    refused("{\"__type\":\"Map\",\"value\":{}}", NULL);
+    refused("{\"__type\":\"Set\",\"value\":1}", NULL);
+    refused("{\"__type\":\"Symbol\",\"value\":{\"kind\":\"WellKnown\",\"key\":\"nope\"}}", NULL);
+    refused("{\"__type\":\"Symbol\",\"value\":{\"kind\":\"Unique\",\"key\":\"k\"}}", NULL);
+    refused("{\"__type\":\"URL\",\"value\":1}", NULL);
+    refused("{\"__type\":\"Error\",\"value\":{\"name\":\"E\"}}", NULL);
+    refused("{\"__type\":\"Error\",\"value\":{\"name\":\"E\",\"message\":\"m\",\"stack\":1}}",
+            NULL);
+    refused(
+        "{\"__type\":\"Error\",\"value\":{\"name\":\"E\",\"message\":\"m\",\"customFields\":[]}}",
+        NULL);
+    refused("{\"__type\":\"Buffer\",\"value\":[256]}", NULL);
+    refused("{\"__type\":\"Buffer\",\"value\":[-1]}", NULL);
+    refused("{\"__type\":\"Buffer\",\"value\":[1.5]}", NULL);
+    refused("{\"__type\":\"Buffer\",\"value\":[\"1\"]}", NULL);
+    refused("{\"__type\":\"Int16Array\",\"value\":[1,0,254]}", NULL);
+    refused("{\"__type\":\"Float64Array\",\"value\":[0,0,0,0]}", NULL);
+    /* Syntax is checked strictly before jansson sees the text. */
+    refused("[1,]", "unexpected");
+    refused("01", "leading zero");
+    refused("\"a\x01\"", "control");
+    refused("\"\xff\"", "UTF-8");
+    refused("", "empty");
+    /* Limits of the jansson tree (documented): */
+    refused("[1e400]", "overflow");
+    refused("[\"\\ud800\"]", NULL);
+}
+
+static void test_decode_keys(void **state)
+{
+    char why[128];
+    /* The §7.1 escaping example: a plain object whose real key __type is "Date". */
+    const char *in = "{\"$runner.escape::__type\":\"Date\",\"value\":\"not-a-date\"}";
+    json_t *v = cv_rj_decode(in, strlen(in), why, sizeof why);
+    assert_non_null(v);
+    assert_null(cv_rj_record_type(v));
+    assert_string_equal(json_string_value(cv_rj_get(v, "__type")), "Date");
+    assert_string_equal(json_string_value(cv_rj_get(v, "value")), "not-a-date");
+    char *out = encode(v);
+    assert_string_equal(out, in);
+    free(out);
+    /* cv_rj_set escapes: __type, __graph and already-prefixed keys. */
+    assert_int_equal(cv_rj_set(v, "__graph", json_true()), 0);
+    assert_int_equal(cv_rj_set(v, "$runner.escape::__type", json_real(1)), 0);
+    assert_int_equal(cv_rj_set(v, "$runner.escape::x", json_real(2)), 0);
+    assert_int_equal(cv_rj_set(v, "plain", json_real(3)), 0);
+    assert_non_null(json_object_get(v, "$runner.escape::__graph"));
+    assert_non_null(json_object_get(v, "$runner.escape::$runner.escape::__type"));
+    assert_non_null(json_object_get(v, "$runner.escape::$runner.escape::x"));
+    assert_non_null(json_object_get(v, "plain"));
+    assert_true(json_is_true(cv_rj_get(v, "__graph")));
+    assert_true(json_real_value(cv_rj_get(v, "$runner.escape::__type")) == 1);
+    assert_true(json_real_value(cv_rj_get(v, "$runner.escape::x")) == 2);
+    assert_null(cv_rj_get(v, "x"));
+    assert_int_equal(cv_rj_set(v, NULL, json_true()), CV_EINVAL);
+    json_t *arr = json_array();
+    assert_int_equal(cv_rj_set(arr, "a", json_true()), CV_EINVAL);
+    assert_int_equal(cv_rj_set(v, "a", NULL), CV_EINVAL);
+    json_decref(arr);
+    json_decref(v);
+
+    /* Wire keys lose one prefix; the two spellings of a key merge as a JS
+     * object assignment would (first position, last value). */
+    rt("{\"$runner.escape::a\":1,\"b\":2,\"a\":3}", "{\"a\":3,\"b\":2}");
+    rt("{\"$runner.escape::$runner.escape::__type\":1}", NULL);
+    rt("{\"$runner.escape::__graph\":true}", NULL);
+    rt("{\"a\":1,\"a\":2}", "{\"a\":2}");
+    /* Prototype-polluting keys are dropped, escaped or not, at any depth. */
+    rt("{\"__proto__\":{\"x\":1},\"constructor\":2,\"a\":{\"prototype\":3,"
+       "\"$runner.escape::__proto__\":4,\"ok\":5}}",
+       "{\"a\":{\"ok\":5}}");
+    /* __ref outside a graph is a plain object. */
+    rt("{\"__ref\":\"x\"}", NULL);
+    /* Unicode survives: escapes decode, raw UTF-8 stays raw. */
+    rt("[\"\\u00e9\\ud83d\\ude00\\u0000\\u001f\\/\"]",
+       "[\"\xc3\xa9\xf0\x9f\x98\x80\\u0000\\u001f/\"]");
+}
+
+static void test_decode_graph(void **state)
+{
+    /* §7.2's graph: a self reference is a cycle, refused. */
+    refused("{\"__graph\":true,\"version\":1,\"root\":{\"__ref\":\"obj_1\"},\"nodes\":{\"obj_1\":"
+            "{\"kind\":\"object\",\"value\":{\"n\":1,\"self\":{\"__ref\":\"obj_1\"}}}}}",
+            "cycle");
+    /* Acyclic shared references are duplicated into the tree. */
+    rt("{\"__graph\":true,\"version\":1,\"root\":{\"__ref\":\"a\"},\"nodes\":{"
+       "\"a\":{\"kind\":\"array\",\"value\":[{\"__ref\":\"b\"},{\"__ref\":\"b\"},{\"__ref\":\"d\"}]"
+       "},"
+       "\"b\":{\"kind\":\"object\",\"value\":{\"n\":1,\"__type\":\"x\",\"value\":2,\"__proto__\":3}"
+       "},"
+       "\"d\":{\"kind\":\"type\",\"type\":\"Date\",\"value\":\"2020-01-01T00:00:00.000Z\"}}}",
+       "[{\"n\":1,\"$runner.escape::__type\":\"x\",\"value\":2},"
+       "{\"n\":1,\"$runner.escape::__type\":\"x\",\"value\":2},"
+       "{\"__type\":\"Date\",\"value\":\"2020-01-01T00:00:00.000Z\"}]");
+    /* A root that is not a reference; inline records inside a graph. */
+    rt("{\"__graph\":true,\"version\":1,\"root\":{\"x\":{\"__type\":\"BigInt\",\"value\":\"5\"}},"
+       "\"nodes\":{}}",
+       "{\"x\":{\"__type\":\"BigInt\",\"value\":\"5\"}}");
+    /* Not a graph without root or object nodes: a plain object. */
+    rt("{\"__graph\":true,\"nodes\":{}}", "{\"$runner.escape::__graph\":true,\"nodes\":{}}");
+    refused(
+        "{\"__graph\":true,\"root\":{\"__ref\":\"a\"},\"nodes\":{\"a\":{\"kind\":\"array\","
+        "\"value\":[{\"__ref\":\"b\"}]},\"b\":{\"kind\":\"array\",\"value\":[{\"__ref\":\"a\"}]}}}",
+        "cycle");
+    refused("{\"__graph\":true,\"root\":{\"__ref\":\"zz\"},\"nodes\":{}}", "unresolved");
+    refused("{\"__graph\":true,\"root\":{\"__ref\":\"__proto__\"},\"nodes\":{}}", "unresolved");
+    refused("{\"__graph\":true,\"root\":{\"__ref\":\"a\",\"x\":1},\"nodes\":{}}", "reference");
+    refused("{\"__graph\":true,\"root\":{\"__ref\":\"a\"},\"nodes\":{\"a\":{\"kind\":\"map\","
+            "\"value\":[]}}}",
+            "kind");
+    refused("{\"__graph\":true,\"root\":{\"__ref\":\"a\"},\"nodes\":{\"a\":{\"kind\":\"object\","
+            "\"value\":[]}}}",
+            "object node");
+    refused("{\"__graph\":true,\"root\":{\"__ref\":\"a\"},\"nodes\":{\"a\":{\"kind\":\"type\","
+            "\"type\":\"Nope\",\"value\":1}}}",
+            "unknown __type");
+
+    /* Doubling shared nodes: linear work, not 2^40 copies. */
+    char *g = malloc(64 * 80), *w = g;
+    assert_non_null(g);
+    w += sprintf(w, "{\"__graph\":true,\"root\":{\"__ref\":\"n0\"},\"nodes\":{");
+    for (int i = 0; i < 40; i++)
+        w += sprintf(
+            w, "\"n%d\":{\"kind\":\"array\",\"value\":[{\"__ref\":\"n%d\"},{\"__ref\":\"n%d\"}]},",
+            i, i + 1, i + 1);
+    w += sprintf(w, "\"n40\":{\"kind\":\"array\",\"value\":[]}}}");
+    char why[128];
+    json_t *v = cv_rj_decode(g, strlen(g), why, sizeof why);
+    assert_non_null(v);
+    json_decref(v);
+    free(g);
+}
+
+static void test_decode_depth(void **state)
+{
+    char why[128];
+    /* 1000 nested arrays: Runner's depth 1000 holds the innermost value. */
+    char *p = nest(CV_RJ_MAX_DEPTH, "[", "1", "]");
+    json_t *v = cv_rj_decode(p, strlen(p), why, sizeof why);
+    assert_non_null(v);
+    char *out = encode(v);
+    assert_string_equal(out, p);
+    free(out);
+    json_decref(v);
+    free(p);
+    p = nest(CV_RJ_MAX_DEPTH + 1, "[", "", "]");
+    assert_null(cv_rj_decode(p, strlen(p), why, sizeof why));
+    free(p);
+    /* A record's value is one level below it, as a member is. */
+    p = nest(CV_RJ_MAX_DEPTH / 2, "{\"__type\":\"Set\",\"value\":[", "1", "]}");
+    v = cv_rj_decode(p, strlen(p), why, sizeof why);
+    if (v == NULL)
+        fail_msg("refused: %s", why);
+    json_decref(v);
+    free(p);
+    /* Shared graph nodes count at every place they appear: a 600-deep
+     * node reached again under another 500 levels is too deep. */
+    size_t cap = 64 * 1024;
+    char *g = malloc(cap), *w = g;
+    assert_non_null(g);
+    w += sprintf(w, "{\"__graph\":true,\"root\":[{\"__ref\":\"a\"},{\"__ref\":\"b\"}],\"nodes\":{"
+                    "\"a\":{\"kind\":\"array\",\"value\":");
+    for (int i = 0; i < 600; i++)
+        *w++ = '[';
+    for (int i = 0; i < 600; i++)
+        *w++ = ']';
+    w += sprintf(w, "},\"b\":{\"kind\":\"array\",\"value\":");
+    for (int i = 0; i < 500; i++)
+        *w++ = '[';
+    w += sprintf(w, "{\"__ref\":\"a\"}");
+    for (int i = 0; i < 500; i++)
+        *w++ = ']';
+    w += sprintf(w, "}}}");
+    v = cv_rj_decode(g, strlen(g), why, sizeof why);
+    assert_null(v);
+    assert_non_null(strstr(why, "deep"));
+    free(g);
+}
+
+static void num_is(double d, const char *want)
+{
+    json_t *v = json_real(d);
+    assert_non_null(v);
+    char *out = encode(v);
+    if (strcmp(out, want) != 0)
+        fail_msg("%.17g -> %s, want %s", d, out, want);
+    free(out);
+    json_decref(v);
+}
+
+static void test_encode_numbers(void **state)
+{
+    /* What JS's Number#toString prints. */
+    num_is(0.1, "0.1");
+    num_is(1.0 / 3, "0.3333333333333333");
+    num_is(2.0 / 3, "0.6666666666666666");
+    num_is(1e21, "1e+21");
+    num_is(1e20, "100000000000000000000");
+    num_is(123456789012345680000.0, "123456789012345680000");
+    num_is(5e-324, "5e-324");
+    num_is(1.7976931348623157e308, "1.7976931348623157e+308");
+    num_is(100, "100");
+    num_is(8, "8");
+    num_is(-1.5, "-1.5");
+    num_is(-0.0, "0");
+    num_is(0, "0");
+    num_is(1.5e-7, "1.5e-7");
+    num_is(1e-7, "1e-7");
+    num_is(0.000001, "0.000001");
+    num_is(0.0000015, "0.0000015");
+    num_is(123e-20, "1.23e-18");
+    num_is(1.5e300, "1.5e+300");
+    num_is(-1e21, "-1e+21");
+    num_is(9007199254740991.0, "9007199254740991");
+    num_is(9007199254740992.0, "9007199254740992");
+    num_is(9007199254740994.0, "9007199254740994");
+    num_is(9007199254740992.0 * 10, "90071992547409920");
+    num_is(0.1 + 0.2, "0.30000000000000004");
+    num_is(1.7976931348623157e308 / 3, "5.992310449541053e+307");
+    num_is(4.35, "4.35");
+    num_is(0.000003, "0.000003");
+    num_is(-5e-7, "-5e-7");
+    num_is(2.2250738585072014e-308, "2.2250738585072014e-308");
+    num_is(123.456, "123.456");
+    num_is(1e16, "10000000000000000");
+    num_is(1.2e16, "12000000000000000");
+
+    /* Numbers in decoded text: JS numbers, whatever their spelling. */
+    rt("[1.0E+2,-0,0.5e-07,1e-400,123456789012345678901234567890,10.50]",
+       "[100,0,5e-8,0,1.2345678901234568e+29,10.5]");
+}
+
+static void test_encode_strings(void **state)
+{
+    json_t *v = json_stringn("\"\\\b\f\n\r\t\x01\x1f\x7f/\xc3\xa9\xe2\x80\xa8", 16);
+    assert_non_null(v);
+    char *out = encode(v);
+    assert_string_equal(out, "\"\\\"\\\\\\b\\f\\n\\r\\t\\u0001\\u001f\x7f/\xc3\xa9\xe2\x80\xa8\"");
+    free(out);
+    json_decref(v);
+    /* A NUL inside a string. */
+    v = json_stringn("a\0b", 3);
+    out = encode(v);
+    assert_string_equal(out, "\"a\\u0000b\"");
+    free(out);
+    json_decref(v);
+    /* Invalid UTF-8 planted with _nocheck comes out as U+FFFD. */
+    v = json_stringn_nocheck("a\xff\xc3", 3);
+    out = encode(v);
+    assert_string_equal(out, "\"a\xef\xbf\xbd\xef\xbf\xbd\"");
+    free(out);
+    json_decref(v);
+    /* Keys keep their order and get the same escapes. */
+    v = json_object();
+    json_object_set_new(v, "z", json_true());
+    json_object_set_new(v, "a\n", json_false());
+    json_object_set_new(v, "m", json_null());
+    out = encode(v);
+    assert_string_equal(out, "{\"z\":true,\"a\\n\":false,\"m\":null}");
+    free(out);
+    json_decref(v);
+}
+
+static void test_encode_limits(void **state)
+{
+    struct cv_buf b;
+    json_t *v = json_pack("{s:[s,s]}", "key", "aaaaaaaaaa", "bbbbbbbbbb");
+    cv_buf_init(&b, 16);
+    assert_int_equal(cv_buf_append(&b, "xy", 2), 0);
+    assert_int_equal(cv_rj_encode(v, &b), CV_ETOOBIG);
+    assert_int_equal(b.len, 2); /* nothing partial left behind */
+    cv_buf_fini(&b);
+    json_decref(v);
+
+    /* json_integer beyond 2^53 from a handler: a BigInt record. */
+    v = json_integer(INT64_MAX);
+    char *out = encode(v);
+    assert_string_equal(out, "{\"__type\":\"BigInt\",\"value\":\"9223372036854775807\"}");
+    free(out);
+    json_decref(v);
+    v = json_integer(-42);
+    out = encode(v);
+    assert_string_equal(out, "-42");
+    free(out);
+    json_decref(v);
+
+    /* Too deep for the encoder. */
+    v = json_array();
+    json_t *cur = v;
+    for (int i = 0; i < 2 * CV_RJ_MAX_DEPTH + 5; i++) {
+        json_t *n = json_array();
+        json_array_append_new(cur, n);
+        cur = n;
+    }
+    cv_buf_init(&b, 1 << 20);
+    assert_int_equal(cv_rj_encode(v, &b), CV_ETOOBIG);
+    cv_buf_fini(&b);
+    json_decref(v);
+}
+
+static void test_accessors(void **state)
+{
+    char why[128];
+    double d;
+    int64_t ms;
+    json_t *v;
+    char *out;
+
+    v = cv_rj_make_number(NAN);
+    assert_int_equal(cv_rj_number(v, &d), 0);
+    assert_true(isnan(d));
+    out = encode(v);
+    assert_string_equal(out, "{\"__type\":\"NonFiniteNumber\",\"value\":\"NaN\"}");
+    free(out);
+    json_decref(v);
+    v = cv_rj_make_number(-INFINITY);
+    assert_int_equal(cv_rj_number(v, &d), 0);
+    assert_true(isinf(d) && d < 0);
+    json_decref(v);
+    v = cv_rj_make_number(-0.0);
+    assert_int_equal(cv_rj_number(v, &d), 0);
+    assert_false(signbit(d));
+    json_decref(v);
+    v = json_string("1");
+    assert_int_equal(cv_rj_number(v, &d), CV_EINVAL);
+    json_decref(v);
+
+    v = cv_rj_make_int(9007199254740992LL);
+    assert_true(json_is_real(v));
+    json_decref(v);
+    v = cv_rj_make_int(-9007199254740993LL);
+    assert_string_equal(cv_rj_bigint(v), "-9007199254740993");
+    json_decref(v);
+    v = cv_rj_make_bigint("+0012");
+    assert_string_equal(cv_rj_bigint(v), "12");
+    json_decref(v);
+    assert_null(cv_rj_make_bigint("1e5"));
+
+    v = cv_rj_make_undefined();
+    assert_true(cv_rj_is_undefined(v));
+    assert_string_equal(cv_rj_record_type(v), "Undefined");
+    json_decref(v);
+
+    /* Dates: make, read back, the extremes and the extended years. */
+    static const struct {
+        int64_t ms;
+        const char *iso;
+    } dates[] = {
+        {0, "1970-01-01T00:00:00.000Z"},
+        {5, "1970-01-01T00:00:00.005Z"},
+        {-1, "1969-12-31T23:59:59.999Z"},
+        {951782400000LL, "2000-02-29T00:00:00.000Z"},
+        {1709251199999LL, "2024-02-29T23:59:59.999Z"},
+        {253402300800000LL, "+010000-01-01T00:00:00.000Z"},
+        {-62167219200000LL, "0000-01-01T00:00:00.000Z"},
+        {-62167219200001LL, "-000001-12-31T23:59:59.999Z"},
+        {8640000000000000LL, "+275760-09-13T00:00:00.000Z"},
+        {-8640000000000000LL, "-271821-04-20T00:00:00.000Z"},
+    };
+    for (size_t i = 0; i < sizeof dates / sizeof *dates; i++) {
+        v = cv_rj_make_date(dates[i].ms);
+        assert_non_null(v);
+        assert_string_equal(json_string_value(json_object_get(v, "value")), dates[i].iso);
+        assert_int_equal(cv_rj_date_ms(v, &ms), 0);
+        assert_int_equal(ms, dates[i].ms);
+        json_decref(v);
+    }
+    assert_null(cv_rj_make_date(8640000000000001LL));
+    const char *in = "{\"__type\":\"Date\",\"value\":\"2024-02-29T12:00:00.5Z\"}";
+    v = cv_rj_decode(in, strlen(in), why, sizeof why);
+    assert_int_equal(cv_rj_date_ms(v, &ms), 0);
+    assert_int_equal(ms, 1709208000500LL);
+    json_decref(v);
+    in = "{\"__type\":\"Date\",\"value\":-1.9}";
+    v = cv_rj_decode(in, strlen(in), why, sizeof why);
+    assert_int_equal(cv_rj_date_ms(v, &ms), 0);
+    assert_int_equal(ms, -1);
+    json_decref(v);
+
+    static const uint8_t bytes[] = {1, 0, 254, 255};
+    v = cv_rj_make_bytes("Int16Array", bytes, 4);
+    out = encode(v);
+    assert_string_equal(out, "{\"__type\":\"Int16Array\",\"value\":[1,0,254,255]}");
+    free(out);
+    json_decref(v);
+    assert_null(cv_rj_make_bytes("Int16Array", bytes, 3));
+    assert_null(cv_rj_make_bytes("Nope", bytes, 4));
+    v = cv_rj_make_bytes("Buffer", NULL, 0);
+    out = encode(v);
+    assert_string_equal(out, "{\"__type\":\"Buffer\",\"value\":[]}");
+    free(out);
+    json_decref(v);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_compact),           cmocka_unit_test(test_compact_refused),
         cmocka_unit_test(test_compact_truncated), cmocka_unit_test(test_compact_depth),
         cmocka_unit_test(test_select_input),      cmocka_unit_test(test_top_scan),
+        cmocka_unit_test(test_decode_records),    cmocka_unit_test(test_decode_keys),
+        cmocka_unit_test(test_decode_graph),      cmocka_unit_test(test_decode_depth),
+        cmocka_unit_test(test_encode_numbers),    cmocka_unit_test(test_encode_strings),
+        cmocka_unit_test(test_encode_limits),     cmocka_unit_test(test_accessors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -43,6 +43,10 @@ const BLOCKED_HEADERS = new Set([
 ]);
 const EXPOSURE_CTX_ID = "platform.node.ctx.exposureRequest";
 
+const allEnded = (call) => {
+  if (call.streams) for (const s of call.streams.values()) if (!s.ended) return false;
+  return true;
+};
 const isReadable = (v) => !!v && typeof v.pipe === "function";
 const isStreamingResponse = (v) => !!v && typeof v === "object" && isReadable(v.stream);
 const validHttpCode = (v) => Number.isInteger(v) && v >= 100 && v <= 599;
@@ -100,6 +104,11 @@ class InStream extends Readable {
     this._onAck = onAck;
     this._pendingAck = 0;
     this.ended = false;
+    // Once the consumer has read everything (or the stream is destroyed),
+    // no _read() follows: release what is still held.
+    const release = () => this._read();
+    this.once("end", release);
+    this.once("close", release);
   }
   feed(buf) {
     if (this.destroyed || this.ended) {
@@ -258,7 +267,7 @@ class Worker {
       cancelled: false,
       done: false,
       ac: null,
-      streams: new Map(),
+      streams: null, // name -> InStream, made on first use
       res: null,
       unacked: 0,
       ackWaiters: [],
@@ -271,10 +280,10 @@ class Worker {
     if (call.done) return;
     call.done = true;
     this.inFlight--;
-    for (const s of call.streams.values()) if (!s.ended) s.drain();
+    if (call.streams) for (const s of call.streams.values()) if (!s.ended) s.drain();
     // Keep routing frames to unfinished request streams (to acknowledge
     // them); forget the call once they are all over.
-    if ([...call.streams.values()].every((s) => s.ended)) this.calls.delete(call.id);
+    if (allEnded(call)) this.calls.delete(call.id);
     if (this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
   }
   signal(call) {
@@ -282,6 +291,7 @@ class Worker {
     return call.ac.signal;
   }
   inStream(call, name) {
+    if (!call.streams) call.streams = new Map();
     let s = call.streams.get(name);
     if (!s) {
       s = new InStream((n) => this.send(`{"type":"ack","id":${call.id},"stream":${JSON.stringify(name)},"bytes":${n}}`));
@@ -306,7 +316,7 @@ class Worker {
     const call = this.calls.get(msg.id);
     if (!call || typeof msg.stream !== "string") return;
     this.inStream(call, msg.stream).finish(msg.error);
-    if (call.done && [...call.streams.values()].every((s) => s.ended)) this.calls.delete(call.id);
+    if (call.done && allEnded(call)) this.calls.delete(call.id);
   }
   onFile(msg) {
     const call = this.calls.get(msg.id);
@@ -336,7 +346,7 @@ class Worker {
     if (!call || call.done) return;
     call.cancelled = true;
     if (call.ac) call.ac.abort(new Error(`cancelled: ${msg.reason ?? "unknown"}`));
-    for (const s of call.streams.values()) if (!s.ended) s.finish({ message: "cancelled" });
+    if (call.streams) for (const s of call.streams.values()) if (!s.ended) s.finish({ message: "cancelled" });
     for (const w of call.ackWaiters.splice(0)) w();
     if (call.res && !call.res.destroyed) call.res.destroy();
     this.endCall(call);
@@ -366,47 +376,6 @@ class Worker {
       }
     }
     return wrapped();
-  }
-
-  // useExposureContext() for tasks: req/res/signal built on first use.
-  exposureValue(call, msg, mode) {
-    const worker = this;
-    const ctx = msg.context && typeof msg.context === "object" ? msg.context : {};
-    const headers = { ...(ctx.headers || {}) };
-    if (call.rid) headers["x-runner-request-id"] = call.rid;
-    const path = typeof ctx.path === "string" ? ctx.path : `/__runner/task/${encodeURIComponent(msg.taskId)}`;
-    const method = ctx.method || "POST";
-    let req;
-    let url;
-    return {
-      get req() {
-        if (!req) {
-          req = mode === "octet" ? worker.inStream(call, "body") : Readable.from([]);
-          Object.assign(req, { headers, method, url: path, complete: false });
-        }
-        return req;
-      },
-      get res() {
-        return worker.responseFor(call);
-      },
-      get url() {
-        if (!url) {
-          let q = ctx.query;
-          if (q && typeof q === "object") q = new URLSearchParams(q).toString();
-          url = new URL(path + (q ? (String(q).startsWith("?") ? q : `?${q}`) : ""), `http://${headers.host || "localhost"}`);
-        }
-        return url;
-      },
-      get basePath() {
-        const i = path.indexOf("/task/");
-        return i >= 0 ? path.slice(0, i) : "/__runner";
-      },
-      headers,
-      method,
-      get signal() {
-        return worker.signal(call);
-      },
-    };
   }
 
   async onTask(msg, line) {
@@ -444,7 +413,7 @@ class Worker {
       return this.endCall(call);
     }
     const allowCtx = this.allow.taskCtx.get(taskId) ?? true;
-    const exposure = this.exposureValue(call, msg, mode);
+    const exposure = new ExposureValue(this, call, msg, mode);
     let result;
     try {
       result = await this.withUserContexts(msg.context?.runnerContext, allowCtx, () =>
@@ -698,6 +667,63 @@ class Worker {
   }
 }
 
+// useExposureContext() for worker calls, as nodeExposure provides it:
+// req (the octet body stream, else an empty one), res, url, basePath,
+// headers, method, signal. Everything is built on first use: most tasks
+// never look.
+class ExposureValue {
+  constructor(worker, call, msg, mode) {
+    this._worker = worker;
+    this._call = call;
+    this._ctx = msg.context && typeof msg.context === "object" ? msg.context : {};
+    this._taskId = msg.taskId;
+    this._mode = mode;
+    this._req = null;
+    this._url = null;
+    this._headers = null;
+  }
+  get _path() {
+    return typeof this._ctx.path === "string" ? this._ctx.path : `/__runner/task/${encodeURIComponent(this._taskId)}`;
+  }
+  get headers() {
+    if (!this._headers) {
+      this._headers = { ...(this._ctx.headers || {}) };
+      if (this._call.rid) this._headers["x-runner-request-id"] = this._call.rid;
+    }
+    return this._headers;
+  }
+  get method() {
+    return this._ctx.method || "POST";
+  }
+  get req() {
+    if (!this._req) {
+      const req = this._mode === "octet" ? this._worker.inStream(this._call, "body") : Readable.from([]);
+      this._req = Object.assign(req, { headers: this.headers, method: this.method, url: this._path });
+    }
+    return this._req;
+  }
+  get res() {
+    return this._worker.responseFor(this._call);
+  }
+  get url() {
+    if (!this._url) {
+      let q = this._ctx.query;
+      if (q && typeof q === "object") q = new URLSearchParams(q).toString();
+      const search = q ? (String(q).startsWith("?") ? q : `?${q}`) : "";
+      this._url = new URL(this._path + search, `http://${this.headers.host || "localhost"}`);
+    }
+    return this._url;
+  }
+  get basePath() {
+    const path = this._path;
+    const i = path.indexOf("/task/");
+    return i >= 0 ? path.slice(0, i) : "/__runner";
+  }
+  get signal() {
+    return this._worker.signal(this._call);
+  }
+}
+
 // useExposureContext().res for worker calls: a Writable with the parts of
 // http.ServerResponse tasks use (statusCode, setHeader, writeHead, write,
 // end). The first write sends the stream reply, data goes out as "out"
@@ -814,6 +840,8 @@ export async function serveWorker(app, options = {}) {
     }
     pending = start === 0 ? pending : pending.slice(start);
   });
+  // EPIPE and friends: the gateway is gone, so is the point of running.
+  process.stdout.on("error", () => process.exit(0));
   process.stdin.on("end", () => {
     // The gateway went away: nobody can read replies any more.
     worker.exit(0);
