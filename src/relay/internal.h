@@ -145,6 +145,8 @@ void front_consumed(struct conn *c, size_t n, bool idle);
 /* public.c */
 void exposure_request(struct tunnel *t, const struct cv_kh_msg *m);
 void exposures_close(struct tunnel *t);
+/* UNEXPOSE: the agent releases exposure num (unknown numbers are ignored). */
+void exposure_release(struct tunnel *t, uint32_t num);
 /* Calls fn for each public port t holds (admin API). */
 void exposures_each(struct tunnel *t,
                     void (*fn)(void *ud, uint8_t proto, uint16_t local_port, uint16_t public_port),
