@@ -54,6 +54,12 @@ int cv_agent_url(const char *runner_url, const char *container_id, char *buf, si
 
 /* ---- messages from the relay ------------------------------------------- */
 
+static const char *proto_name(uint8_t proto)
+{
+    static const char *const protos[] = {"tcp", "udp", "http", "tls"};
+    return protos[proto & 3];
+}
+
 static void on_exposed(struct cv_agent *a, const struct cv_kh_msg *m)
 {
     struct agent_exposure *st = NULL;
@@ -63,11 +69,15 @@ static void on_exposed(struct cv_agent *a, const struct cv_kh_msg *m)
     if (st == NULL)
         return; /* released since: the relay's answer crossed our UNEXPOSE */
     const struct cv_agent_expose *x = &st->e;
-    const char *proto = x->proto == CV_KH_UDP ? "udp" : "tcp";
+    const char *proto = proto_name(x->proto);
     if (m->port == 0) {
         int n = m->len > 200 ? 200 : (int)m->len;
-        cv_log_warn("expose %s:%u refused by the relay: %.*s", proto, x->local_port, n,
-                    (const char *)m->payload);
+        if (x->name)
+            cv_log_warn("expose %s:%u:%s refused by the relay: %.*s", proto, x->local_port,
+                        x->name, n, (const char *)m->payload);
+        else
+            cv_log_warn("expose %s:%u refused by the relay: %.*s", proto, x->local_port, n,
+                        (const char *)m->payload);
         st->state = AGENT_X_REFUSED;
         st->public_port = 0;
         snprintf(st->reason, sizeof st->reason, "%.*s", n, (const char *)m->payload);
@@ -76,6 +86,16 @@ static void on_exposed(struct cv_agent *a, const struct cv_kh_msg *m)
     st->state = AGENT_X_EXPOSED;
     st->public_port = m->port;
     st->reason[0] = 0;
+    if (x->name) {
+        /* The payload is where visitors reach it (a URL, or NAME.BASE:PORT). */
+        int n = m->len >= sizeof st->url ? (int)sizeof st->url - 1 : (int)m->len;
+        snprintf(st->url, sizeof st->url, "%.*s", n, (const char *)m->payload);
+        for (char *c = st->url; *c; c++)
+            if ((unsigned char)*c < 0x20 || *c == 0x7f)
+                *c = '?';
+        cv_log_info("exposed %s 127.0.0.1:%u at %s", proto, x->local_port, st->url);
+        return;
+    }
     cv_log_info("exposed %s 127.0.0.1:%u at %s:%u", proto, x->local_port, a->relay_host, m->port);
 }
 
@@ -91,14 +111,32 @@ static void send_expose(struct cv_agent *a, struct agent_exposure *st)
 {
     const struct cv_agent_expose *x = &st->e;
     st->state = AGENT_X_PENDING;
-    uint8_t port[2] = {(uint8_t)(x->local_port >> 8), (uint8_t)x->local_port};
-    cv_tunnel_send(a->ws, CV_KH_EXPOSE, x->proto, st->num, x->public_port, port, 2);
+    /* u16 BE local port, then (named kinds) the name (§6). */
+    uint8_t p[2 + CV_KH_NAME_MAX];
+    size_t n = x->name ? strlen(x->name) : 0;
+    if (n > CV_KH_NAME_MAX)
+        n = CV_KH_NAME_MAX;
+    p[0] = (uint8_t)(x->local_port >> 8);
+    p[1] = (uint8_t)x->local_port;
+    memcpy(p + 2, x->name ? x->name : "", n);
+    cv_tunnel_send(a->ws, CV_KH_EXPOSE, x->proto, st->num, x->public_port, p, 2 + n);
 }
 
 static bool same_expose(const struct cv_agent_expose *x, const struct cv_agent_expose *y)
 {
     return x->proto == y->proto && x->local_port == y->local_port &&
-           x->public_port == y->public_port;
+           x->public_port == y->public_port &&
+           strcmp(x->name ? x->name : "", y->name ? y->name : "") == 0;
+}
+
+/* The exposure's name points into its own storage (the caller's string
+ * may go away on reload). */
+static void own_name(struct agent_exposure *st)
+{
+    if (st->e.name) {
+        snprintf(st->name, sizeof st->name, "%s", st->e.name);
+        st->e.name = st->name;
+    }
 }
 
 void cv_agent_set_token(struct cv_agent *a, const char *token)
@@ -126,12 +164,13 @@ int cv_agent_set_exposures(struct cv_agent *a, const struct cv_agent_expose *x, 
                 break;
             }
         }
+        own_name(&nx[i]);
     }
     for (size_t j = 0; j < a->nxs; j++) {
         if (a->xs[j].num == 0)
             continue;
-        cv_log_info("unexpose %s:%u", a->xs[j].e.proto == CV_KH_UDP ? "udp" : "tcp",
-                    a->xs[j].e.local_port);
+        cv_log_info("unexpose %s:%u%s%s", proto_name(a->xs[j].e.proto), a->xs[j].e.local_port,
+                    a->xs[j].e.name ? ":" : "", a->xs[j].e.name ? a->xs[j].e.name : "");
         if (live)
             cv_tunnel_send(a->ws, CV_KH_UNEXPOSE, a->xs[j].e.proto, a->xs[j].num, 0, NULL, 0);
     }

@@ -19,11 +19,13 @@ enum agent_x_state { AGENT_X_PENDING = 0, AGENT_X_EXPOSED, AGENT_X_REFUSED };
 /* One --expose and what the relay said about it (state reset on every
  * reconnect). */
 struct agent_exposure {
-    struct cv_agent_expose e;
+    struct cv_agent_expose e; /* e.name points at name below */
+    char name[64];            /* named kinds (http, tls): the DNS label */
     uint32_t num; /* exposure number on the wire (never reused by one agent) */
     enum agent_x_state state;
     uint16_t public_port; /* AGENT_X_EXPOSED */
     char reason[201];     /* AGENT_X_REFUSED: the relay's words */
+    char url[256];        /* AGENT_X_EXPOSED, named: where visitors reach it */
 };
 
 /* Counters for the admin API and /metrics. */
