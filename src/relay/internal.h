@@ -170,6 +170,8 @@ void front_consumed(struct conn *c, size_t n, bool idle);
 /* public.c */
 void exposure_request(struct tunnel *t, const struct cv_kh_msg *m);
 void exposures_close(struct tunnel *t);
+/* UNEXPOSE: the agent releases exposure num (unknown numbers are ignored). */
+void exposure_release(struct tunnel *t, uint32_t num);
 /* Calls fn for each public port t holds (admin API). */
 void exposures_each(struct tunnel *t,
                     void (*fn)(void *ud, uint8_t proto, uint16_t local_port, uint16_t public_port),
@@ -185,6 +187,9 @@ void visitors_resume(struct tunnel *t);
 /* named.c */
 /* EXPOSE with proto CV_KH_HTTP or CV_KH_TLS: claims a name for t. */
 void named_request(struct tunnel *t, const struct cv_kh_msg *m);
+/* UNEXPOSE num: t's name with that exposure number becomes gone. Returns
+ * false if t holds no such name. */
+bool name_release(struct tunnel *t, uint32_t num);
 /* t ended: its names become gone (kept for 502 pages). */
 void names_release(struct tunnel *t);
 void names_free(struct cv_relay *r);

@@ -408,6 +408,28 @@ int cv_relay_start(uv_loop_t *loop, const struct cv_relay_opts *opts, struct cv_
     return 0;
 }
 
+int cv_relay_reload(struct cv_relay *r, const struct cv_relay_opts *o)
+{
+    if (r->stopping || ((o->token == NULL || o->token[0] == 0) && !o->allow_anonymous))
+        return CV_EINVAL;
+    struct cv_http_server_limits lim = {.handshake_ms = o->handshake_ms,
+                                        .rate_per_ip = o->conn_rate,
+                                        .burst_per_ip = o->conn_burst};
+    int rc = cv_http_server_set_limits(r->srv, &lim);
+    if (rc != 0)
+        return rc;
+    r->opts.token = o->token && o->token[0] ? o->token : NULL;
+    r->opts.allow_anonymous = o->allow_anonymous;
+    r->opts.allow_lo = o->allow_lo;
+    r->opts.allow_hi = o->allow_hi;
+    r->opts.any_port = o->any_port;
+    r->opts.conn_pending = o->conn_pending;
+    r->opts.handshake_ms = o->handshake_ms;
+    r->opts.conn_rate = o->conn_rate;
+    r->opts.conn_burst = o->conn_burst;
+    return 0;
+}
+
 uint16_t cv_relay_port(const struct cv_relay *r) { return cv_http_server_port(r->srv); }
 
 void cv_relay_stop(struct cv_relay *r)
