@@ -30,11 +30,13 @@ enum cv_agent_end {
  * this returns. Never called synchronously from cv_agent_start/stop. */
 typedef void (*cv_agent_done_cb)(struct cv_agent *a, enum cv_agent_end end, void *data);
 
-/* A port the agent asks the relay to expose publicly (native mode). */
+/* A port the agent asks the relay to expose publicly (native mode), or a
+ * name it claims on the relay's front door (docs/PROTOCOL.md §6). */
 struct cv_agent_expose {
-    uint8_t proto;        /* 0 TCP, 1 UDP */
+    uint8_t proto;        /* 0 TCP, 1 UDP, 2 HTTP (virtual host), 3 TLS (by SNI) */
     uint16_t local_port;  /* on 127.0.0.1 next to the agent */
-    uint16_t public_port; /* on the relay; 0: any free port */
+    uint16_t public_port; /* TCP/UDP: on the relay; 0: any free port */
+    const char *name;     /* borrowed; HTTP/TLS: the DNS label claimed */
 };
 
 struct cv_agent_opts {
@@ -68,6 +70,17 @@ int cv_agent_start(uv_loop_t *loop, const struct cv_agent_opts *opts, cv_agent_d
 /* Closes the tunnel (close 1000) and every local connection; done fires
  * when all is closed. Safe to call more than once. */
 void cv_agent_stop(struct cv_agent *a);
+
+/* Replaces the exposures (copied): ones no longer listed are released
+ * (UNEXPOSE: the relay closes that public port; visitors already connected
+ * keep their streams), new ones are requested, unchanged ones are left
+ * alone. Applies to the live tunnel and to every reconnect. Returns 0,
+ * CV_EINVAL (exposures without native mode) or CV_ENOMEM (nothing changed). */
+int cv_agent_set_exposures(struct cv_agent *a, const struct cv_agent_expose *x, size_t n);
+
+/* The token for the next handshakes (borrowed; NULL: none). The live
+ * tunnel is not affected. */
+void cv_agent_set_token(struct cv_agent *a, const char *token);
 
 /* The admin listener's bound port (0 if there is none). */
 uint16_t cv_agent_admin_port(const struct cv_agent *a);

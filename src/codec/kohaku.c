@@ -29,9 +29,24 @@ static int decode(const uint8_t *p, size_t n, struct cv_kh_msg *m, uint8_t max_t
     m->len = n - CV_KH_HDR_LEN;
     if (m->type < CV_KH_CONNECT || m->type > max_type)
         return CV_EPROTO;
-    if (m->proto != CV_KH_TCP && m->proto != CV_KH_UDP)
-        return CV_EPROTO;
-    return 0;
+    if (m->proto == CV_KH_TCP || m->proto == CV_KH_UDP)
+        return 0;
+    bool named = m->type == CV_KH_EXPOSE || m->type == CV_KH_EXPOSED;
+    if (named && max_type >= CV_KH_EXPOSED && (m->proto == CV_KH_HTTP || m->proto == CV_KH_TLS))
+        return 0;
+    return CV_EPROTO;
+}
+
+bool cv_kh_name_valid(const char *p, size_t n)
+{
+    if (n == 0 || n > CV_KH_NAME_MAX || p[0] == '-' || p[n - 1] == '-')
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = p[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'))
+            return false;
+    }
+    return true;
 }
 
 int cv_kh_decode(const uint8_t *p, size_t n, struct cv_kh_msg *m)
@@ -41,7 +56,7 @@ int cv_kh_decode(const uint8_t *p, size_t n, struct cv_kh_msg *m)
 
 int cv_kh_decode_native(const uint8_t *p, size_t n, struct cv_kh_msg *m)
 {
-    return decode(p, n, m, CV_KH_EXPOSED);
+    return decode(p, n, m, CV_KH_UNEXPOSE);
 }
 
 void cv_kh_encode(uint8_t out[CV_KH_HDR_LEN], uint8_t type, uint8_t proto, uint32_t id,
@@ -65,9 +80,9 @@ const char *cv_kh_type_name(uint8_t type)
         [CV_KH_CONNECT] = "CONNECT", [CV_KH_CONNECTED] = "CONNECTED", [CV_KH_DATA] = "DATA",
         [CV_KH_CLOSE] = "CLOSE",     [CV_KH_ERROR] = "ERROR",         [CV_KH_PING] = "PING",
         [CV_KH_PONG] = "PONG",       [CV_KH_WINDOW] = "WINDOW",       [CV_KH_EXPOSE] = "EXPOSE",
-        [CV_KH_EXPOSED] = "EXPOSED",
+        [CV_KH_EXPOSED] = "EXPOSED", [CV_KH_UNEXPOSE] = "UNEXPOSE",
     };
-    if (type < CV_KH_CONNECT || type > CV_KH_EXPOSED)
+    if (type < CV_KH_CONNECT || type > CV_KH_UNEXPOSE)
         return "UNKNOWN";
     return names[type];
 }

@@ -172,6 +172,8 @@ void visitors_resume(struct tunnel *t)
             pp = &v->snext;
         }
     }
+    if (t->hstalled)
+        vhosts_resume(t);
 }
 
 static void flush_out(struct visitor *v);
@@ -392,6 +394,8 @@ static bool udp_write(struct visitor *v, const uint8_t *p, size_t n)
 
 bool visitor_write(struct conn *c, const uint8_t *p, size_t n)
 {
+    if (c->kind == FRONT_HTTP)
+        return vhost_write(c, p, n);
     struct visitor *v = c->v;
     if (v == NULL)
         return false;
@@ -400,6 +404,10 @@ bool visitor_write(struct conn *c, const uint8_t *p, size_t n)
 
 void visitor_detach(struct conn *c)
 {
+    if (c->kind == FRONT_HTTP) {
+        vhost_detach(c);
+        return;
+    }
     struct visitor *v = c->v;
     if (v == NULL)
         return;
@@ -538,6 +546,10 @@ static int bind_allowed(struct exposure *x, uint16_t want, const char **why)
 
 void exposure_request(struct tunnel *t, const struct cv_kh_msg *m)
 {
+    if (m->proto == CV_KH_HTTP || m->proto == CV_KH_TLS) {
+        named_request(t, m);
+        return;
+    }
     uint16_t local = m->len == 2 ? (uint16_t)(m->payload[0] << 8 | m->payload[1]) : 0;
     if (local == 0) {
         expose_reply(t, m->proto, m->id, 0, "malformed EXPOSE");
@@ -581,6 +593,29 @@ void exposure_request(struct tunnel *t, const struct cv_kh_msg *m)
                 x->proto == CV_KH_UDP ? "udp" : "tcp", t->r->opts.public_bind, x->public_port,
                 local);
     expose_reply(t, x->proto, x->num, x->public_port, NULL);
+}
+
+void exposure_release(struct tunnel *t, uint32_t num)
+{
+    struct exposure **pp = &t->exposures;
+    while (*pp && (*pp)->num != num)
+        pp = &(*pp)->next;
+    struct exposure *x = *pp;
+    if (x == NULL) {
+        name_release(t, num); /* a named one, or already gone: nothing to do */
+        return;
+    }
+    *pp = x->next;
+    cv_log_info("agent %s: releases %s port %u", t->id, x->proto == CV_KH_UDP ? "udp" : "tcp",
+                x->public_port);
+    /* TCP visitors already connected keep their streams; UDP flows send
+     * from the listener's socket, so they end with it. */
+    while (x->flows) {
+        struct visitor *v = x->flows;
+        close_at_agent(v->c);
+        conn_free(v->c); /* detaches v: removed from x->flows and freed */
+    }
+    close_listener(x);
 }
 
 void exposures_close(struct tunnel *t)

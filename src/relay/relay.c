@@ -51,6 +51,7 @@ void relay_maybe_free(struct cv_relay *r)
     if (uv_is_closing((uv_handle_t *)&r->reaper))
         return;
     conns_reap(r);
+    names_free(r);
     uv_close((uv_handle_t *)&r->reaper, on_relay_freed);
 }
 
@@ -407,6 +408,28 @@ int cv_relay_start(uv_loop_t *loop, const struct cv_relay_opts *opts, struct cv_
     return 0;
 }
 
+int cv_relay_reload(struct cv_relay *r, const struct cv_relay_opts *o)
+{
+    if (r->stopping || ((o->token == NULL || o->token[0] == 0) && !o->allow_anonymous))
+        return CV_EINVAL;
+    struct cv_http_server_limits lim = {.handshake_ms = o->handshake_ms,
+                                        .rate_per_ip = o->conn_rate,
+                                        .burst_per_ip = o->conn_burst};
+    int rc = cv_http_server_set_limits(r->srv, &lim);
+    if (rc != 0)
+        return rc;
+    r->opts.token = o->token && o->token[0] ? o->token : NULL;
+    r->opts.allow_anonymous = o->allow_anonymous;
+    r->opts.allow_lo = o->allow_lo;
+    r->opts.allow_hi = o->allow_hi;
+    r->opts.any_port = o->any_port;
+    r->opts.conn_pending = o->conn_pending;
+    r->opts.handshake_ms = o->handshake_ms;
+    r->opts.conn_rate = o->conn_rate;
+    r->opts.conn_burst = o->conn_burst;
+    return 0;
+}
+
 uint16_t cv_relay_port(const struct cv_relay *r) { return cv_http_server_port(r->srv); }
 
 void cv_relay_stop(struct cv_relay *r)
@@ -422,4 +445,10 @@ void cv_relay_stop(struct cv_relay *r)
     for (struct session *s = r->sessions; s; s = s->next)
         cv_ws_close(s->ws, CV_WS_GOING_AWAY, "relay shutting down");
     relay_maybe_free(r);
+}
+
+uint16_t cv_relay_http_port(const struct cv_relay *r)
+{
+    (void)r;
+    return 0;
 }

@@ -408,6 +408,8 @@ static void front_deliver(struct conn *c, uint8_t *msg, size_t len)
         visitor_write(c, msg + CV_KH_HDR_LEN, len - CV_KH_HDR_LEN);
         if (c->proto == CV_KH_UDP)
             a2f_consumed(c, len - CV_KH_HDR_LEN, true);
+    } else if (msg[0] == CV_KH_ERROR && c->kind == FRONT_HTTP) {
+        vhost_error(c, msg + CV_KH_HDR_LEN, len - CV_KH_HDR_LEN); /* for its 502 page */
     }
 }
 
@@ -521,6 +523,10 @@ void tunnel_msg(struct tunnel *t, uint8_t *data, size_t len)
         exposure_request(t, &m);
         return;
     }
+    if (m.type == CV_KH_UNEXPOSE && t->native) {
+        exposure_release(t, m.id);
+        return;
+    }
     if (m.type == CV_KH_PING && t->native) {
         relay_send(t->ws, CV_KH_PONG, CV_KH_TCP, m.id, NULL, 0);
         return;
@@ -577,6 +583,7 @@ void tunnel_end(struct tunnel *t)
 {
     resume_paused(t);
     exposures_close(t);
+    names_release(t);
     /* Every session conn on this tunnel ends; its session stays open. */
     while (t->conns.count > 0) {
         struct conn *c = NULL;
