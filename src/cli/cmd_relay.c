@@ -1,5 +1,6 @@
 /* `culvert relay`: flags, signals, run. */
 #include <getopt.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,6 +9,7 @@
 #include "cli/cmds.h"
 #include "cli/signals.h"
 #include "core/err.h"
+#include "codec/kohaku.h"
 #include "core/log.h"
 #include "net/addr.h"
 #include "relay/relay.h"
@@ -39,6 +41,9 @@ static void usage(FILE *f)
             "                         BURST at once; beyond: 429 (default 20/200; 0 = off)\n"
             "  --admin HOST:PORT      admin listener: JSON API (/api/agents, /api/streams, ...),\n"
             "                         Prometheus /metrics, /healthz, /readyz (default: off)\n"
+            "  --domain BASE          serve agents' named exposures as NAME.BASE (with\n"
+            "                         --http-listen: HTTP virtual hosts by Host header)\n"
+            "  --http-listen HOST:PORT  HTTP virtual-host front door (needs --domain)\n"
             "  --log-level LEVEL      error, warn, info, debug or trace (default info)\n"
             "  -h, --help             show this help\n");
 }
@@ -123,6 +128,29 @@ static void stop(void *data)
     cv_cli_signals_close(&run->sig);
 }
 
+/* A domain name: dot-separated labels of letters, digits and '-' (no '-'
+ * at either end of a label), at most 200 bytes. Lowercased in place. */
+static bool domain_ok(char *d)
+{
+    size_t n = strlen(d);
+    if (n == 0 || n > 200)
+        return false;
+    for (char *c = d; *c; c++)
+        if (*c >= 'A' && *c <= 'Z')
+            *c = (char)(*c - 'A' + 'a');
+    for (const char *p = d;;) {
+        const char *dot = strchr(p, '.');
+        size_t len = dot ? (size_t)(dot - p) : strlen(p);
+        if (!cv_kh_name_valid(p, len))
+            return false;
+        if (dot == NULL)
+            return true;
+        p = dot + 1;
+    }
+}
+
+static char http_host[CV_ADDR_STRLEN];
+
 static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, size_t hostlen,
                  char *admin, size_t adminlen)
 {
@@ -134,6 +162,7 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
         {"public-bind", required_argument, NULL, 'B'}, {"allow-ports", required_argument, NULL, 'P'},
         {"conn-buffer", required_argument, NULL, 'C'}, {"admin", required_argument, NULL, 'D'},
         {"handshake-timeout", required_argument, NULL, 'H'}, {"conn-rate", required_argument, NULL, 'R'},
+        {"domain", required_argument, NULL, 'M'}, {"http-listen", required_argument, NULL, 'W'},
         {NULL, 0, NULL, 0}};
     int c;
     optind = 1;
@@ -174,6 +203,23 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
                 return 2;
             }
             break;
+        case 'M':
+            if (!domain_ok(optarg)) {
+                fprintf(stderr, "culvert relay: --domain wants a domain name such as "
+                                "tunnels.example.com (letters, digits, '-' and dots), got '%s'\n",
+                        optarg);
+                return 2;
+            }
+            o->domain = optarg;
+            break;
+        case 'W':
+            if (cv_addr_split(optarg, http_host, sizeof http_host, &o->http_port) != 0) {
+                fprintf(stderr, "culvert relay: --http-listen wants HOST:PORT with a numeric host, "
+                                "got '%s'\n", optarg);
+                return 2;
+            }
+            o->http_host = http_host;
+            break;
         case 'a': o->any_port = true; break;
         case 'T': o->token = optarg; break;
         case 'A': o->allow_anonymous = true; break;
@@ -212,6 +258,12 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
         fprintf(stderr, "culvert relay: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
+    if ((o->domain != NULL) != (o->http_host != NULL)) {
+        fprintf(stderr, "culvert relay: HTTP virtual hosts need both --domain BASE and "
+                        "--http-listen HOST:PORT (%s was given alone)\n",
+                o->domain ? "--domain" : "--http-listen");
+        return 2;
+    }
     return -1;
 }
 
@@ -242,12 +294,20 @@ int cv_cmd_relay(int argc, char **argv)
     struct run run = {0};
     rc = cv_relay_start(loop, &o, &run.relay);
     if (rc != 0) {
-        fprintf(stderr, "culvert relay: cannot listen on %s:%u: %s\n", host, o.port, cv_strerror(rc));
+        if (o.http_host && rc != CV_EINVAL)
+            fprintf(stderr, "culvert relay: cannot listen on %s:%u or %s:%u: %s\n", host, o.port,
+                    o.http_host, o.http_port, cv_strerror(rc));
+        else
+            fprintf(stderr, "culvert relay: cannot listen on %s:%u: %s\n", host, o.port,
+                    cv_strerror(rc));
         return 1;
     }
     printf("culvert relay listening on %s:%u\n", host, cv_relay_port(run.relay));
     if (o.admin_host)
         printf("culvert relay admin API on http://%s:%u/\n", admin, cv_relay_admin_port(run.relay));
+    if (o.http_host)
+        printf("culvert relay HTTP virtual hosts http://NAME.%s on %s:%u\n", o.domain, o.http_host,
+               cv_relay_http_port(run.relay));
     fflush(stdout);
     cv_cli_signals_start(loop, &run.sig, stop, &run);
     uv_run(loop, UV_RUN_DEFAULT);

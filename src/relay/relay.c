@@ -374,6 +374,8 @@ int cv_relay_start(uv_loop_t *loop, const struct cv_relay_opts *opts, struct cv_
 {
     if ((opts->token == NULL || opts->token[0] == 0) && !opts->allow_anonymous)
         return CV_EINVAL;
+    if (opts->http_host && (opts->domain == NULL || opts->domain[0] == 0))
+        return CV_EINVAL; /* virtual hosts need a BASE */
     struct cv_relay *r = calloc(1, sizeof *r);
     if (r == NULL)
         return CV_ENOMEM;
@@ -397,7 +399,9 @@ int cv_relay_start(uv_loop_t *loop, const struct cv_relay_opts *opts, struct cv_
     uv_timer_init(loop, &r->reaper);
     r->reaper.data = r;
     r->started = (int64_t)time(NULL);
-    if (opts->admin_host && (rc = relay_admin_start(r)) != 0) {
+    if ((opts->admin_host && (rc = relay_admin_start(r)) != 0) ||
+        (opts->domain && (rc = vhost_start(r)) != 0)) {
+        relay_admin_stop(r);
         r->stopping = true;
         cv_http_server_close(r->srv);
         r->srv = NULL;
@@ -418,15 +422,10 @@ void cv_relay_stop(struct cv_relay *r)
     cv_http_server_close(r->srv);
     r->srv = NULL;
     relay_admin_stop(r);
+    vhost_stop(r);
     for (struct tunnel *t = r->tunnels; t; t = t->next)
         cv_ws_close(t->ws, CV_WS_GOING_AWAY, "relay shutting down");
     for (struct session *s = r->sessions; s; s = s->next)
         cv_ws_close(s->ws, CV_WS_GOING_AWAY, "relay shutting down");
     relay_maybe_free(r);
-}
-
-uint16_t cv_relay_http_port(const struct cv_relay *r)
-{
-    (void)r;
-    return 0;
 }
