@@ -1,5 +1,6 @@
 /* `culvert relay`: flags, signals, run. */
 #include <getopt.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,9 +8,10 @@
 #include <uv.h>
 
 #include "cli/cmds.h"
+#include "cli/config.h"
 #include "cli/signals.h"
-#include "core/err.h"
 #include "codec/kohaku.h"
+#include "core/err.h"
 #include "core/log.h"
 #include "net/addr.h"
 #include "relay/relay.h"
@@ -39,6 +41,10 @@ static void usage(FILE *f)
             "                         within SEC (slowloris guard; default 10)\n"
             "  --conn-rate N[/BURST]  new connections per second per client address, with\n"
             "                         BURST at once; beyond: 429 (default 20/200; 0 = off)\n"
+            "  --config FILE          read these options from FILE (INI: key = value, keys are\n"
+            "                         the long flag names; flags given here win); SIGHUP reads\n"
+            "                         it again: auth keys and limits change without dropping\n"
+            "                         live tunnels, a bad file is refused and logged\n"
             "  --admin HOST:PORT      admin listener: JSON API (/api/agents, /api/streams, ...),\n"
             "                         Prometheus /metrics, /healthz, /readyz (default: off)\n"
             "  --domain BASE          serve agents' named exposures as NAME.BASE (with\n"
@@ -116,29 +122,29 @@ static int parse_range(const char *s, uint16_t *lo, uint16_t *hi)
     return *lo == 0 || *lo > *hi ? CV_EINVAL : 0;
 }
 
-struct run {
-    struct cv_relay *relay;
-    struct cv_cli_signals sig;
-};
-
-static void stop(void *data)
-{
-    struct run *run = data;
-    cv_relay_stop(run->relay);
-    cv_cli_signals_close(&run->sig);
-}
+static const struct option longopts[] = {
+        {"listen", required_argument, NULL, 'l'},    {"ping-interval", required_argument, NULL, 'i'},
+        {"ping-timeout", required_argument, NULL, 't'}, {"allow-any-port", no_argument, NULL, 'a'},
+        {"log-level", required_argument, NULL, 'L'}, {"help", no_argument, NULL, 'h'},
+        {"token", required_argument, NULL, 'T'}, {"allow-anonymous", no_argument, NULL, 'A'},
+        {"public-bind", required_argument, NULL, 'B'}, {"allow-ports", required_argument, NULL, 'P'},
+        {"conn-buffer", required_argument, NULL, 'C'}, {"admin", required_argument, NULL, 'D'},
+        {"handshake-timeout", required_argument, NULL, 'H'}, {"conn-rate", required_argument, NULL, 'R'},
+        {"config", required_argument, NULL, 'F'},
+        {"domain", required_argument, NULL, 'M'}, {"http-listen", required_argument, NULL, 'W'},
+        {NULL, 0, NULL, 0}};
 
 /* A domain name: dot-separated labels of letters, digits and '-' (no '-'
- * at either end of a label), at most 200 bytes. Lowercased in place. */
-static bool domain_ok(char *d)
+ * at either end of a label), at most 200 bytes. */
+static bool domain_ok(const char *d)
 {
     size_t n = strlen(d);
     if (n == 0 || n > 200)
         return false;
-    for (char *c = d; *c; c++)
-        if (*c >= 'A' && *c <= 'Z')
-            *c = (char)(*c - 'A' + 'a');
-    for (const char *p = d;;) {
+    char low[256];
+    for (size_t i = 0; i <= n; i++)
+        low[i] = (char)(d[i] >= 'A' && d[i] <= 'Z' ? d[i] - 'A' + 'a' : d[i]);
+    for (const char *p = low;;) {
         const char *dot = strchr(p, '.');
         size_t len = dot ? (size_t)(dot - p) : strlen(p);
         if (!cv_kh_name_valid(p, len))
@@ -149,21 +155,12 @@ static bool domain_ok(char *d)
     }
 }
 
+/* --http-listen's host (the relay reads it once, at start). */
 static char http_host[CV_ADDR_STRLEN];
 
 static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, size_t hostlen,
                  char *admin, size_t adminlen)
 {
-    static const struct option longopts[] = {
-        {"listen", required_argument, NULL, 'l'},    {"ping-interval", required_argument, NULL, 'i'},
-        {"ping-timeout", required_argument, NULL, 't'}, {"allow-any-port", no_argument, NULL, 'a'},
-        {"log-level", required_argument, NULL, 'L'}, {"help", no_argument, NULL, 'h'},
-        {"token", required_argument, NULL, 'T'}, {"allow-anonymous", no_argument, NULL, 'A'},
-        {"public-bind", required_argument, NULL, 'B'}, {"allow-ports", required_argument, NULL, 'P'},
-        {"conn-buffer", required_argument, NULL, 'C'}, {"admin", required_argument, NULL, 'D'},
-        {"handshake-timeout", required_argument, NULL, 'H'}, {"conn-rate", required_argument, NULL, 'R'},
-        {"domain", required_argument, NULL, 'M'}, {"http-listen", required_argument, NULL, 'W'},
-        {NULL, 0, NULL, 0}};
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
@@ -174,7 +171,7 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
         case 'D':
             if (c == 'l' ? cv_addr_split(optarg, host, hostlen, &o->port) != 0
                          : cv_addr_split(optarg, admin, adminlen, &o->admin_port) != 0) {
-                fprintf(stderr, "culvert relay: --%s wants HOST:PORT with a numeric host, got '%s'\n",
+                cv_cli_error("culvert relay: ", "--%s wants HOST:PORT with a numeric host, got '%s'\n",
                         c == 'l' ? "listen" : "admin", optarg);
                 return 2;
             }
@@ -184,28 +181,28 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
         case 'i':
         case 't':
             if (parse_seconds(optarg, c == 'i' ? &o->ping_interval_ms : &o->pong_timeout_ms) != 0) {
-                fprintf(stderr, "culvert relay: --ping-%s wants a positive number of seconds, got '%s'\n",
+                cv_cli_error("culvert relay: ", "--ping-%s wants a positive number of seconds, got '%s'\n",
                         c == 'i' ? "interval" : "timeout", optarg);
                 return 2;
             }
             break;
         case 'H':
             if (parse_seconds(optarg, &o->handshake_ms) != 0) {
-                fprintf(stderr, "culvert relay: --handshake-timeout wants a positive number of "
+                cv_cli_error("culvert relay: ", "--handshake-timeout wants a positive number of "
                                 "seconds, got '%s'\n", optarg);
                 return 2;
             }
             break;
         case 'R':
             if (parse_rate(optarg, &o->conn_rate, &o->conn_burst) != 0) {
-                fprintf(stderr, "culvert relay: --conn-rate wants N or N/BURST (N >= 0, BURST >= 1), "
+                cv_cli_error("culvert relay: ", "--conn-rate wants N or N/BURST (N >= 0, BURST >= 1), "
                                 "got '%s'\n", optarg);
                 return 2;
             }
             break;
         case 'M':
             if (!domain_ok(optarg)) {
-                fprintf(stderr, "culvert relay: --domain wants a domain name such as "
+                cv_cli_error("culvert relay: ", "--domain wants a domain name such as "
                                 "tunnels.example.com (letters, digits, '-' and dots), got '%s'\n",
                         optarg);
                 return 2;
@@ -214,7 +211,7 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
             break;
         case 'W':
             if (cv_addr_split(optarg, http_host, sizeof http_host, &o->http_port) != 0) {
-                fprintf(stderr, "culvert relay: --http-listen wants HOST:PORT with a numeric host, "
+                cv_cli_error("culvert relay: ", "--http-listen wants HOST:PORT with a numeric host, "
                                 "got '%s'\n", optarg);
                 return 2;
             }
@@ -225,41 +222,42 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
         case 'A': o->allow_anonymous = true; break;
         case 'B':
             if (cv_addr_from(optarg, 0, &ss) != 0) {
-                fprintf(stderr, "culvert relay: --public-bind wants a numeric address, got '%s'\n", optarg);
+                cv_cli_error("culvert relay: ", "--public-bind wants a numeric address, got '%s'\n", optarg);
                 return 2;
             }
             o->public_bind = optarg;
             break;
         case 'C':
             if (parse_size(optarg, &o->conn_pending) != 0) {
-                fprintf(stderr, "culvert relay: --conn-buffer wants a size from 64K to 1G "
+                cv_cli_error("culvert relay: ", "--conn-buffer wants a size from 64K to 1G "
                                 "(e.g. 8M), got '%s'\n", optarg);
                 return 2;
             }
             break;
         case 'P':
             if (parse_range(optarg, &o->allow_lo, &o->allow_hi) != 0) {
-                fprintf(stderr, "culvert relay: --allow-ports wants LO-HI (1-65535), got '%s'\n", optarg);
+                cv_cli_error("culvert relay: ", "--allow-ports wants LO-HI (1-65535), got '%s'\n", optarg);
                 return 2;
             }
             break;
         case 'L':
             if (cv_log_parse_level(optarg, &lvl) != 0) {
-                fprintf(stderr, "culvert relay: unknown log level '%s'\n", optarg);
+                cv_cli_error("culvert relay: ", "unknown log level '%s'\n", optarg);
                 return 2;
             }
             cv_log_set_level(lvl);
             break;
+        case 'F': break; /* read before parsing (see load) */
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
     if (optind < argc) {
-        fprintf(stderr, "culvert relay: unexpected argument '%s'\n", argv[optind]);
+        cv_cli_error("culvert relay: ", "unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
     if ((o->domain != NULL) != (o->http_host != NULL)) {
-        fprintf(stderr, "culvert relay: HTTP virtual hosts need both --domain BASE and "
+        cv_cli_error("culvert relay: ", "HTTP virtual hosts need both --domain BASE and "
                         "--http-listen HOST:PORT (%s was given alone)\n",
                 o->domain ? "--domain" : "--http-listen");
         return 2;
@@ -267,50 +265,177 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
     return -1;
 }
 
-int cv_cmd_relay(int argc, char **argv)
-{
+/* Everything a relay runs with: defaults, then the config file, then the
+ * command line. Reloaded whole on SIGHUP. */
+struct relay_conf {
     struct cv_relay_opts o;
-    cv_relay_opts_default(&o);
-    char host[CV_ADDR_STRLEN] = "127.0.0.1";
-    char admin[CV_ADDR_STRLEN] = "";
-    int rc = parse(argc, argv, &o, host, sizeof host, admin, sizeof admin);
-    if (rc >= 0)
-        return rc;
-    o.host = host;
-    if (o.token == NULL) {
+    char host[CV_ADDR_STRLEN];
+    char admin[CV_ADDR_STRLEN];
+    struct cv_cli_conf file;
+    char **argv; /* merged: file flags, then the command line */
+};
+
+static void conf_free(struct relay_conf *c)
+{
+    cv_cli_conf_free(&c->file);
+    free(c->argv);
+    free(c);
+}
+
+static int check_entry(int argc, char **argv, void *ud)
+{
+    (void)ud;
+    struct relay_conf scratch;
+    cv_relay_opts_default(&scratch.o);
+    return parse(argc, argv, &scratch.o, scratch.host, sizeof scratch.host, scratch.admin,
+                 sizeof scratch.admin) >= 0;
+}
+
+/* Builds the configuration. Returns NULL with *code set (the exit status;
+ * a message was reported, or is in err for the file). */
+static struct relay_conf *load(int argc, char **argv, int *code, char *err, size_t errlen)
+{
+    struct relay_conf *c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        *code = 1;
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    cv_relay_opts_default(&c->o);
+    snprintf(c->host, sizeof c->host, "127.0.0.1");
+    err[0] = 0;
+    const char *path = cv_cli_conf_path(argc, argv);
+    if (path && cv_cli_conf_load(path, "relay", longopts, check_entry, NULL, &c->file, err,
+                                 errlen) != 0) {
+        free(c);
+        *code = 2;
+        return NULL;
+    }
+    int n;
+    c->argv = cv_cli_conf_merge(&c->file, argc, argv, &n);
+    int rc = c->argv ? parse(n, c->argv, &c->o, c->host, sizeof c->host, c->admin, sizeof c->admin)
+                     : 1;
+    if (rc >= 0) {
+        conf_free(c);
+        *code = rc;
+        return NULL;
+    }
+    c->o.host = c->host;
+    if (c->o.token == NULL) {
         const char *env = getenv("CULVERT_TOKEN");
         if (env && *env)
-            o.token = env;
+            c->o.token = env;
     }
-    if (o.token == NULL && !o.allow_anonymous) {
-        fprintf(stderr, "culvert relay: authentication is required: give --token SECRET (or "
-                        "CULVERT_TOKEN), or --allow-anonymous to admit anyone\n");
-        return 2;
+    if (c->o.token == NULL && !c->o.allow_anonymous) {
+        snprintf(err, errlen, "authentication is required: give --token SECRET (or "
+                              "CULVERT_TOKEN), or --allow-anonymous to admit anyone");
+        conf_free(c);
+        *code = 2;
+        return NULL;
     }
-    if (o.allow_anonymous)
-        cv_log_warn("--allow-anonymous: peers without a token are admitted; anyone who reaches "
-                    "%s:%u can register as any agent", host, o.port);
-    uv_loop_t *loop = uv_default_loop();
-    struct run run = {0};
-    rc = cv_relay_start(loop, &o, &run.relay);
+    return c;
+}
+
+struct run {
+    struct cv_relay *relay;
+    struct cv_cli_signals sig;
+    uv_signal_t hup;
+    struct relay_conf *conf; /* what the relay runs with (it borrows its strings) */
+    int argc;
+    char **argv;
+};
+
+static void stop(void *data)
+{
+    struct run *run = data;
+    cv_relay_stop(run->relay);
+    cv_cli_signals_close(&run->sig);
+    uv_close((uv_handle_t *)&run->hup, NULL);
+}
+
+static bool same(const char *a, const char *b)
+{
+    return (a == NULL && b == NULL) || (a && b && strcmp(a, b) == 0);
+}
+
+/* SIGHUP: reads the configuration again. A bad file is refused with its
+ * line and reason, and the relay keeps running as it was; a good one
+ * replaces the auth keys and the limits for new connections, without
+ * touching live tunnels and streams. */
+static void on_hup(uv_signal_t *h, int signum)
+{
+    (void)signum;
+    struct run *run = h->data;
+    char err[600];
+    int code;
+    struct relay_conf *nc = load(run->argc, run->argv, &code, err, sizeof err);
+    if (nc == NULL) {
+        cv_log_error("configuration reload refused, keeping the running one: %s",
+                     err[0] ? err : "invalid flags");
+        return;
+    }
+    const struct cv_relay_opts *o = &run->conf->o, *n = &nc->o;
+    if (strcmp(run->conf->host, nc->host) != 0 || o->port != n->port ||
+        !same(o->admin_host ? run->conf->admin : NULL, n->admin_host ? nc->admin : NULL) ||
+        o->admin_port != n->admin_port || !same(o->public_bind, n->public_bind) ||
+        o->ping_interval_ms != n->ping_interval_ms || o->pong_timeout_ms != n->pong_timeout_ms ||
+        !same(o->domain, n->domain) || o->http_port != n->http_port)
+        cv_log_warn("configuration reload: listen, admin, public-bind, ping, domain and "
+                    "http-listen settings take effect on restart only; the running values are kept");
+    int rc = cv_relay_reload(run->relay, n);
     if (rc != 0) {
-        if (o.http_host && rc != CV_EINVAL)
-            fprintf(stderr, "culvert relay: cannot listen on %s:%u or %s:%u: %s\n", host, o.port,
-                    o.http_host, o.http_port, cv_strerror(rc));
-        else
-            fprintf(stderr, "culvert relay: cannot listen on %s:%u: %s\n", host, o.port,
-                    cv_strerror(rc));
+        cv_log_error("configuration reload refused, keeping the running one: %s", cv_strerror(rc));
+        conf_free(nc);
+        return;
+    }
+    cv_log_info("configuration reloaded%s%s: %s, allow-ports %u-%u, conn-rate %g/%g",
+                cv_cli_conf_path(run->argc, run->argv) ? " from " : "",
+                cv_cli_conf_path(run->argc, run->argv) ? cv_cli_conf_path(run->argc, run->argv) : "",
+                n->token ? "token set" : "no token (anonymous)", n->allow_lo, n->allow_hi,
+                n->conn_rate, n->conn_burst);
+    conf_free(run->conf);
+    run->conf = nc;
+}
+
+int cv_cmd_relay(int argc, char **argv)
+{
+    char err[600];
+    int rc;
+    struct relay_conf *c = load(argc, argv, &rc, err, sizeof err);
+    if (c == NULL) {
+        if (err[0])
+            fprintf(stderr, "culvert relay: %s\n", err);
+        return rc;
+    }
+    struct cv_relay_opts *o = &c->o;
+    if (o->allow_anonymous)
+        cv_log_warn("--allow-anonymous: peers without a token are admitted; anyone who reaches "
+                    "%s:%u can register as any agent", c->host, o->port);
+    uv_loop_t *loop = uv_default_loop();
+    struct run run = {.conf = c, .argc = argc, .argv = argv};
+    rc = cv_relay_start(loop, o, &run.relay);
+    if (rc != 0) {
+        fprintf(stderr, "culvert relay: cannot start on %s:%u%s%s%s: %s\n", c->host, o->port,
+                o->admin_host ? " (admin " : "", o->admin_host ? "listener included)" : "",
+                o->http_host ? " (or the --http-listen address)" : "", cv_strerror(rc));
+        conf_free(c);
         return 1;
     }
-    printf("culvert relay listening on %s:%u\n", host, cv_relay_port(run.relay));
-    if (o.admin_host)
-        printf("culvert relay admin API on http://%s:%u/\n", admin, cv_relay_admin_port(run.relay));
-    if (o.http_host)
-        printf("culvert relay HTTP virtual hosts http://NAME.%s on %s:%u\n", o.domain, o.http_host,
-               cv_relay_http_port(run.relay));
-    fflush(stdout);
+    /* Signals first: whoever reads the line below may signal at once. */
     cv_cli_signals_start(loop, &run.sig, stop, &run);
+    uv_signal_init(loop, &run.hup);
+    run.hup.data = &run;
+    uv_signal_start(&run.hup, on_hup, SIGHUP);
+    printf("culvert relay listening on %s:%u\n", c->host, cv_relay_port(run.relay));
+    if (o->admin_host)
+        printf("culvert relay admin API on http://%s:%u/\n", c->admin,
+               cv_relay_admin_port(run.relay));
+    if (o->http_host)
+        printf("culvert relay HTTP virtual hosts http://NAME.%s on %s:%u\n", o->domain,
+               o->http_host, cv_relay_http_port(run.relay));
+    fflush(stdout);
     uv_run(loop, UV_RUN_DEFAULT);
     uv_loop_close(loop);
+    conf_free(run.conf);
     return 0;
 }

@@ -77,16 +77,19 @@ int cv_rj_select_input(const char *compact, size_t len, const char **text, size_
  * maps an empty body to cv_rj_make_undefined()), then parsed by jansson.
  * Validates every typed record as Runner's registry does: a known
  * built-in type (§7.2; anything else is "unknown __type") with a
- * well-formed value (Undefined: null; NonFiniteNumber: "NaN", "Infinity"
- * or "-Infinity"; BigInt: /^[+-]?\d+$/ after trimming, stored normalised
- * as BigInt#toString gives it; Date: YYYY-MM-DDTHH:MM:SS[.f]Z or ±YYYYYY-…
- * or epoch ms, within ±8.64e15 ms; RegExp: {pattern <= 1024 UTF-16 units,
- * passing Runner's nested-quantifier/overlapping-alternation check, flags
- * a unique subset of dgimsuvy}; Map: [[k,v],...]; Set: array; Symbol:
- * {kind For|WellKnown (a well-known name), key}; URL/URLSearchParams:
- * string; Error: {name, message strings, stack?, customFields?}; byte
- * types: integers 0..255, a multiple of the element size). Extra keys of
- * a record are dropped. Plain objects: keys lose one "$runner.escape::"
+ * well-formed value (Undefined: any, stored as null; NonFiniteNumber:
+ * "NaN", "Infinity" or "-Infinity"; BigInt: /^[+-]?\d+$/ after trimming,
+ * stored as BigInt#toString gives it; Date: YYYY-MM-DDTHH:MM:SS[.f]Z or
+ * ±YYYYYY-… or epoch ms, within ±8.64e15 ms, stored as Date#toISOString
+ * gives it; RegExp: {pattern <= 1024 UTF-16 units, passing Runner's
+ * nested-quantifier/overlapping-alternation check and the syntax checks
+ * new RegExp makes without u/v (groups, classes, quantifiers), flags a
+ * unique subset of dgimsuvy, not both u and v}; Map: array of arrays,
+ * stored as [k,v] pairs (a missing item is Undefined); Set: array;
+ * Symbol: {kind For|WellKnown (a well-known name), key}; URL: string with
+ * a scheme; URLSearchParams: string; Error: {name, message strings,
+ * stack?, customFields?}; byte types: integers 0..255, a multiple of the
+ * element size). Extra keys of a record are dropped. Plain objects: keys lose one "$runner.escape::"
  * prefix and are stored in their canonical wire spelling (so cv_rj_get
  * finds them; of two spellings of one key the later assignment wins, as
  * in JS), and __proto__/constructor/prototype keys are dropped. Depth is
@@ -95,9 +98,10 @@ int cv_rj_select_input(const char *compact, size_t len, const char **text, size_
  * referenced twice is one shared json_t (as JS shares the object; copy it
  * with json_deep_copy before mutating one place), a cycle is refused, and
  * shared subtrees count toward the depth wherever they appear. Numbers
- * are all reals (JS numbers), -0 kept. Not representable in jansson, so
- * refused with a reason: numbers beyond ±1.8e308 (JSON.parse gives
- * ±Infinity), lone surrogate escapes ("\ud800"), "\u0000" in keys.
+ * are all reals (JS numbers), -0 kept; a number beyond ±1.8e308 (±Infinity
+ * to JSON.parse) becomes a NonFiniteNumber record. Not representable in
+ * jansson's UTF-8 strings, so refused with a reason: lone surrogate
+ * escapes ("\ud800", which JSON.parse accepts) and "\u0000" in keys.
  * Returns the tree (caller owns one reference) or NULL with a reason in
  * why[0..whylen) (why may be NULL). Not on the pass-through hot path. */
 json_t *cv_rj_decode(const char *in, size_t len, char *why, size_t whylen);

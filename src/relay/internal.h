@@ -143,7 +143,8 @@ struct cv_relay {
     int64_t started;           /* unix time */
     struct named *names;       /* named exposures, held and gone */
     size_t names_gone;         /* entries with t NULL (bounded) */
-    struct vhost *vhost;       /* HTTP virtual hosts; NULL unless opts.domain */
+    struct vhost *vhost;       /* HTTP virtual hosts; NULL unless opts.http_host */
+    char domain[256];          /* opts.domain, lowercased (opts.domain points here) */
     uint16_t tls_front_port;   /* port routing tls names by SNI; 0: none (tls.c sets it) */
 };
 
@@ -170,6 +171,8 @@ void front_consumed(struct conn *c, size_t n, bool idle);
 /* public.c */
 void exposure_request(struct tunnel *t, const struct cv_kh_msg *m);
 void exposures_close(struct tunnel *t);
+/* UNEXPOSE: the agent releases exposure num (unknown numbers are ignored). */
+void exposure_release(struct tunnel *t, uint32_t num);
 /* Calls fn for each public port t holds (admin API). */
 void exposures_each(struct tunnel *t,
                     void (*fn)(void *ud, uint8_t proto, uint16_t local_port, uint16_t public_port),
@@ -185,6 +188,9 @@ void visitors_resume(struct tunnel *t);
 /* named.c */
 /* EXPOSE with proto CV_KH_HTTP or CV_KH_TLS: claims a name for t. */
 void named_request(struct tunnel *t, const struct cv_kh_msg *m);
+/* UNEXPOSE num: t's name with that exposure number becomes gone. Returns
+ * false if t holds no such name. */
+bool name_release(struct tunnel *t, uint32_t num);
 /* t ended: its names become gone (kept for 502 pages). */
 void names_release(struct tunnel *t);
 void names_free(struct cv_relay *r);
@@ -204,6 +210,8 @@ void names_each(struct tunnel *t, void (*fn)(void *ud, const struct named *n), v
 /* vhost.c */
 int vhost_start(struct cv_relay *r);
 void vhost_stop(struct cv_relay *r);
+/* The per-address rate in r->opts changed (reload). */
+int vhost_set_limits(struct cv_relay *r);
 /* Hooks stream.c and public.c call for FRONT_HTTP conns. */
 bool vhost_write(struct conn *c, const uint8_t *p, size_t n);
 void vhost_detach(struct conn *c);

@@ -595,6 +595,29 @@ void exposure_request(struct tunnel *t, const struct cv_kh_msg *m)
     expose_reply(t, x->proto, x->num, x->public_port, NULL);
 }
 
+void exposure_release(struct tunnel *t, uint32_t num)
+{
+    struct exposure **pp = &t->exposures;
+    while (*pp && (*pp)->num != num)
+        pp = &(*pp)->next;
+    struct exposure *x = *pp;
+    if (x == NULL) {
+        name_release(t, num); /* a named one, or already gone: nothing to do */
+        return;
+    }
+    *pp = x->next;
+    cv_log_info("agent %s: releases %s port %u", t->id, x->proto == CV_KH_UDP ? "udp" : "tcp",
+                x->public_port);
+    /* TCP visitors already connected keep their streams; UDP flows send
+     * from the listener's socket, so they end with it. */
+    while (x->flows) {
+        struct visitor *v = x->flows;
+        close_at_agent(v->c);
+        conn_free(v->c); /* detaches v: removed from x->flows and freed */
+    }
+    close_listener(x);
+}
+
 void exposures_close(struct tunnel *t)
 {
     while (t->exposures) {

@@ -381,6 +381,16 @@ int cv_relay_start(uv_loop_t *loop, const struct cv_relay_opts *opts, struct cv_
         return CV_ENOMEM;
     r->loop = loop;
     r->opts = *opts;
+    if (opts->domain) {
+        /* Owned and lowercased: names compare against it for every visitor. */
+        size_t i = 0;
+        for (; opts->domain[i] && i + 1 < sizeof r->domain; i++) {
+            char ch = opts->domain[i];
+            r->domain[i] = (char)(ch >= 'A' && ch <= 'Z' ? ch - 'A' + 'a' : ch);
+        }
+        r->domain[i] = 0;
+        r->opts.domain = r->domain;
+    }
     if (r->opts.token && r->opts.token[0] == 0)
         r->opts.token = NULL;
     int rc = cv_http_server_start(loop, opts->host, opts->port, on_request, r, &r->srv);
@@ -409,6 +419,36 @@ int cv_relay_start(uv_loop_t *loop, const struct cv_relay_opts *opts, struct cv_
         return rc;
     }
     *out = r;
+    return 0;
+}
+
+int cv_relay_reload(struct cv_relay *r, const struct cv_relay_opts *o)
+{
+    if (r->stopping || ((o->token == NULL || o->token[0] == 0) && !o->allow_anonymous))
+        return CV_EINVAL;
+    struct cv_http_server_limits lim = {.handshake_ms = o->handshake_ms,
+                                        .rate_per_ip = o->conn_rate,
+                                        .burst_per_ip = o->conn_burst};
+    int rc = cv_http_server_set_limits(r->srv, &lim);
+    if (rc != 0)
+        return rc;
+    double rate = r->opts.conn_rate, burst = r->opts.conn_burst;
+    r->opts.conn_rate = o->conn_rate;
+    r->opts.conn_burst = o->conn_burst;
+    if ((rate != o->conn_rate || burst != o->conn_burst) && (rc = vhost_set_limits(r)) != 0) {
+        r->opts.conn_rate = rate;
+        r->opts.conn_burst = burst;
+        return rc;
+    }
+    r->opts.token = o->token && o->token[0] ? o->token : NULL;
+    r->opts.allow_anonymous = o->allow_anonymous;
+    r->opts.allow_lo = o->allow_lo;
+    r->opts.allow_hi = o->allow_hi;
+    r->opts.any_port = o->any_port;
+    r->opts.conn_pending = o->conn_pending;
+    r->opts.handshake_ms = o->handshake_ms;
+    r->opts.conn_rate = o->conn_rate;
+    r->opts.conn_burst = o->conn_burst;
     return 0;
 }
 

@@ -40,6 +40,13 @@ void cv_relay_opts_default(struct cv_relay_opts *opts);
 /* Starts listening. Returns 0, CV_EINVAL for a bad address or for no token
  * without allow_anonymous, or a libuv error such as UV_EADDRINUSE. */
 int cv_relay_start(uv_loop_t *loop, const struct cv_relay_opts *opts, struct cv_relay **out);
+/* Applies a new configuration's auth keys and limits (token,
+ * allow_anonymous, allow_lo/hi, any_port, conn_pending, handshake_ms,
+ * conn_rate/burst) to connections from now on; live tunnels, sessions and
+ * exposures are untouched. Strings are borrowed from then on. Returns 0,
+ * or CV_EINVAL (no token without allow_anonymous; bad limits) with nothing
+ * changed. */
+int cv_relay_reload(struct cv_relay *r, const struct cv_relay_opts *opts);
 /* The bound port. */
 uint16_t cv_relay_port(const struct cv_relay *r);
 /* The admin listener's bound port (0 if there is none). */

@@ -873,6 +873,20 @@ int vhost_start(struct cv_relay *r)
     return 0;
 }
 
+int vhost_set_limits(struct cv_relay *r)
+{
+    struct vhost *vh = r->vhost;
+    if (vh == NULL)
+        return 0;
+    struct cv_ratelimit *rl = NULL;
+    if (r->opts.conn_rate > 0 &&
+        (rl = cv_ratelimit_new(r->opts.conn_rate, r->opts.conn_burst, 4096)) == NULL)
+        return CV_ENOMEM;
+    cv_ratelimit_free(vh->rl);
+    vh->rl = rl;
+    return 0;
+}
+
 static void on_listener_closed(uv_handle_t *h)
 {
     struct vhost *vh = h->data;

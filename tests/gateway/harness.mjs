@@ -6,7 +6,8 @@
 //   native  $CULVERT_BUILD/gateway_native (examples/gateway_native.c)
 //   pool    $CULVERT_BIN gateway --worker 'node workers/node/example/worker.mjs'
 //
-// A target whose binary is not built is skipped with the reason.
+// A target whose binary is not built is skipped with the reason, unless
+// CULVERT_GATEWAY_REQUIRE=1 (scripts/test sets it): then it fails.
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync, lstatSync, symlinkSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -36,6 +37,7 @@ export const TOKEN = "secret";
 // Sanitized builds are several times slower.
 export const SLOW = process.env.CULVERT_SANITIZED ? 3 : 1;
 export const STEP = 10000 * SLOW;
+export const REQUIRE = process.env.CULVERT_GATEWAY_REQUIRE === "1";
 
 const LISTEN_RE = /listening on (?:https?:\/\/)?(\[[^\]]+\]|[\d.]+|localhost):(\d+)/;
 
@@ -111,6 +113,27 @@ export async function startTarget(name) {
     exited.then(({ code, sig }) => reject(new Error(`${name} exited (${code ?? sig}) before listening:\n${out}`)));
   }), 20000 * SLOW, `${name} to listen`);
   const origin = `http://127.0.0.1:${port}`;
+  // Listening is not ready: the pool's Node workers may still be loading
+  // (seconds on a busy machine, past the 5 s queue timeout). Wait until a
+  // call succeeds.
+  const until = Date.now() + 60000 * SLOW;
+  for (;;) {
+    let status = 0;
+    try {
+      const r = await fetch(`${origin}/__runner/task/app.tasks.add`, {
+        method: "POST",
+        headers: { "content-type": "application/json; charset=utf-8", "x-runner-token": TOKEN },
+        body: '{"input":{"a":1,"b":2}}',
+      });
+      status = r.status;
+      await r.text();
+    } catch {
+      status = 0;
+    }
+    if (status === 200) break;
+    if (Date.now() > until) throw new Error(`${name} not ready (last status ${status}):\n${out}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
   return {
     name,
     origin,

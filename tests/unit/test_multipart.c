@@ -242,6 +242,9 @@ static void test_boundary(void **state)
     assert_string_equal(b, b70);
     snprintf(ct, sizeof ct, "multipart/form-data; boundary=\"%sx\"", b70);
     assert_int_equal(bnd(ct, b), CV_EPROTO); /* 71 */
+    char ct2[400];
+    snprintf(ct2, sizeof ct2, "multipart/form-data; boundary=\"%s%s%s\"", b70, b70, b70);
+    assert_int_equal(bnd(ct2, b), CV_EPROTO); /* long enough to skip decoding */
     snprintf(ct, sizeof ct, "multipart/form-data; boundary=%sx", b70);
     assert_int_equal(bnd(ct, b), CV_EPROTO);
 
@@ -438,6 +441,8 @@ static void test_malformed(void **state)
         "--b\r\nContent-Disposition: form-data; name=a b\r\n\r\nx\r\n--b--",
         "--b\r\nContent-Disposition: form-data; name=\r\n\r\nx\r\n--b--",
         "--b\r\nContent-Disposition: form-data; name=\"a\x01\"\r\n\r\nx\r\n--b--",
+        "--b\r\nContent-Disposition: form-data; name=\"a\\\x01\"\r\n\r\nx\r\n--b--",
+        "--b\r\nContent-Disposition: form-data; name=\"a\\\r\n\r\nx\r\n--b--",
         "--b\r\nContent-Disposition: form-data; name=a; filename*=abc\r\n\r\nx\r\n--b--",
         "--b\r\nContent-Disposition: form-data; name=a; filename*=utf-8''a%0\r\n\r\nx\r\n--b--",
         "--b\r\nContent-Disposition: form-data; name=a; filename*=utf-8''a%00\r\n\r\nx\r\n--b--",
