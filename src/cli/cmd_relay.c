@@ -10,6 +10,7 @@
 #include "cli/cmds.h"
 #include "cli/config.h"
 #include "cli/signals.h"
+#include "codec/kohaku.h"
 #include "core/err.h"
 #include "core/log.h"
 #include "net/addr.h"
@@ -46,6 +47,9 @@ static void usage(FILE *f)
             "                         live tunnels, a bad file is refused and logged\n"
             "  --admin HOST:PORT      admin listener: JSON API (/api/agents, /api/streams, ...),\n"
             "                         Prometheus /metrics, /healthz, /readyz (default: off)\n"
+            "  --domain BASE          serve agents' named exposures as NAME.BASE (with\n"
+            "                         --http-listen: HTTP virtual hosts by Host header)\n"
+            "  --http-listen HOST:PORT  HTTP virtual-host front door (needs --domain)\n"
             "  --log-level LEVEL      error, warn, info, debug or trace (default info)\n"
             "  -h, --help             show this help\n");
 }
@@ -127,7 +131,32 @@ static const struct option longopts[] = {
         {"conn-buffer", required_argument, NULL, 'C'}, {"admin", required_argument, NULL, 'D'},
         {"handshake-timeout", required_argument, NULL, 'H'}, {"conn-rate", required_argument, NULL, 'R'},
         {"config", required_argument, NULL, 'F'},
+        {"domain", required_argument, NULL, 'M'}, {"http-listen", required_argument, NULL, 'W'},
         {NULL, 0, NULL, 0}};
+
+/* A domain name: dot-separated labels of letters, digits and '-' (no '-'
+ * at either end of a label), at most 200 bytes. */
+static bool domain_ok(const char *d)
+{
+    size_t n = strlen(d);
+    if (n == 0 || n > 200)
+        return false;
+    char low[256];
+    for (size_t i = 0; i <= n; i++)
+        low[i] = (char)(d[i] >= 'A' && d[i] <= 'Z' ? d[i] - 'A' + 'a' : d[i]);
+    for (const char *p = low;;) {
+        const char *dot = strchr(p, '.');
+        size_t len = dot ? (size_t)(dot - p) : strlen(p);
+        if (!cv_kh_name_valid(p, len))
+            return false;
+        if (dot == NULL)
+            return true;
+        p = dot + 1;
+    }
+}
+
+/* --http-listen's host (the relay reads it once, at start). */
+static char http_host[CV_ADDR_STRLEN];
 
 static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, size_t hostlen,
                  char *admin, size_t adminlen)
@@ -171,6 +200,23 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
                 return 2;
             }
             break;
+        case 'M':
+            if (!domain_ok(optarg)) {
+                cv_cli_error("culvert relay: ", "--domain wants a domain name such as "
+                                "tunnels.example.com (letters, digits, '-' and dots), got '%s'\n",
+                        optarg);
+                return 2;
+            }
+            o->domain = optarg;
+            break;
+        case 'W':
+            if (cv_addr_split(optarg, http_host, sizeof http_host, &o->http_port) != 0) {
+                cv_cli_error("culvert relay: ", "--http-listen wants HOST:PORT with a numeric host, "
+                                "got '%s'\n", optarg);
+                return 2;
+            }
+            o->http_host = http_host;
+            break;
         case 'a': o->any_port = true; break;
         case 'T': o->token = optarg; break;
         case 'A': o->allow_anonymous = true; break;
@@ -208,6 +254,12 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
     }
     if (optind < argc) {
         cv_cli_error("culvert relay: ", "unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if ((o->domain != NULL) != (o->http_host != NULL)) {
+        cv_cli_error("culvert relay: ", "HTTP virtual hosts need both --domain BASE and "
+                        "--http-listen HOST:PORT (%s was given alone)\n",
+                o->domain ? "--domain" : "--http-listen");
         return 2;
     }
     return -1;
@@ -326,9 +378,10 @@ static void on_hup(uv_signal_t *h, int signum)
     if (strcmp(run->conf->host, nc->host) != 0 || o->port != n->port ||
         !same(o->admin_host ? run->conf->admin : NULL, n->admin_host ? nc->admin : NULL) ||
         o->admin_port != n->admin_port || !same(o->public_bind, n->public_bind) ||
-        o->ping_interval_ms != n->ping_interval_ms || o->pong_timeout_ms != n->pong_timeout_ms)
-        cv_log_warn("configuration reload: listen, admin, public-bind and ping settings take "
-                    "effect on restart only; the running values are kept");
+        o->ping_interval_ms != n->ping_interval_ms || o->pong_timeout_ms != n->pong_timeout_ms ||
+        !same(o->domain, n->domain) || o->http_port != n->http_port)
+        cv_log_warn("configuration reload: listen, admin, public-bind, ping, domain and "
+                    "http-listen settings take effect on restart only; the running values are kept");
     int rc = cv_relay_reload(run->relay, n);
     if (rc != 0) {
         cv_log_error("configuration reload refused, keeping the running one: %s", cv_strerror(rc));
@@ -362,9 +415,9 @@ int cv_cmd_relay(int argc, char **argv)
     struct run run = {.conf = c, .argc = argc, .argv = argv};
     rc = cv_relay_start(loop, o, &run.relay);
     if (rc != 0) {
-        fprintf(stderr, "culvert relay: cannot start on %s:%u%s%s: %s\n", c->host, o->port,
+        fprintf(stderr, "culvert relay: cannot start on %s:%u%s%s%s: %s\n", c->host, o->port,
                 o->admin_host ? " (admin " : "", o->admin_host ? "listener included)" : "",
-                cv_strerror(rc));
+                o->http_host ? " (or the --http-listen address)" : "", cv_strerror(rc));
         conf_free(c);
         return 1;
     }
@@ -377,6 +430,9 @@ int cv_cmd_relay(int argc, char **argv)
     if (o->admin_host)
         printf("culvert relay admin API on http://%s:%u/\n", c->admin,
                cv_relay_admin_port(run.relay));
+    if (o->http_host)
+        printf("culvert relay HTTP virtual hosts http://NAME.%s on %s:%u\n", o->domain,
+               o->http_host, cv_relay_http_port(run.relay));
     fflush(stdout);
     uv_run(loop, UV_RUN_DEFAULT);
     uv_loop_close(loop);
