@@ -10,6 +10,7 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "net/addr.h"
+#include "net/tls.h"
 #include "relay/relay.h"
 
 static void usage(FILE *f)
@@ -39,6 +40,11 @@ static void usage(FILE *f)
             "                         BURST at once; beyond: 429 (default 20/200; 0 = off)\n"
             "  --admin HOST:PORT      admin listener: JSON API (/api/agents, /api/streams, ...),\n"
             "                         Prometheus /metrics, /healthz, /readyz (default: off)\n"
+            "  --tls-cert FILE        PEM certificate chain: the --listen port speaks TLS\n"
+            "                         (agents dial wss://); repeat with --tls-key for more\n"
+            "                         certificates, chosen by the client's SNI name (the\n"
+            "                         first is the default)\n"
+            "  --tls-key FILE         PEM private key of the matching --tls-cert\n"
             "  --log-level LEVEL      error, warn, info, debug or trace (default info)\n"
             "  -h, --help             show this help\n");
 }
@@ -111,9 +117,17 @@ static int parse_range(const char *s, uint16_t *lo, uint16_t *hi)
     return *lo == 0 || *lo > *hi ? CV_EINVAL : 0;
 }
 
+#define MAX_CERTS 16
+
 struct run {
     struct cv_relay *relay;
     struct cv_cli_signals sig;
+};
+
+/* --tls-cert/--tls-key pairs, in order. */
+struct certs {
+    struct cv_tls_cert c[MAX_CERTS];
+    size_t ncert, nkey;
 };
 
 static void stop(void *data)
@@ -124,7 +138,7 @@ static void stop(void *data)
 }
 
 static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, size_t hostlen,
-                 char *admin, size_t adminlen)
+                 char *admin, size_t adminlen, struct certs *certs)
 {
     static const struct option longopts[] = {
         {"listen", required_argument, NULL, 'l'},    {"ping-interval", required_argument, NULL, 'i'},
@@ -134,6 +148,7 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
         {"public-bind", required_argument, NULL, 'B'}, {"allow-ports", required_argument, NULL, 'P'},
         {"conn-buffer", required_argument, NULL, 'C'}, {"admin", required_argument, NULL, 'D'},
         {"handshake-timeout", required_argument, NULL, 'H'}, {"conn-rate", required_argument, NULL, 'R'},
+        {"tls-cert", required_argument, NULL, 'c'}, {"tls-key", required_argument, NULL, 'k'},
         {NULL, 0, NULL, 0}};
     int c;
     optind = 1;
@@ -173,6 +188,17 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
                                 "got '%s'\n", optarg);
                 return 2;
             }
+            break;
+        case 'c':
+        case 'k':
+            if ((c == 'c' ? certs->ncert : certs->nkey) >= MAX_CERTS) {
+                fprintf(stderr, "culvert relay: at most %d --tls-cert/--tls-key pairs\n", MAX_CERTS);
+                return 2;
+            }
+            if (c == 'c')
+                certs->c[certs->ncert++].cert_file = optarg;
+            else
+                certs->c[certs->nkey++].key_file = optarg;
             break;
         case 'a': o->any_port = true; break;
         case 'T': o->token = optarg; break;
@@ -221,9 +247,15 @@ int cv_cmd_relay(int argc, char **argv)
     cv_relay_opts_default(&o);
     char host[CV_ADDR_STRLEN] = "127.0.0.1";
     char admin[CV_ADDR_STRLEN] = "";
-    int rc = parse(argc, argv, &o, host, sizeof host, admin, sizeof admin);
+    struct certs certs = {0};
+    int rc = parse(argc, argv, &o, host, sizeof host, admin, sizeof admin, &certs);
     if (rc >= 0)
         return rc;
+    if (certs.ncert != certs.nkey) {
+        fprintf(stderr, "culvert relay: --tls-cert and --tls-key come in pairs (got %zu "
+                        "certificates and %zu keys)\n", certs.ncert, certs.nkey);
+        return 2;
+    }
     o.host = host;
     if (o.token == NULL) {
         const char *env = getenv("CULVERT_TOKEN");
@@ -235,6 +267,16 @@ int cv_cmd_relay(int argc, char **argv)
                         "CULVERT_TOKEN), or --allow-anonymous to admit anyone\n");
         return 2;
     }
+    struct cv_tls_ctx *tls = NULL;
+    if (certs.ncert > 0) {
+        char err[400];
+        tls = cv_tls_ctx_new_server(certs.c, certs.ncert, err, sizeof err);
+        if (tls == NULL) {
+            fprintf(stderr, "culvert relay: TLS: %s\n", err);
+            return 2;
+        }
+        o.tls = tls;
+    }
     if (o.allow_anonymous)
         cv_log_warn("--allow-anonymous: peers without a token are admitted; anyone who reaches "
                     "%s:%u can register as any agent", host, o.port);
@@ -243,14 +285,17 @@ int cv_cmd_relay(int argc, char **argv)
     rc = cv_relay_start(loop, &o, &run.relay);
     if (rc != 0) {
         fprintf(stderr, "culvert relay: cannot listen on %s:%u: %s\n", host, o.port, cv_strerror(rc));
+        cv_tls_ctx_free(tls);
         return 1;
     }
-    printf("culvert relay listening on %s:%u\n", host, cv_relay_port(run.relay));
+    printf("culvert relay listening on %s:%u%s\n", host, cv_relay_port(run.relay),
+           tls ? " (TLS: agents dial wss://)" : "");
     if (o.admin_host)
         printf("culvert relay admin API on http://%s:%u/\n", admin, cv_relay_admin_port(run.relay));
     fflush(stdout);
     cv_cli_signals_start(loop, &run.sig, stop, &run);
     uv_run(loop, UV_RUN_DEFAULT);
     uv_loop_close(loop);
+    cv_tls_ctx_free(tls);
     return 0;
 }

@@ -385,6 +385,8 @@ int cv_relay_start(uv_loop_t *loop, const struct cv_relay_opts *opts, struct cv_
         free(r);
         return rc;
     }
+    if (opts->tls != NULL)
+        cv_http_server_set_tls(r->srv, opts->tls);
     struct cv_http_server_limits lim = {.handshake_ms = opts->handshake_ms,
                                         .rate_per_ip = opts->conn_rate,
                                         .burst_per_ip = opts->conn_burst};

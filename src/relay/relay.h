@@ -10,6 +10,7 @@
 #include <uv.h>
 
 struct cv_relay;
+struct cv_tls_ctx;
 
 struct cv_relay_opts {
     const char *host;          /* listen address (numeric) */
@@ -27,6 +28,7 @@ struct cv_relay_opts {
     double conn_burst;         /* ... of which this many at once */
     const char *admin_host;    /* admin listener (JSON API, /metrics); NULL: none */
     uint16_t admin_port;       /* 0: ephemeral */
+    struct cv_tls_ctx *tls;    /* borrowed: the listener speaks TLS (wss://); NULL: plain */
 };
 
 /* Fills opts with the defaults (127.0.0.1:8001, 20 s / 20 s, URL port only,
