@@ -30,11 +30,13 @@ enum cv_agent_end {
  * this returns. Never called synchronously from cv_agent_start/stop. */
 typedef void (*cv_agent_done_cb)(struct cv_agent *a, enum cv_agent_end end, void *data);
 
-/* A port the agent asks the relay to expose publicly (native mode). */
+/* A port the agent asks the relay to expose publicly (native mode), or a
+ * name it claims on the relay's front door (docs/PROTOCOL.md §6). */
 struct cv_agent_expose {
-    uint8_t proto;        /* 0 TCP, 1 UDP */
+    uint8_t proto;        /* 0 TCP, 1 UDP, 2 HTTP (virtual host), 3 TLS (by SNI) */
     uint16_t local_port;  /* on 127.0.0.1 next to the agent */
-    uint16_t public_port; /* on the relay; 0: any free port */
+    uint16_t public_port; /* TCP/UDP: on the relay; 0: any free port */
+    const char *name;     /* borrowed; HTTP/TLS: the DNS label claimed */
 };
 
 struct cv_agent_opts {

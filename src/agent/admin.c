@@ -34,11 +34,17 @@ static json_t *exposures_json(const struct cv_agent *a)
     for (size_t i = 0; i < a->o.nexpose; i++) {
         const struct cv_agent_expose *x = &a->o.expose[i];
         const struct agent_exposure *st = &a->xstate[i];
-        json_t *o = json_pack("{s:s,s:i,s:i,s:s}", "proto", x->proto == 1 ? "udp" : "tcp",
-                              "local_port", (json_int_t)x->local_port, "requested_port",
-                              (json_int_t)x->public_port, "state",
+        static const char *const protos[] = {"tcp", "udp", "http", "tls"};
+        json_t *o = json_pack("{s:s,s:i,s:s}", "proto", protos[x->proto & 3], "local_port",
+                              (json_int_t)x->local_port, "state",
                               a->established ? names[st->state] : "disconnected");
-        if (a->established && st->state == AGENT_X_EXPOSED)
+        if (x->name)
+            json_object_set_new(o, "name", json_string(x->name));
+        else
+            json_object_set_new(o, "requested_port", json_integer(x->public_port));
+        if (a->established && st->state == AGENT_X_EXPOSED && x->name)
+            json_object_set_new(o, "url", json_string(st->url));
+        else if (a->established && st->state == AGENT_X_EXPOSED)
             json_object_set_new(o, "public_port", json_integer(st->public_port));
         if (a->established && st->state == AGENT_X_REFUSED)
             json_object_set_new(o, "reason", json_string(st->reason));

@@ -60,11 +60,16 @@ static void on_exposed(struct cv_agent *a, const struct cv_kh_msg *m)
         return;
     const struct cv_agent_expose *x = &a->o.expose[m->id - 1];
     struct agent_exposure *st = &a->xstate[m->id - 1];
-    const char *proto = x->proto == CV_KH_UDP ? "udp" : "tcp";
+    static const char *const protos[] = {"tcp", "udp", "http", "tls"};
+    const char *proto = protos[x->proto & 3];
     if (m->port == 0) {
         int n = m->len > 200 ? 200 : (int)m->len;
-        cv_log_warn("expose %s:%u refused by the relay: %.*s", proto, x->local_port, n,
-                    (const char *)m->payload);
+        if (x->name)
+            cv_log_warn("expose %s:%u:%s refused by the relay: %.*s", proto, x->local_port,
+                        x->name, n, (const char *)m->payload);
+        else
+            cv_log_warn("expose %s:%u refused by the relay: %.*s", proto, x->local_port, n,
+                        (const char *)m->payload);
         st->state = AGENT_X_REFUSED;
         st->public_port = 0;
         snprintf(st->reason, sizeof st->reason, "%.*s", n, (const char *)m->payload);
@@ -73,6 +78,16 @@ static void on_exposed(struct cv_agent *a, const struct cv_kh_msg *m)
     st->state = AGENT_X_EXPOSED;
     st->public_port = m->port;
     st->reason[0] = 0;
+    if (x->name) {
+        /* The payload is where visitors reach it (a URL, or NAME.BASE:PORT). */
+        int n = m->len >= sizeof st->url ? (int)sizeof st->url - 1 : (int)m->len;
+        snprintf(st->url, sizeof st->url, "%.*s", n, (const char *)m->payload);
+        for (char *c = st->url; *c; c++)
+            if ((unsigned char)*c < 0x20 || *c == 0x7f)
+                *c = '?';
+        cv_log_info("exposed %s 127.0.0.1:%u at %s", proto, x->local_port, st->url);
+        return;
+    }
     cv_log_info("exposed %s 127.0.0.1:%u at %s:%u", proto, x->local_port, a->relay_host, m->port);
 }
 
@@ -81,8 +96,15 @@ static void send_exposes(struct cv_agent *a)
     for (size_t i = 0; i < a->o.nexpose; i++) {
         const struct cv_agent_expose *x = &a->o.expose[i];
         a->xstate[i].state = AGENT_X_PENDING;
-        uint8_t port[2] = {(uint8_t)(x->local_port >> 8), (uint8_t)x->local_port};
-        cv_tunnel_send(a->ws, CV_KH_EXPOSE, x->proto, (uint32_t)i + 1, x->public_port, port, 2);
+        /* u16 BE local port, then (named kinds) the name (§6). */
+        uint8_t p[2 + CV_KH_NAME_MAX];
+        size_t n = x->name ? strlen(x->name) : 0;
+        if (n > CV_KH_NAME_MAX)
+            n = CV_KH_NAME_MAX;
+        p[0] = (uint8_t)(x->local_port >> 8);
+        p[1] = (uint8_t)x->local_port;
+        memcpy(p + 2, x->name ? x->name : "", n);
+        cv_tunnel_send(a->ws, CV_KH_EXPOSE, x->proto, (uint32_t)i + 1, x->public_port, p, 2 + n);
     }
 }
 

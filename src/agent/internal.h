@@ -21,6 +21,7 @@ struct agent_exposure {
     enum agent_x_state state;
     uint16_t public_port; /* AGENT_X_EXPOSED */
     char reason[201];     /* AGENT_X_REFUSED: the relay's words */
+    char url[256];        /* AGENT_X_EXPOSED, named: where visitors reach it */
 };
 
 /* Counters for the admin API and /metrics. */

@@ -15,6 +15,7 @@
 #include "agent/agent.h"
 #include "cli/cmds.h"
 #include "cli/signals.h"
+#include "codec/kohaku.h"
 #include "codec/url.h"
 #include "core/err.h"
 #include "core/log.h"
@@ -72,6 +73,9 @@ static void usage(FILE *f, const char *prog)
             "      --expose <P:LOCAL[:PUBLIC]>  ask the relay to listen publicly on PUBLIC\n"
             "                                (0/absent: any port) for 127.0.0.1:LOCAL;\n"
             "                                P is tcp or udp; repeatable (native mode)\n"
+            "      --expose <K:LOCAL:NAME>   claim NAME on the relay's front door for\n"
+            "                                127.0.0.1:LOCAL: K is http (virtual host\n"
+            "                                NAME.BASE) or tls (routed by SNI); repeatable\n"
             "      --ping-interval <SECS>    native keepalive interval [default: 15]\n"
             "      --admin <HOST:PORT>       admin listener: /api/status, /metrics, /healthz,\n"
             "                                /readyz [default: off]\n"
@@ -114,11 +118,41 @@ static int parse_uint(const char *s, unsigned long long max, unsigned long long 
     return 0;
 }
 
-/* "tcp:LOCAL[:PUBLIC]" or "udp:LOCAL[:PUBLIC]". */
+/* "http:LOCAL:NAME" or "tls:LOCAL:NAME" (NAME: one lowercase DNS label). */
+static int parse_named(const char *s, struct cv_agent_expose *x)
+{
+    unsigned long long v;
+    char buf[32];
+    const char *colon = strchr(s, ':');
+    size_t n = colon ? (size_t)(colon - s) : 0;
+    if (colon == NULL || n == 0 || n >= sizeof buf)
+        return -1;
+    memcpy(buf, s, n);
+    buf[n] = 0;
+    if (parse_uint(buf, 65535, &v) < 0 || v == 0 ||
+        !cv_kh_name_valid(colon + 1, strlen(colon + 1)))
+        return -1;
+    x->local_port = (uint16_t)v;
+    x->public_port = 0;
+    x->name = colon + 1;
+    return 0;
+}
+
+/* "tcp:LOCAL[:PUBLIC]", "udp:LOCAL[:PUBLIC]", "http:LOCAL:NAME" or
+ * "tls:LOCAL:NAME". */
 static int parse_expose(const char *s, struct cv_agent_expose *x)
 {
     unsigned long long v;
     char buf[32];
+    x->name = NULL;
+    if (strncmp(s, "http:", 5) == 0) {
+        x->proto = CV_KH_HTTP;
+        return parse_named(s + 5, x);
+    }
+    if (strncmp(s, "tls:", 4) == 0) {
+        x->proto = CV_KH_TLS;
+        return parse_named(s + 4, x);
+    }
     if (strncmp(s, "tcp:", 4) == 0)
         x->proto = 0;
     else if (strncmp(s, "udp:", 4) == 0)
@@ -190,7 +224,10 @@ static int parse_flags(int argc, char **argv, const char *prog, struct agent_arg
         case OPT_INSECURE: a->insecure = true; break;
         case OPT_EXPOSE:
             if (a->nexpose == MAX_EXPOSE || parse_expose(optarg, &a->expose[a->nexpose]) < 0)
-                return usage_error(prog, "invalid value '%s' for '--expose <tcp|udp:LOCAL[:PUBLIC]>'",
+                return usage_error(prog,
+                                   "invalid value '%s' for '--expose <tcp|udp:LOCAL[:PUBLIC]>' or "
+                                   "'--expose <http|tls:LOCAL:NAME>' (NAME: a-z, 0-9, '-', 1-63 "
+                                   "characters, no '-' at either end)",
                                    optarg);
             a->nexpose++;
             break;

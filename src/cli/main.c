@@ -19,6 +19,7 @@ static void usage(FILE *f)
             "  agent     dial a relay and serve local ports (drop-in tunnel-client)\n"
             "  forward   listen locally and forward through a relay to an agent's port\n"
             "  demo      relay + agent + sample HTTP service in one process\n"
+            "  gateway   serve BlueLibs Runner tasks and events over HTTP (worker pools)\n"
             "\n"
             "Run `culvert COMMAND --help` for the options of a command.\n",
             CV_VERSION);
@@ -59,6 +60,8 @@ int main(int argc, char **argv)
         return cv_cmd_forward(argc - 1, argv + 1);
     if (strcmp(cmd, "demo") == 0)
         return cv_cmd_demo(argc - 1, argv + 1);
+    if (strcmp(cmd, "gateway") == 0)
+        return cv_cmd_gateway(argc - 1, argv + 1);
     fprintf(stderr, "culvert: unknown command '%s' (try `culvert --help`)\n", cmd);
     return 2;
 }

@@ -29,9 +29,24 @@ static int decode(const uint8_t *p, size_t n, struct cv_kh_msg *m, uint8_t max_t
     m->len = n - CV_KH_HDR_LEN;
     if (m->type < CV_KH_CONNECT || m->type > max_type)
         return CV_EPROTO;
-    if (m->proto != CV_KH_TCP && m->proto != CV_KH_UDP)
-        return CV_EPROTO;
-    return 0;
+    if (m->proto == CV_KH_TCP || m->proto == CV_KH_UDP)
+        return 0;
+    bool named = m->type == CV_KH_EXPOSE || m->type == CV_KH_EXPOSED;
+    if (named && max_type >= CV_KH_EXPOSED && (m->proto == CV_KH_HTTP || m->proto == CV_KH_TLS))
+        return 0;
+    return CV_EPROTO;
+}
+
+bool cv_kh_name_valid(const char *p, size_t n)
+{
+    if (n == 0 || n > CV_KH_NAME_MAX || p[0] == '-' || p[n - 1] == '-')
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = p[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'))
+            return false;
+    }
+    return true;
 }
 
 int cv_kh_decode(const uint8_t *p, size_t n, struct cv_kh_msg *m)

@@ -24,7 +24,16 @@ enum cv_kh_type {
     CV_KH_EXPOSED = 10
 };
 
-enum cv_kh_proto { CV_KH_TCP = 0, CV_KH_UDP = 1 };
+enum cv_kh_proto {
+    CV_KH_TCP = 0,
+    CV_KH_UDP = 1,
+    /* Named exposures (docs/PROTOCOL.md §6): only in EXPOSE and EXPOSED. */
+    CV_KH_HTTP = 2,
+    CV_KH_TLS = 3
+};
+
+/* Longest name a named exposure may claim (one DNS label). */
+#define CV_KH_NAME_MAX 63
 
 struct cv_kh_msg {
     uint8_t type;
@@ -42,8 +51,12 @@ struct cv_kh_msg {
 int cv_kh_decode(const uint8_t *p, size_t n, struct cv_kh_msg *m);
 
 /* Same, for a native-mode connection: types 8-10 (WINDOW, EXPOSE, EXPOSED)
- * are valid too. */
+ * are valid too, and EXPOSE and EXPOSED may carry proto 2 (http) or 3 (tls). */
 int cv_kh_decode_native(const uint8_t *p, size_t n, struct cv_kh_msg *m);
+
+/* True if p[0..n) is a name a named exposure may claim: one DNS label of
+ * 1-63 bytes from [a-z0-9-], not starting or ending with '-'. */
+bool cv_kh_name_valid(const char *p, size_t n);
 
 /* Writes the 8-byte header for (type, proto, id, port) into out. */
 void cv_kh_encode(uint8_t out[CV_KH_HDR_LEN], uint8_t type, uint8_t proto, uint32_t id,

@@ -97,8 +97,9 @@ static bool is_tchar(unsigned char c)
 }
 
 /* Bytes of an unquoted parameter value. Looser than tchar on purpose:
- * clients write name=file:F1 or boundary=a=b unquoted, and busboy takes
- * them; only what would break the parameter syntax is refused. */
+ * clients may write name=file:F1 or boundary=a=b unquoted (busboy refuses
+ * them), and they are unambiguous; only what would break the parameter
+ * syntax is refused. */
 static bool is_token_value(unsigned char c)
 {
     return !is_ctl(c) && c != ' ' && c != ';' && c != '"';
@@ -212,9 +213,11 @@ static int next_param(struct cursor *c, struct param *pa)
     return 1;
 }
 
-/* Decodes a parameter value (quoted-pair: '\' x gives x, as RFC 9110 and
- * busboy do, which covers the \" and \\ Runner clients write) into dst,
- * which has room for at least pa->vlen bytes. Returns the length. */
+/* Decodes a parameter value into dst, which has room for at least
+ * pa->vlen bytes, and returns the length. In a quoted string only \" and
+ * \\ are unescaped, as busboy does (and the spec says): other backslashes
+ * stay, so that a Windows path sent unescaped (WHATWG FormData escapes
+ * only '"', CR and LF) keeps its separators. */
 static size_t unquote(const struct param *pa, uint8_t *dst)
 {
     if (!pa->quoted) {
@@ -223,7 +226,7 @@ static size_t unquote(const struct param *pa, uint8_t *dst)
     }
     size_t o = 0;
     for (size_t i = 1; i + 1 < pa->vlen; i++) {
-        if (pa->val[i] == '\\')
+        if (pa->val[i] == '\\' && (pa->val[i + 1] == '"' || pa->val[i + 1] == '\\'))
             i++;
         dst[o++] = pa->val[i];
     }
@@ -409,7 +412,7 @@ static int end_part(struct cv_mp *mp)
 
 static int begin_head(struct cv_mp *mp)
 {
-    /* Like busboy, the (limit+1)-th part trips it, as soon as it begins. */
+    /* The (limit+1)-th part trips it, as soon as it begins. */
     if (mp->lim.max_parts != 0 && mp->parts >= mp->lim.max_parts) {
         mp->hit = CV_MP_LIMIT_PARTS;
         return CV_ETOOBIG;
@@ -528,14 +531,17 @@ static int parse_disposition(struct cv_mp *mp, const uint8_t *v, size_t n, struc
     if (!ieq(t, tl, "form-data"))
         return CV_EPROTO;
     struct param pa;
-    /* Repeated parameters: the last wins, as in busboy. */
+    /* Repeated parameters: the first wins, as in busboy. */
     while ((rc = next_param(&c, &pa)) > 0) {
+        long *slot = NULL;
         if (ieq(pa.name, pa.nlen, "name"))
-            hv->name = put_param(mp, &pa);
+            slot = &hv->name;
         else if (ieq(pa.name, pa.nlen, "filename"))
-            hv->filename = put_param(mp, &pa);
+            slot = &hv->filename;
         else if (ieq(pa.name, pa.nlen, "filename*"))
-            hv->filename_ext = put_param(mp, &pa);
+            slot = &hv->filename_ext;
+        if (slot != NULL && *slot < 0)
+            *slot = put_param(mp, &pa);
     }
     if (rc < 0)
         return rc;
@@ -670,7 +676,7 @@ static int parse_head(struct cv_mp *mp, size_t n)
     part.is_file = fn >= 0;
     part.mime_type = mime_type(mp, part.content_type);
 
-    /* Like busboy, the (limit+1)-th file or field trips its limit. */
+    /* The (limit+1)-th file or field trips its limit, as in busboy. */
     if (part.is_file && mp->files >= mp->lim.max_files) {
         mp->hit = CV_MP_LIMIT_FILES;
         return CV_ETOOBIG;

@@ -7,7 +7,7 @@
  *
  * Feed any split of the body; the parser calls back for each part's
  * headers (name, filename, content type, with quoted-string \" and \\
- * unescaped) and for each run of part data (a slice of the caller's
+ * unescaped, other backslashes kept, as busboy does) and for each run of part data (a slice of the caller's
  * buffer, or of the parser's small boundary look-behind), and enforces
  * limits. The preamble and epilogue are ignored.
  *
@@ -19,11 +19,24 @@
  * Part headers are CRLF lines up to an empty line (obs-fold unfolded;
  * names case-insensitive; the first Content-Disposition and Content-Type
  * are used, others ignored). Content-Disposition must be form-data with a
- * name; repeated parameters: the last wins; filename* (RFC 8187, UTF-8 or
+ * name; repeated parameters: the first wins; filename* (RFC 8187, UTF-8 or
  * ISO-8859-1, percent-decoded) is preferred over filename; a filename,
  * even empty, makes the part a file. Names longer than max_name are cut
- * to it (on a UTF-8 character boundary) without error, as busboy does
- * with fieldNameSize. Filenames are passed as sent (no basename).
+ * to it (on a UTF-8 character boundary) without error. Filenames are
+ * passed as sent (cv_mp_basename gives busboy's version).
+ *
+ * Where the reference (Runner 5.5.0 on busboy 1.6.0) differs:
+ * - busboy ends a part at CRLF--boundary too, but then silently skips
+ *   to the next delimiter instead of failing, and knows no padding;
+ * - a part without Content-Disposition, or not form-data, is skipped by
+ *   busboy, CV_EPROTO here;
+ * - busboy makes filename="" a field, and a part typed
+ *   application/octet-stream a file even without a filename;
+ * - busboy never truncates multipart names (fieldNameSize is applied to
+ *   urlencoded bodies only, and Runner does not set it);
+ * - busboy trips a size limit when a part reaches it (a file of exactly
+ *   20 MiB is refused), the parts limit as the limit-th part ends;
+ * - busboy caps a header block at 16 KiB.
  *
  * Callbacks run synchronously inside cv_mp_feed, in the order on_part,
  * on_data*, on_part_end for each part; parts never overlap. on_part_end
@@ -46,11 +59,12 @@
 int cv_mp_boundary(const char *content_type, size_t len, char *out);
 
 /* Per-body limits; 0 means "no limit" for parts only (others must be set).
- * Counts (files, fields, parts) trip on the (limit+1)-th part, as busboy's
- * do: parts as the part begins, files/fields once its headers are read
- * (before on_part). Sizes trip on the first data byte past the limit; the
- * bytes up to the limit are delivered, not the excess. A header block
- * (its final empty line included) over max_part_head is CV_EPROTO. */
+ * Counts trip on the (limit+1)-th file, field or part (files and fields as
+ * busboy's do): parts as the part begins, files and fields once its
+ * headers are read (before on_part). Sizes trip on the first data byte
+ * past the limit; the bytes up to the limit are delivered, not the excess.
+ * A header block (its final empty line included) over max_part_head is
+ * CV_EPROTO. */
 struct cv_mp_limits {
     size_t max_part_head;   /* bytes of one part's header block (8 KiB) */
     size_t max_name;        /* field name bytes (100) */

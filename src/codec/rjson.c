@@ -79,6 +79,8 @@ static size_t utf8_len(const unsigned char *p, size_t avail)
     return n;
 }
 
+#define ONES UINT64_C(0x0101010101010101)
+
 struct scan {
     const unsigned char *p;
     size_t n, i;
@@ -93,6 +95,18 @@ static int scan_string(struct scan *s)
     size_t n = s->n, i = s->i + 1;
 
     for (;;) {
+        /* Eight bytes at a time while none is '"', '\\', a control or
+         * non-ASCII (SWAR; a false alarm only drops to the byte loop). */
+        while (n - i >= 8) {
+            uint64_t w;
+            memcpy(&w, p + i, 8);
+            uint64_t q = w ^ (ONES * '"'), b = w ^ (ONES * '\\');
+            uint64_t ctl = (w - ONES * 0x20) & ~w;                      /* some byte < 0x20 */
+            uint64_t quote = (q - ONES) & ~q, bslash = (b - ONES) & ~b; /* some byte zero */
+            if (((ctl | quote | bslash | w) & (ONES * 0x80)) != 0)
+                break;
+            i += 8;
+        }
         while (i < n && str_class[p[i]] == C_PLAIN)
             i++;
         if (i >= n) {

@@ -701,7 +701,9 @@ static void on_request(struct cv_http1_req *h)
 static void on_body(struct cv_http1_req *h, const uint8_t *p, size_t n)
 {
     struct cv_gw_req *r = cv_http1_req_data(h);
-    if (r == NULL || r->answered)
+    /* A streamed (duplex) answer still wants the body: "finished" is what
+     * ends a backend's interest in it. */
+    if (r == NULL || (r->answered && !r->streaming) || r->finished)
         return;
     switch (r->call.mode) {
     case CV_GW_MODE_JSON:
@@ -729,7 +731,7 @@ static void on_body(struct cv_http1_req *h, const uint8_t *p, size_t n)
 static void on_end(struct cv_http1_req *h)
 {
     struct cv_gw_req *r = cv_http1_req_data(h);
-    if (r == NULL || r->answered)
+    if (r == NULL || (r->answered && !r->streaming) || r->finished)
         return;
     switch (r->call.mode) {
     case CV_GW_MODE_JSON: json_ready(r); break;

@@ -59,12 +59,20 @@ static void add_exposure(void *ud, uint8_t proto, uint16_t local_port, uint16_t 
                                         (json_int_t)public_port));
 }
 
+static void add_name(void *ud, const struct named *n)
+{
+    json_array_append_new(ud, json_pack("{s:s,s:i,s:s}", "proto",
+                                        n->kind == CV_KH_TLS ? "tls" : "http", "local_port",
+                                        (json_int_t)n->local_port, "name", n->name));
+}
+
 static json_t *agents_json(struct cv_relay *r)
 {
     json_t *arr = json_array();
     for (struct tunnel *t = r->tunnels; t; t = t->next) {
         json_t *xs = json_array();
         exposures_each(t, add_exposure, xs);
+        names_each(t, add_name, xs);
         json_array_append_new(
             arr, json_pack("{s:s,s:s,s:s,s:b,s:I,s:I,s:I,s:I,s:o}", "id", t->id, "peer",
                            cv_ws_peer(t->ws), "mode", t->native ? "native" : "kohakuriver",

@@ -21,8 +21,10 @@ struct tunnel;
 struct session;
 struct exposure;
 struct visitor;
+struct vhost;
 
-enum front_kind { FRONT_SESSION, FRONT_TCP, FRONT_UDP };
+/* FRONT_HTTP: a visitor of the HTTP virtual-host front door (vhost.c). */
+enum front_kind { FRONT_SESSION, FRONT_TCP, FRONT_UDP, FRONT_HTTP };
 
 /* One forwarded connection (a stream). The back leg is the agent's tunnel
  * (id tid); the front leg is a /ws/forward session (id sid), a visitor TCP
@@ -43,6 +45,7 @@ struct conn {
     uint32_t sid;
     struct conn *bnext;  /* link in s->blocked */
     struct visitor *v;   /* FRONT_TCP/UDP: owned (TCP) or borrowed (UDP) */
+    struct hvisitor *hv; /* FRONT_HTTP: the virtual-host visitor (vhost.c) */
     /* agent -> front */
     struct cv_flow_rx a_rx; /* window granted to a native agent */
     struct cv_flow_tx f_tx; /* credit from a native session */
@@ -67,6 +70,7 @@ struct tunnel {
     struct session *paused;     /* sessions paused waiting for this tunnel */
     struct exposure *exposures; /* public ports this tunnel holds */
     struct visitor *stalled;    /* visitor sockets waiting for credit or drain */
+    struct hvisitor *hstalled;  /* virtual-host visitors waiting likewise */
     int64_t since;              /* unix time of registration */
     uint64_t up, down;          /* payload bytes toward / from this agent */
 };
@@ -107,6 +111,23 @@ struct relay_stats {
 
 struct relay_admin;
 
+/* A named exposure (docs/PROTOCOL.md §6): NAME.BASE routed to an agent's
+ * local port, by Host (kind CV_KH_HTTP, vhost.c) or by SNI (CV_KH_TLS).
+ * One agent holds a (kind, name) at a time. When its tunnel ends the entry
+ * stays, with t NULL, so that visitors learn the agent is gone (502) rather
+ * than that the name is unknown (404); the next claim takes it over. */
+struct named {
+    struct named *next;
+    struct tunnel *t;   /* holder; NULL once its tunnel ended */
+    uint8_t kind;       /* CV_KH_HTTP or CV_KH_TLS */
+    uint16_t local_port;
+    uint32_t num;       /* the agent's exposure number */
+    int64_t since;      /* unix time claimed */
+    int64_t gone;       /* unix time the holder left (t NULL) */
+    char agent[RELAY_MAX_ID];
+    char name[CV_KH_NAME_MAX + 1];
+};
+
 struct cv_relay {
     uv_loop_t *loop;
     struct cv_relay_opts opts;
@@ -120,6 +141,10 @@ struct cv_relay {
     struct relay_stats stats;
     struct relay_admin *admin; /* NULL unless opts.admin_host */
     int64_t started;           /* unix time */
+    struct named *names;       /* named exposures, held and gone */
+    size_t names_gone;         /* entries with t NULL (bounded) */
+    struct vhost *vhost;       /* HTTP virtual hosts; NULL unless opts.domain */
+    uint16_t tls_front_port;   /* port routing tls names by SNI; 0: none (tls.c sets it) */
 };
 
 /* stream.c */
@@ -156,6 +181,34 @@ bool visitor_write(struct conn *c, const uint8_t *p, size_t n);
 void visitor_detach(struct conn *c);
 /* Agent credit arrived or its queue drained: resume stalled visitors. */
 void visitors_resume(struct tunnel *t);
+
+/* named.c */
+/* EXPOSE with proto CV_KH_HTTP or CV_KH_TLS: claims a name for t. */
+void named_request(struct tunnel *t, const struct cv_kh_msg *m);
+/* t ended: its names become gone (kept for 502 pages). */
+void names_release(struct tunnel *t);
+void names_free(struct cv_relay *r);
+/* The entry for (kind, name[0..len)), compared case-insensitively, held or
+ * gone (check n->t); NULL if no agent ever claimed it (or it was evicted). */
+struct named *relay_find_name(struct cv_relay *r, uint8_t kind, const char *name, size_t len);
+/* Opens a TCP stream to n's agent local port: a new conn of front kind
+ * `kind` (the caller sets c->v or c->hv) and a CONNECT sent. NULL if the
+ * agent is gone, at its connection limit, or its link failed. Data then
+ * flows as for public ports: front_data() toward the agent within
+ * c->a_tx.credit, the agent's data through visitor_write(), credit back
+ * with front_consumed(). */
+struct conn *named_connect(struct named *n, uint8_t kind);
+/* Calls fn for each name t holds (admin API). */
+void names_each(struct tunnel *t, void (*fn)(void *ud, const struct named *n), void *ud);
+
+/* vhost.c */
+int vhost_start(struct cv_relay *r);
+void vhost_stop(struct cv_relay *r);
+/* Hooks stream.c and public.c call for FRONT_HTTP conns. */
+bool vhost_write(struct conn *c, const uint8_t *p, size_t n);
+void vhost_detach(struct conn *c);
+void vhost_error(struct conn *c, const uint8_t *p, size_t n);
+void vhosts_resume(struct tunnel *t);
 
 /* admin.c */
 int relay_admin_start(struct cv_relay *r);

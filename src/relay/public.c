@@ -172,6 +172,8 @@ void visitors_resume(struct tunnel *t)
             pp = &v->snext;
         }
     }
+    if (t->hstalled)
+        vhosts_resume(t);
 }
 
 static void flush_out(struct visitor *v);
@@ -392,6 +394,8 @@ static bool udp_write(struct visitor *v, const uint8_t *p, size_t n)
 
 bool visitor_write(struct conn *c, const uint8_t *p, size_t n)
 {
+    if (c->kind == FRONT_HTTP)
+        return vhost_write(c, p, n);
     struct visitor *v = c->v;
     if (v == NULL)
         return false;
@@ -400,6 +404,10 @@ bool visitor_write(struct conn *c, const uint8_t *p, size_t n)
 
 void visitor_detach(struct conn *c)
 {
+    if (c->kind == FRONT_HTTP) {
+        vhost_detach(c);
+        return;
+    }
     struct visitor *v = c->v;
     if (v == NULL)
         return;
@@ -538,6 +546,10 @@ static int bind_allowed(struct exposure *x, uint16_t want, const char **why)
 
 void exposure_request(struct tunnel *t, const struct cv_kh_msg *m)
 {
+    if (m->proto == CV_KH_HTTP || m->proto == CV_KH_TLS) {
+        named_request(t, m);
+        return;
+    }
     uint16_t local = m->len == 2 ? (uint16_t)(m->payload[0] << 8 | m->payload[1]) : 0;
     if (local == 0) {
         expose_reply(t, m->proto, m->id, 0, "malformed EXPOSE");

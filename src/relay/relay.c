@@ -51,6 +51,7 @@ void relay_maybe_free(struct cv_relay *r)
     if (uv_is_closing((uv_handle_t *)&r->reaper))
         return;
     conns_reap(r);
+    names_free(r);
     uv_close((uv_handle_t *)&r->reaper, on_relay_freed);
 }
 
@@ -424,4 +425,10 @@ void cv_relay_stop(struct cv_relay *r)
     for (struct session *s = r->sessions; s; s = s->next)
         cv_ws_close(s->ws, CV_WS_GOING_AWAY, "relay shutting down");
     relay_maybe_free(r);
+}
+
+uint16_t cv_relay_http_port(const struct cv_relay *r)
+{
+    (void)r;
+    return 0;
 }

@@ -28,6 +28,9 @@ struct cv_relay_opts {
     double conn_burst;         /* ... of which this many at once */
     const char *admin_host;    /* admin listener (JSON API, /metrics); NULL: none */
     uint16_t admin_port;       /* 0: ephemeral */
+    const char *domain;        /* BASE of named exposures (NAME.BASE); NULL: none */
+    const char *http_host;     /* HTTP virtual-host listener; needs domain */
+    uint16_t http_port;        /* 0: ephemeral */
     struct cv_tls_ctx *tls;    /* borrowed: the listener speaks TLS (wss://); NULL: plain */
 };
 
@@ -43,6 +46,8 @@ int cv_relay_start(uv_loop_t *loop, const struct cv_relay_opts *opts, struct cv_
 uint16_t cv_relay_port(const struct cv_relay *r);
 /* The admin listener's bound port (0 if there is none). */
 uint16_t cv_relay_admin_port(const struct cv_relay *r);
+/* The HTTP virtual-host listener's bound port (0 if there is none). */
+uint16_t cv_relay_http_port(const struct cv_relay *r);
 /* Stops listening and closes every tunnel and session; r is freed once they
  * are gone (the loop must keep running until then). */
 void cv_relay_stop(struct cv_relay *r);

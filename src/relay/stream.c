@@ -408,6 +408,8 @@ static void front_deliver(struct conn *c, uint8_t *msg, size_t len)
         visitor_write(c, msg + CV_KH_HDR_LEN, len - CV_KH_HDR_LEN);
         if (c->proto == CV_KH_UDP)
             a2f_consumed(c, len - CV_KH_HDR_LEN, true);
+    } else if (msg[0] == CV_KH_ERROR && c->kind == FRONT_HTTP) {
+        vhost_error(c, msg + CV_KH_HDR_LEN, len - CV_KH_HDR_LEN); /* for its 502 page */
     }
 }
 
@@ -577,6 +579,7 @@ void tunnel_end(struct tunnel *t)
 {
     resume_paused(t);
     exposures_close(t);
+    names_release(t);
     /* Every session conn on this tunnel ends; its session stays open. */
     while (t->conns.count > 0) {
         struct conn *c = NULL;

@@ -6,7 +6,8 @@
 //   native  $CULVERT_BUILD/gateway_native (examples/gateway_native.c)
 //   pool    $CULVERT_BIN gateway --worker 'node workers/node/example/worker.mjs'
 //
-// A target whose binary is not built is skipped with the reason.
+// A target whose binary is not built is skipped with the reason, unless
+// CULVERT_GATEWAY_REQUIRE=1 (scripts/test sets it): then it fails.
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync, lstatSync, symlinkSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -36,6 +37,7 @@ export const TOKEN = "secret";
 // Sanitized builds are several times slower.
 export const SLOW = process.env.CULVERT_SANITIZED ? 3 : 1;
 export const STEP = 10000 * SLOW;
+export const REQUIRE = process.env.CULVERT_GATEWAY_REQUIRE === "1";
 
 const LISTEN_RE = /listening on (?:https?:\/\/)?(\[[^\]]+\]|[\d.]+|localhost):(\d+)/;
 

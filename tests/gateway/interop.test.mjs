@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { PassThrough, Readable } from "node:stream";
 import {
-  TARGETS, TOKEN, STEP, SLOW, GHOST, runner, startTarget, raw, post, readAll, pattern, withTimeout,
+  TARGETS, TOKEN, STEP, SLOW, GHOST, REQUIRE, runner, startTarget, raw, post, readAll, pattern, withTimeout,
 } from "./harness.mjs";
 import { userCtx, AppError, TASK_IDS, EVENT_IDS } from "../../workers/node/example/app.mjs";
 
@@ -50,6 +50,10 @@ const tunnelError = (code, message) => (err) => {
 };
 
 for (const [name, target] of Object.entries(TARGETS)) {
+  if (REQUIRE && target.skip) {
+    test(`gateway interop: ${name} is available`, () => assert.fail(`${name}: ${target.skip}`));
+    continue;
+  }
   describe(`gateway interop: ${name}`, { skip: target.skip ? `${name}: ${target.skip}` : false }, () => {
     let t;
     let c;

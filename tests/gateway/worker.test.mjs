@@ -310,6 +310,20 @@ test("cancel aborts the task and drops its reply; console stays off stdout", T, 
   }
 });
 
+test("auth: the app's authValidator tasks decide", T, async () => {
+  const { w, hello } = await started(path.join(HERE, "fixtures", "big_worker.mjs"));
+  try {
+    assert.deepEqual(hello.features, ["cancel", "streams", "auth"]);
+    const ctx = (headers) => ({ method: "POST", path: "/__runner/task/fx.tasks.big", query: {}, headers, requestId: "a1", remote: "127.0.0.1:1" });
+    w.send({ type: "auth", id: 1, rid: "a1", context: ctx({ "x-fixture-key": "open" }) });
+    w.send({ type: "auth", id: 2, rid: "a2", context: ctx({ "x-fixture-key": "shut" }) });
+    assert.deepEqual(await w.reply(1), { id: 1, ok: true });
+    assert.deepEqual(await w.reply(2), { id: 2, ok: false, status: 401, error: { message: "Unauthorized", code: "UNAUTHORIZED" } });
+  } finally {
+    await w.close();
+  }
+});
+
 test("shutdown: reply, then exit 0; stdin EOF also exits 0", T, async () => {
   const { w } = await started();
   w.send({ type: "task", id: 1, taskId: "app.tasks.slow", mode: "json", input: { ms: 200 }, context: {} });

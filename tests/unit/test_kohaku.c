@@ -167,12 +167,52 @@ static void test_native_types(void **state)
     assert_int_equal(cv_kh_decode_native(bad, sizeof bad, &m), CV_EPROTO);
 }
 
+/* Named exposures (docs/PROTOCOL.md §6): proto 2 (http) and 3 (tls) only
+ * in EXPOSE and EXPOSED, and only in native mode. */
+static void test_named_exposures(void **state)
+{
+    static const uint8_t expose[] = {0x09, 0x02, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00,
+                                     0x1f, 0x90, 'a', 'p', 'p'};
+    struct cv_kh_msg m;
+    assert_int_equal(cv_kh_decode_native(expose, sizeof expose, &m), 0);
+    assert_int_equal(m.proto, CV_KH_HTTP);
+    assert_int_equal(m.len, 5);
+    assert_int_equal(cv_kh_decode(expose, sizeof expose, &m), CV_EPROTO);
+    uint8_t b[8];
+    cv_kh_encode(b, CV_KH_EXPOSED, CV_KH_TLS, 1, 443);
+    assert_int_equal(cv_kh_decode_native(b, sizeof b, &m), 0);
+    cv_kh_encode(b, CV_KH_DATA, CV_KH_HTTP, 1, 0);
+    assert_int_equal(cv_kh_decode_native(b, sizeof b, &m), CV_EPROTO);
+    cv_kh_encode(b, CV_KH_CONNECT, CV_KH_TLS, 1, 80);
+    assert_int_equal(cv_kh_decode_native(b, sizeof b, &m), CV_EPROTO);
+    cv_kh_encode(b, CV_KH_EXPOSE, 4, 1, 0);
+    assert_int_equal(cv_kh_decode_native(b, sizeof b, &m), CV_EPROTO);
+
+    assert_true(cv_kh_name_valid("app", 3));
+    assert_true(cv_kh_name_valid("a", 1));
+    assert_true(cv_kh_name_valid("my-app-2", 8));
+    assert_true(cv_kh_name_valid("0", 1));
+    char label[64];
+    memset(label, 'a', sizeof label);
+    assert_true(cv_kh_name_valid(label, 63));
+    assert_false(cv_kh_name_valid(label, 64));
+    assert_false(cv_kh_name_valid("", 0));
+    assert_false(cv_kh_name_valid("-app", 4));
+    assert_false(cv_kh_name_valid("app-", 4));
+    assert_false(cv_kh_name_valid("App", 3));
+    assert_false(cv_kh_name_valid("a.b", 3));
+    assert_false(cv_kh_name_valid("a_b", 3));
+    assert_false(cv_kh_name_valid("a b", 3));
+    assert_false(cv_kh_name_valid("a\0b", 3));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_native_types), cmocka_unit_test(test_decode_vectors), cmocka_unit_test(test_encode_vectors),
         cmocka_unit_test(test_negative_vectors), cmocka_unit_test(test_set_id),
         cmocka_unit_test(test_round_trip), cmocka_unit_test(test_type_names),
+        cmocka_unit_test(test_named_exposures),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

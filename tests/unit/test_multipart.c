@@ -226,8 +226,10 @@ static void test_boundary(void **state)
     assert_string_equal(b, "a'b");
     /* '"' is no bchar, even escaped. */
     assert_int_equal(bnd("multipart/form-data; boundary=\"a b\\\"c\"", b), CV_EPROTO);
-    assert_int_equal(bnd("multipart/form-data; boundary=\"a b\\(c\"", b), 0);
+    assert_int_equal(bnd("multipart/form-data; boundary=\"a b(c\"", b), 0);
     assert_string_equal(b, "a b(c");
+    /* Only \" and \\ are escapes: "\(" keeps its backslash, no bchar. */
+    assert_int_equal(bnd("multipart/form-data; boundary=\"a b\\(c\"", b), CV_EPROTO);
     assert_int_equal(bnd("  multipart/form-data ;\tboundary=x=y:z?;", b), 0);
     assert_string_equal(b, "x=y:z?");
     assert_int_equal(bnd("multipart/form-data; boundary=a; boundary=b", b), 0);
@@ -240,6 +242,9 @@ static void test_boundary(void **state)
     assert_string_equal(b, b70);
     snprintf(ct, sizeof ct, "multipart/form-data; boundary=\"%sx\"", b70);
     assert_int_equal(bnd(ct, b), CV_EPROTO); /* 71 */
+    char ct2[400];
+    snprintf(ct2, sizeof ct2, "multipart/form-data; boundary=\"%s%s%s\"", b70, b70, b70);
+    assert_int_equal(bnd(ct2, b), CV_EPROTO); /* long enough to skip decoding */
     snprintf(ct, sizeof ct, "multipart/form-data; boundary=%sx", b70);
     assert_int_equal(bnd(ct, b), CV_EPROTO);
 
@@ -343,7 +348,7 @@ static void test_headers(void **state)
              "\r\n"
              "x\r\n"
              "--b--"),
-           "[P a\"q\\|c:\\xy.txt|text/plain; charset=utf-8|F][D]v[E]"
+           "[P a\"q\\|c:\\x\\y.txt|text/plain; charset=utf-8|F][D]v[E]"
            "[P file:F2||-|F][E]"
            "[P folded|-|a|f][D]x[E]=ok");
     /* filename*: preferred over filename, percent-decoded. */
@@ -359,11 +364,11 @@ static void test_headers(void **state)
              "\r\n"
              "--b--\r\n"),
            "[P f|\xe2\x82\xac rates.txt|-|F][E][P g|\xc3\xa9t\xc3\xa9|-|F][E]=ok");
-    /* Repeated parameters: the last wins. Empty name is a name. */
+    /* Repeated parameters: the first wins. Empty name is a name. */
     expect("b",
            S("--b\r\nContent-Disposition: form-data; name=a; name=\"\"; name=z\r\n\r\n"
              "\r\n--b\r\nContent-Disposition: form-data; name=\"\"\r\n\r\n\r\n--b--"),
-           "[P z|-|-|f][E][P |-|-|f][E]=ok");
+           "[P a|-|-|f][E][P |-|-|f][E]=ok");
     /* UTF-8 names pass through. */
     expect("b",
            S("--b\r\nContent-Disposition: form-data; name=\"\xc3\xa9t\xc3\xa9\"\r\n\r\n"
@@ -436,6 +441,8 @@ static void test_malformed(void **state)
         "--b\r\nContent-Disposition: form-data; name=a b\r\n\r\nx\r\n--b--",
         "--b\r\nContent-Disposition: form-data; name=\r\n\r\nx\r\n--b--",
         "--b\r\nContent-Disposition: form-data; name=\"a\x01\"\r\n\r\nx\r\n--b--",
+        "--b\r\nContent-Disposition: form-data; name=\"a\\\x01\"\r\n\r\nx\r\n--b--",
+        "--b\r\nContent-Disposition: form-data; name=\"a\\\r\n\r\nx\r\n--b--",
         "--b\r\nContent-Disposition: form-data; name=a; filename*=abc\r\n\r\nx\r\n--b--",
         "--b\r\nContent-Disposition: form-data; name=a; filename*=utf-8''a%0\r\n\r\nx\r\n--b--",
         "--b\r\nContent-Disposition: form-data; name=a; filename*=utf-8''a%00\r\n\r\nx\r\n--b--",

@@ -193,6 +193,42 @@ static void test_compact_truncated(void **state)
     }
 }
 
+/* The string scanner reads eight bytes at a time: a bad byte at any
+ * offset of a long string, in any lane, is still found. */
+static void test_compact_string_lanes(void **state)
+{
+    static const unsigned char bad[] = {0x00, 0x01, 0x1f, 0x80, 0xbf, 0xc0, 0xff, '\\'};
+    char s[48], out[64];
+    size_t len;
+    for (size_t pos = 1; pos < sizeof s - 1; pos++) {
+        for (size_t b = 0; b < sizeof bad; b++) {
+            memset(s, 'a', sizeof s);
+            s[0] = '"';
+            s[sizeof s - 1] = '"';
+            s[pos] = (char)bad[b];
+            if (bad[b] == '\\' && pos + 1 < sizeof s - 1)
+                s[pos + 1] = 'x'; /* a bad escape */
+            if (compact(s, sizeof s, out, &len) != CV_EPROTO)
+                fail_msg("byte 0x%02x at %zu accepted", bad[b], pos);
+        }
+        /* A quote ends the string early: trailing data. */
+        memset(s, 'a', sizeof s);
+        s[0] = s[pos] = s[sizeof s - 1] = '"';
+        assert_int_equal(compact(s, sizeof s, out, &len), CV_EPROTO);
+        /* Valid escapes and UTF-8 at every offset are accepted unchanged. */
+        memset(s, 'a', sizeof s);
+        s[0] = s[sizeof s - 1] = '"';
+        if (pos + 2 < sizeof s - 1) {
+            memcpy(s + pos, "\xc3\xa9", 2);
+            assert_int_equal(compact(s, sizeof s, out, &len), 0);
+            memcpy(s + pos, "\\n", 2);
+            assert_int_equal(compact(s, sizeof s, out, &len), 0);
+            assert_int_equal(len, sizeof s);
+            assert_memory_equal(out, s, len);
+        }
+    }
+}
+
 static char *nest(size_t depth, const char *open, const char *mid, const char *close)
 {
     size_t lo = strlen(open), lm = strlen(mid), lc = strlen(close);
@@ -919,13 +955,21 @@ static void test_accessors(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_compact),           cmocka_unit_test(test_compact_refused),
-        cmocka_unit_test(test_compact_truncated), cmocka_unit_test(test_compact_depth),
-        cmocka_unit_test(test_select_input),      cmocka_unit_test(test_top_scan),
-        cmocka_unit_test(test_decode_records),    cmocka_unit_test(test_decode_keys),
-        cmocka_unit_test(test_decode_graph),      cmocka_unit_test(test_decode_depth),
-        cmocka_unit_test(test_encode_numbers),    cmocka_unit_test(test_encode_strings),
-        cmocka_unit_test(test_encode_limits),     cmocka_unit_test(test_accessors),
+        cmocka_unit_test(test_compact),
+        cmocka_unit_test(test_compact_refused),
+        cmocka_unit_test(test_compact_truncated),
+        cmocka_unit_test(test_compact_depth),
+        cmocka_unit_test(test_select_input),
+        cmocka_unit_test(test_top_scan),
+        cmocka_unit_test(test_compact_string_lanes),
+        cmocka_unit_test(test_decode_records),
+        cmocka_unit_test(test_decode_keys),
+        cmocka_unit_test(test_decode_graph),
+        cmocka_unit_test(test_decode_depth),
+        cmocka_unit_test(test_encode_numbers),
+        cmocka_unit_test(test_encode_strings),
+        cmocka_unit_test(test_encode_limits),
+        cmocka_unit_test(test_accessors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,398 @@
+/* `culvert gateway`: the Runner tunnel HTTP protocol served by worker
+ * pools (specs/runner-http.md). Flags, signals (graceful drain), run. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "cli/cmds.h"
+#include "cli/signals.h"
+#include "core/err.h"
+#include "core/log.h"
+#include "culvert/gateway.h"
+#include "net/addr.h"
+
+#define MAX_LIST 256
+#define MAX_WORDS 64
+#define GRACE_MS 10000
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: culvert gateway [--listen HOST:PORT] [options]\n"
+            "\n"
+            "Serves the BlueLibs Runner tunnel HTTP protocol v1.0: POST {base}/task/{id},\n"
+            "POST {base}/event/{id}, GET {base}/discovery. Calls go to worker processes\n"
+            "speaking the cwp/1 line protocol (e.g. workers/node).\n"
+            "\n"
+            "  --listen HOST:PORT        address to listen on (default 127.0.0.1:7070; port 0 = any)\n"
+            "  --base-path P             path prefix (default /__runner)\n"
+            "  --token T                 accepted token (repeat for rotation; env CULVERT_GATEWAY_TOKEN)\n"
+            "  --token-file F            tokens, one per line (# comments)\n"
+            "  --auth-header NAME        header carrying the token (default x-runner-token)\n"
+            "  --allow-anonymous         serve without tokens (else 500 AUTH_NOT_CONFIGURED)\n"
+            "  --cors-origin O           Access-Control-Allow-Origin value (default *)\n"
+            "  --cors-credentials        Access-Control-Allow-Credentials: true\n"
+            "  --allow-task ID           expose a task (repeat; config order is kept)\n"
+            "  --allow-event ID          expose an event (repeat)\n"
+            "  --no-discovery            GET {base}/discovery answers 404\n"
+            "  --worker 'CMD ARGS'       worker command (split on spaces; quotes group words;\n"
+            "                            no shell)\n"
+            "  --workers N               worker processes (default: number of CPUs)\n"
+            "  --worker-protocol P       cwp/1 (default), runner-ipc-v1 or runner-ipc-v2\n"
+            "  --queue-timeout MS        longest wait for a free worker (default 5000)\n"
+            "  --deadline MS             per call, admission to response head (default 30000)\n"
+            "  --max-body BYTES          JSON body limit (default 2097152)\n"
+            "  --max-octet BYTES         octet-stream body limit (default: none)\n"
+            "  --log-level LEVEL         error, warn, info, debug or trace (default info)\n"
+            "  -h, --help                show this help\n");
+}
+
+/* Splits a command line into words: blanks separate, '...' and "..."
+ * group (backslash escapes inside double quotes and outside quotes). No
+ * shell: no variables, globs or redirections. Returns the word count or
+ * -1 (unbalanced quote, too many words). Words point into buf. */
+int cv_cli_split_words(const char *s, char *buf, size_t cap, char **words, int max)
+{
+    int n = 0;
+    size_t o = 0;
+    while (*s) {
+        while (*s == ' ' || *s == '\t' || *s == '\n')
+            s++;
+        if (*s == '\0')
+            break;
+        if (n >= max)
+            return -1;
+        words[n++] = buf + o;
+        while (*s && *s != ' ' && *s != '\t' && *s != '\n') {
+            if (o + 2 > cap)
+                return -1;
+            if (*s == '\'') {
+                for (s++; *s && *s != '\''; s++)
+                    buf[o++] = *s;
+                if (*s != '\'')
+                    return -1;
+                s++;
+            } else if (*s == '"') {
+                for (s++; *s && *s != '"'; s++) {
+                    if (*s == '\\' && (s[1] == '"' || s[1] == '\\'))
+                        s++;
+                    buf[o++] = *s;
+                }
+                if (*s != '"')
+                    return -1;
+                s++;
+            } else {
+                if (*s == '\\' && s[1])
+                    s++;
+                buf[o++] = *s++;
+            }
+            if (o + 1 > cap)
+                return -1;
+        }
+        buf[o++] = '\0';
+    }
+    return n;
+}
+
+struct cfg {
+    struct cv_gateway_opts o;
+    const char *tokens[MAX_LIST];
+    const char *tasks[MAX_LIST];
+    const char *events[MAX_LIST];
+    char *file_tokens; /* owned: token file contents */
+    char host[CV_ADDR_STRLEN];
+    const char *worker;
+    unsigned workers;
+    enum cv_gw_worker_protocol protocol;
+    uint64_t queue_timeout_ms;
+    struct cv_gateway_cors cors;
+};
+
+static int parse_u64(const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
+{
+    char *end;
+    if (*s < '0' || *s > '9')
+        return CV_EINVAL;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end || v < lo || v > hi)
+        return CV_EINVAL;
+    *out = v;
+    return 0;
+}
+
+static int add_item(const char **list, size_t *n, const char *v, const char *what)
+{
+    if (*v == '\0') {
+        fprintf(stderr, "culvert gateway: empty %s\n", what);
+        return 2;
+    }
+    if (*n >= MAX_LIST) {
+        fprintf(stderr, "culvert gateway: too many %ss (max %d)\n", what, MAX_LIST);
+        return 2;
+    }
+    list[(*n)++] = v;
+    return -1;
+}
+
+static int read_token_file(struct cfg *c, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        fprintf(stderr, "culvert gateway: cannot read --token-file %s: %s\n", path, strerror(errno));
+        return 2;
+    }
+    size_t cap = 64 * 1024;
+    char *buf = malloc(cap + 1);
+    size_t n = buf ? fread(buf, 1, cap, f) : 0;
+    fclose(f);
+    if (buf == NULL)
+        return 1;
+    buf[n] = '\0';
+    free(c->file_tokens);
+    c->file_tokens = buf;
+    for (char *line = buf; line && *line;) {
+        char *nl = strchr(line, '\n');
+        if (nl)
+            *nl = '\0';
+        char *e = line + strlen(line);
+        while (e > line && (e[-1] == '\r' || e[-1] == ' ' || e[-1] == '\t'))
+            *--e = '\0';
+        while (*line == ' ' || *line == '\t')
+            line++;
+        if (*line && *line != '#') {
+            int rc = add_item(c->tokens, &c->o.ntokens, line, "token");
+            if (rc >= 0)
+                return rc;
+        }
+        line = nl ? nl + 1 : NULL;
+    }
+    if (c->o.ntokens == 0) {
+        fprintf(stderr, "culvert gateway: --token-file %s holds no token\n", path);
+        return 2;
+    }
+    return -1;
+}
+
+static int parse(int argc, char **argv, struct cfg *c)
+{
+    static const struct option longopts[] = {
+        {"listen", required_argument, NULL, 'l'},       {"base-path", required_argument, NULL, 'b'},
+        {"token", required_argument, NULL, 'T'},        {"token-file", required_argument, NULL, 'F'},
+        {"auth-header", required_argument, NULL, 'H'},  {"allow-anonymous", no_argument, NULL, 'A'},
+        {"cors-origin", required_argument, NULL, 'o'},  {"cors-credentials", no_argument, NULL, 'C'},
+        {"allow-task", required_argument, NULL, 't'},   {"allow-event", required_argument, NULL, 'e'},
+        {"no-discovery", no_argument, NULL, 'N'},       {"worker", required_argument, NULL, 'w'},
+        {"workers", required_argument, NULL, 'n'},      {"worker-protocol", required_argument, NULL, 'p'},
+        {"queue-timeout", required_argument, NULL, 'q'}, {"deadline", required_argument, NULL, 'd'},
+        {"max-body", required_argument, NULL, 'm'},     {"max-octet", required_argument, NULL, 'M'},
+        {"log-level", required_argument, NULL, 'L'},    {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    int ch, rc;
+    uint64_t v;
+    optind = 1;
+    opterr = 0;
+    while ((ch = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
+        enum cv_log_level lvl;
+        switch (ch) {
+        case 'l':
+            if (cv_addr_split(optarg, c->host, sizeof c->host, &c->o.port) != 0) {
+                fprintf(stderr, "culvert gateway: --listen wants HOST:PORT with a numeric host, "
+                                "got '%s'\n", optarg);
+                return 2;
+            }
+            break;
+        case 'b': c->o.base_path = optarg; break;
+        case 'T':
+            if ((rc = add_item(c->tokens, &c->o.ntokens, optarg, "token")) >= 0)
+                return rc;
+            break;
+        case 'F':
+            if ((rc = read_token_file(c, optarg)) >= 0)
+                return rc;
+            break;
+        case 'H': c->o.auth_header = optarg; break;
+        case 'A': c->o.allow_anonymous = true; break;
+        case 'o': c->cors.origin = optarg; break;
+        case 'C': c->cors.credentials = true; break;
+        case 't':
+            if ((rc = add_item(c->tasks, &c->o.nallow_tasks, optarg, "task id")) >= 0)
+                return rc;
+            break;
+        case 'e':
+            if ((rc = add_item(c->events, &c->o.nallow_events, optarg, "event id")) >= 0)
+                return rc;
+            break;
+        case 'N': c->o.discovery_disabled = true; break;
+        case 'w': c->worker = optarg; break;
+        case 'n':
+            if (parse_u64(optarg, 1, 1024, &v) != 0) {
+                fprintf(stderr, "culvert gateway: --workers wants 1..1024, got '%s'\n", optarg);
+                return 2;
+            }
+            c->workers = (unsigned)v;
+            break;
+        case 'p':
+            if (strcmp(optarg, "cwp/1") == 0)
+                c->protocol = CV_GW_CWP1;
+            else if (strcmp(optarg, "runner-ipc-v1") == 0)
+                c->protocol = CV_GW_RUNNER_IPC_V1;
+            else if (strcmp(optarg, "runner-ipc-v2") == 0)
+                c->protocol = CV_GW_RUNNER_IPC_V2;
+            else {
+                fprintf(stderr, "culvert gateway: --worker-protocol wants cwp/1, runner-ipc-v1 or "
+                                "runner-ipc-v2, got '%s'\n", optarg);
+                return 2;
+            }
+            break;
+        case 'q':
+        case 'd':
+            if (parse_u64(optarg, 1, 86400000, &v) != 0) {
+                fprintf(stderr, "culvert gateway: --%s wants milliseconds (1..86400000), got '%s'\n",
+                        ch == 'q' ? "queue-timeout" : "deadline", optarg);
+                return 2;
+            }
+            if (ch == 'q')
+                c->queue_timeout_ms = v;
+            else
+                c->o.deadline_ms = v;
+            break;
+        case 'm':
+        case 'M':
+            if (parse_u64(optarg, 1, UINT64_MAX / 4, &v) != 0) {
+                fprintf(stderr, "culvert gateway: --%s wants a byte count, got '%s'\n",
+                        ch == 'm' ? "max-body" : "max-octet", optarg);
+                return 2;
+            }
+            if (ch == 'm')
+                c->o.max_json_body = v;
+            else
+                c->o.max_octet_body = v;
+            break;
+        case 'L':
+            if (cv_log_parse_level(optarg, &lvl) != 0) {
+                fprintf(stderr, "culvert gateway: unknown log level '%s'\n", optarg);
+                return 2;
+            }
+            cv_log_set_level(lvl);
+            break;
+        case 'h': usage(stdout); return 0;
+        case ':':
+            fprintf(stderr, "culvert gateway: %s needs a value\n", argv[optind - 1]);
+            return 2;
+        default:
+            fprintf(stderr, "culvert gateway: unknown option '%s' (try --help)\n", argv[optind - 1]);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "culvert gateway: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    return -1;
+}
+
+struct run {
+    struct cv_gateway *gw;
+    struct cv_cli_signals sig;
+};
+
+static void on_stopped(struct cv_gateway *gw, void *ud)
+{
+    struct run *run = ud;
+    (void)gw;
+    cv_cli_signals_close(&run->sig);
+}
+
+static void stop(void *data)
+{
+    struct run *run = data;
+    uv_signal_stop(&run->sig.sig[0]);
+    uv_signal_stop(&run->sig.sig[1]);
+    cv_log_info("gateway: draining (up to %d s)", GRACE_MS / 1000);
+    cv_gateway_stop(run->gw, GRACE_MS, on_stopped, run);
+}
+
+static int run_gateway(struct cfg *c)
+{
+    char wbuf[8192];
+    char *words[MAX_WORDS + 1];
+    int nw = 0;
+    if (c->worker != NULL) {
+        nw = cv_cli_split_words(c->worker, wbuf, sizeof wbuf, words, MAX_WORDS);
+        if (nw <= 0) {
+            fprintf(stderr, "culvert gateway: --worker '%s': %s\n", c->worker,
+                    nw == 0 ? "empty command" : "unbalanced quote or too long");
+            return 2;
+        }
+        words[nw] = NULL;
+    } else {
+        cv_log_warn("gateway: no --worker: every call answers 404 (no backend serves it)");
+    }
+    if (c->o.nallow_tasks + c->o.nallow_events == 0)
+        cv_log_warn("gateway: nothing allow-listed (--allow-task/--allow-event): every call "
+                    "answers 403");
+    if (c->o.allow_anonymous && c->o.ntokens == 0)
+        cv_log_warn("gateway: --allow-anonymous: anyone who reaches %s:%u may call", c->host,
+                    c->o.port);
+    c->o.host = c->host;
+    c->o.tokens = c->tokens;
+    c->o.allow_tasks = c->tasks;
+    c->o.allow_events = c->events;
+    c->o.cors = c->cors;
+
+    uv_loop_t *loop = uv_default_loop();
+    struct run run = {0};
+    int rc = cv_gateway_start(loop, &c->o, &run.gw);
+    if (rc != 0) {
+        fprintf(stderr, "culvert gateway: cannot start on %s:%u: %s\n", c->host, c->o.port,
+                cv_strerror(rc));
+        return rc == CV_EINVAL ? 2 : 1;
+    }
+    if (nw > 0) {
+        struct cv_gateway_pool_opts po;
+        cv_gateway_pool_opts_init(&po);
+        po.argv = (const char *const *)words;
+        po.workers = c->workers;
+        po.protocol = c->protocol;
+        if (c->queue_timeout_ms)
+            po.queue_timeout_ms = c->queue_timeout_ms;
+        rc = cv_gateway_add_pool(run.gw, &po);
+        if (rc != 0) {
+            fprintf(stderr, "culvert gateway: cannot start the worker pool '%s': %s\n", c->worker,
+                    cv_strerror(rc));
+            cv_gateway_stop(run.gw, 0, NULL, NULL);
+            uv_run(loop, UV_RUN_DEFAULT);
+            return 1;
+        }
+    }
+    printf("culvert gateway listening on http://%s:%u\n", c->host, cv_gateway_port(run.gw));
+    fflush(stdout);
+    cv_cli_signals_start(loop, &run.sig, stop, &run);
+    uv_run(loop, UV_RUN_DEFAULT);
+    uv_loop_close(loop);
+    return 0;
+}
+
+int cv_cmd_gateway(int argc, char **argv)
+{
+    struct cfg c;
+    memset(&c, 0, sizeof c);
+    cv_gateway_opts_init(&c.o);
+    c.cors.max_age = -1;
+    snprintf(c.host, sizeof c.host, "127.0.0.1");
+    int rc = parse(argc, argv, &c);
+    if (rc < 0) {
+        if (c.o.ntokens == 0) {
+            const char *env = getenv("CULVERT_GATEWAY_TOKEN");
+            if (env && *env)
+                c.tokens[c.o.ntokens++] = env;
+        }
+        rc = run_gateway(&c);
+    }
+    free(c.file_tokens);
+    return rc;
+}

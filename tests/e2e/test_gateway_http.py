@@ -1,0 +1,787 @@
+"""The gateway's HTTP surface (specs/runner-http.md §2-§12, §15 MUST items) against examples/gateway_native
+(the shared test app on native handlers), driven with raw sockets so that bytes, header order and connection
+handling are checked exactly. Also `culvert gateway` argument errors.
+
+The example is $CULVERT_BUILD/gateway_native (default build/)."""
+
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import time
+
+import pytest
+
+from conftest import CULVERT_BIN, REPO
+
+BUILD = os.environ.get("CULVERT_BUILD") or str(REPO / "build")
+NATIVE_BIN = os.path.join(BUILD, "gateway_native")
+TOKEN = "secret"
+UUID_RE = r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+
+
+@pytest.fixture
+def gw(procs):
+    """Factory: starts gateway_native with flags (default --token secret), returns (proc, port). Every server
+    still running at teardown gets SIGTERM and must exit 0 (under ASan: the leak check)."""
+    started = []
+
+    def start(*extra, token=True):
+        if not os.path.exists(NATIVE_BIN):
+            pytest.fail("gateway_native not found at %s (build it, or set CULVERT_BUILD)" % NATIVE_BIN)
+        args = [NATIVE_BIN, "--listen", "127.0.0.1:0"] + (["--token", TOKEN] if token else []) + list(extra)
+        p = procs.start(args, name="gateway_native")
+        m = p.wait_line(r"listening on http://127\.0\.0\.1:(\d+)", timeout=10)
+        started.append(p)
+        return p, int(m.group(1))
+
+    yield start
+    for p in started:
+        if p.alive():
+            p.p.send_signal(signal.SIGTERM)
+            rc = p.wait_exit(15)
+            assert rc == 0, "gateway_native exited %s after SIGTERM\n%s" % (rc, p.dump())
+
+
+class Reader:
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+
+    def _fill(self):
+        d = self.sock.recv(1 << 16)
+        if not d:
+            raise EOFError("connection closed")
+        self.buf += d
+
+    def line(self):
+        while b"\r\n" not in self.buf:
+            self._fill()
+        ln, self.buf = self.buf.split(b"\r\n", 1)
+        return ln
+
+    def exact(self, n):
+        while len(self.buf) < n:
+            self._fill()
+        d, self.buf = self.buf[:n], self.buf[n:]
+        return d
+
+    def head(self):
+        """Returns (status, [(name, value)] in order, raw head bytes)."""
+        status_line = self.line()
+        status = int(status_line.split(b" ")[1])
+        hdrs = []
+        raw_lines = [status_line]
+        while True:
+            ln = self.line()
+            if not ln:
+                break
+            raw_lines.append(ln)
+            k, v = ln.split(b":", 1)
+            hdrs.append((k.decode(), v.strip().decode()))
+        return status, hdrs, b"\r\n".join(raw_lines)
+
+    def response(self):
+        """Returns (status, {lower-name: value}, body, ordered headers)."""
+        status, hdrs, _ = self.head()
+        d = {k.lower(): v for k, v in hdrs}
+        if status < 200 or status in (204, 304):
+            return status, d, b"", hdrs
+        if "content-length" in d:
+            return status, d, self.exact(int(d["content-length"])), hdrs
+        if d.get("transfer-encoding") == "chunked":
+            parts = []
+            while True:
+                size = int(self.line().split(b";")[0], 16)
+                if size == 0:
+                    while self.line():
+                        pass
+                    return status, d, b"".join(parts), hdrs
+                parts.append(self.exact(size))
+                assert self.exact(2) == b"\r\n"
+        body = self.buf
+        self.buf = b""
+        while True:
+            x = self.sock.recv(1 << 16)
+            if not x:
+                return status, d, body, hdrs
+            body += x
+
+    def at_eof(self, timeout=5.0):
+        self.sock.settimeout(timeout)
+        try:
+            d = self.sock.recv(1)
+        except ConnectionResetError:
+            return True
+        except socket.timeout:
+            return False
+        return d == b"" and self.buf == b""
+
+
+def raw(port, timeout=10):
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    return s, Reader(s)
+
+
+def req(method, path, body=b"", headers=None, token=True, extra=b""):
+    h = {"Host": "127.0.0.1", "content-type": "application/json; charset=utf-8"}
+    if token:
+        h["x-runner-token"] = TOKEN
+    h.update(headers or {})
+    if body is not None and "Transfer-Encoding" not in h:
+        h["content-length"] = str(len(body))
+    lines = "".join("%s: %s\r\n" % (k, v) for k, v in h.items() if v is not None)
+    return ("%s %s HTTP/1.1\r\n%s\r\n" % (method, path, lines)).encode() + (body or b"") + extra
+
+
+def call(port, method, path, body=b"", headers=None, token=True):
+    s, rd = raw(port)
+    s.sendall(req(method, path, body, headers, token))
+    r = rd.response()
+    s.close()
+    return r
+
+
+def post(port, what, body, **kw):
+    st, h, b, _ = call(port, "POST", "/__runner/" + what, json.dumps(body).encode() if body is not None else b"",
+                       **kw)
+    return st, h, b
+
+
+def env(b):
+    return json.loads(b)
+
+
+def err(code, message, **more):
+    e = {"message": message, "code": code}
+    e.update(more)
+    return json.dumps({"ok": False, "error": e}, separators=(",", ":")).encode()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# §12 captures: bytes and header order
+
+
+def test_fetch_capture_exact(gw):
+    _, port = gw()
+    s, rd = raw(port)
+    s.sendall(
+        b"POST /__runner/task/app.tasks.add HTTP/1.1\r\nhost: 127.0.0.1:7070\r\nconnection: keep-alive\r\n"
+        b"content-type: application/json; charset=utf-8\r\nx-runner-token: secret\r\naccept: */*\r\n"
+        b"accept-language: *\r\nsec-fetch-mode: cors\r\nuser-agent: node\r\naccept-encoding: gzip, deflate\r\n"
+        b"content-length: 23\r\n\r\n{\"input\":{\"a\":5,\"b\":3}}"
+    )
+    st, hdrs, raw_head = rd.head()
+    body = rd.exact(22)
+    assert body == b'{"ok":true,"result":8}'
+    assert st == 200 and raw_head.split(b"\r\n")[0] == b"HTTP/1.1 200 OK"
+    names = [k for k, _ in hdrs]
+    assert names == ["x-runner-request-id", "Access-Control-Allow-Origin", "content-type", "content-length",
+                     "X-Content-Type-Options", "X-Frame-Options", "Date", "Connection", "Keep-Alive"]
+    d = dict(hdrs)
+    assert re.match(UUID_RE, d["x-runner-request-id"])
+    assert d["Access-Control-Allow-Origin"] == "*"
+    assert d["content-type"] == "application/json; charset=utf-8"
+    assert d["content-length"] == "22"
+    assert (d["X-Content-Type-Options"], d["X-Frame-Options"]) == ("nosniff", "DENY")
+    assert re.match(r"^\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT$", d["Date"])
+    assert (d["Connection"], d["Keep-Alive"]) == ("keep-alive", "timeout=5")
+    s.close()
+
+
+def test_smart_client_chunked_context(gw):
+    _, port = gw()
+    s, rd = raw(port)
+    s.sendall(
+        b"POST /__runner/task/app.tasks.whoami HTTP/1.1\r\ncontent-type: application/json; charset=utf-8\r\n"
+        b"x-runner-token: secret\r\nx-runner-context: {\"app.ctx.user\":\"{\\\"id\\\":\\\"u2\\\"}\"}\r\n"
+        b"Host: 127.0.0.1:7070\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"c\r\n{\"input\":{}}\r\n0\r\n\r\n"
+    )
+    st, _, body, _ = rd.response()
+    assert (st, body) == (200, b'{"ok":true,"result":{"user":{"id":"u2"}}}')
+    # No context (or a repeated header): null.
+    s.sendall(req("POST", "/__runner/task/app.tasks.whoami", b"{}"))
+    assert rd.response()[2] == b'{"ok":true,"result":{"user":null}}'
+    s.close()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Routing (§2)
+
+
+@pytest.mark.parametrize(
+    "path,status,result",
+    [
+        ("/__runner/task/app.tasks.add", 200, 3),
+        ("/__runner//task//app.tasks.add", 200, 3),
+        ("/__runner/task/app.tasks.add/", 200, 3),
+        ("/__runner/task/app.tasks.add?x=1&y=%zz", 200, 3),
+        ("/__runner/task/app%2Etasks.add", 200, 3),
+        ("/__runner/x/../task/app.tasks.add", 200, 3),
+        ("/__runner/x/%2e%2E/task/./app.tasks.add", 200, 3),
+        ("/__runner\\task\\app.tasks.add", 200, 3),
+        ("http://example.com/__runner/task/app.tasks.add", 200, 3),
+    ],
+)
+def test_routes_resolve(gw, path, status, result):
+    _, port = gw()
+    st, h, b, _ = call(port, "POST", path, b'{"input":{"a":1,"b":2}}')
+    assert (st, env(b)) == (status, {"ok": True, "result": result})
+
+
+def test_route_not_found_and_outside_base(gw):
+    _, port = gw()
+    for path in ("/__runner", "/__runner/", "/__runner/foo", "/__runner/task", "/__runner/task//",
+                 "/__runner/task/%zz", "/__runner/task/%ff", "/__runner/Task/app.tasks.add"):
+        st, h, b, _ = call(port, "POST", path, b"{}")
+        assert (st, b) == (404, err("NOT_FOUND", "Not Found")), path
+        assert re.match(UUID_RE, h["x-runner-request-id"]), path
+    for path in ("/", "/other", "/__runnerx/task/app.tasks.add", "/__runner/../task/app.tasks.add"):
+        st, h, b, hdrs = call(port, "POST", path, b"{}", headers={"x-runner-request-id": "keep-me"})
+        assert (st, b) == (404, err("NOT_FOUND", "Not Found")), path
+        assert "x-runner-request-id" not in h, "step-0 404 must carry no request id"
+        assert h["access-control-allow-origin"] == "*" and h["x-frame-options"] == "DENY"
+
+
+def test_percent_2f_id(gw):
+    _, port = gw()
+    st, _, b, _ = call(port, "POST", "/__runner/task/app%2Ftasks.add", b"{}")
+    assert (st, b) == (403, err("FORBIDDEN", "Task app/tasks.add not exposed"))
+    st, _, b, _ = call(port, "POST", "/__runner/task/app/tasks.add", b"{}")
+    assert (st, b) == (403, err("FORBIDDEN", "Task app/tasks.add not exposed"))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Check order (§3) and auth (§5.1)
+
+
+def test_check_order(gw):
+    _, port = gw("--allow-task", "app.tasks.add", "--allow-task", "app.tasks.ghost", "--allow-event",
+                 "app.events.notify")
+    mna = err("METHOD_NOT_ALLOWED", "Method Not Allowed")
+    # 405 before 401
+    assert call(port, "GET", "/__runner/task/app.tasks.add", None, token=False)[::2] == (405, mna)
+    assert call(port, "PUT", "/__runner/event/app.events.notify", b"{}", token=False)[::2] == (405, mna)
+    # 401 before 403 and 404
+    una = err("UNAUTHORIZED", "Unauthorized")
+    assert call(port, "POST", "/__runner/task/app.tasks.hidden", b"{}", token=False)[::2] == (401, una)
+    assert call(port, "POST", "/__runner/task/app.tasks.nope", b"{}",
+                headers={"x-runner-token": "wrong"}, token=False)[::2] == (401, una)
+    # 403 before 404 (hidden has a handler; nope has none)
+    assert call(port, "POST", "/__runner/task/app.tasks.hidden", b"{}")[::2] == (
+        403, err("FORBIDDEN", "Task app.tasks.hidden not exposed"))
+    assert call(port, "POST", "/__runner/task/app.tasks.nope", b"{}")[::2] == (
+        403, err("FORBIDDEN", "Task app.tasks.nope not exposed"))
+    assert call(port, "POST", "/__runner/event/app.events.par", b"{}")[::2] == (
+        403, err("FORBIDDEN", "Event app.events.par not exposed"))
+    # allow-listed without backend: 404
+    assert call(port, "POST", "/__runner/task/app.tasks.ghost", b"{}")[::2] == (
+        404, err("NOT_FOUND", "Task app.tasks.ghost not found"))
+    # body checked last: bad JSON on a refused call is never looked at
+    assert call(port, "POST", "/__runner/task/app.tasks.hidden", b"{bad")[0] == 403
+    assert call(port, "POST", "/__runner/task/app.tasks.add", b"{bad")[::2] == (
+        400, err("INVALID_JSON", "Invalid JSON body"))
+
+
+def test_auth_header_rules(gw):
+    _, port = gw("--token", "other")
+    una = err("UNAUTHORIZED", "Unauthorized")
+    # token rotation: both tokens pass
+    for t in (TOKEN, "other"):
+        assert call(port, "POST", "/__runner/task/app.tasks.noop", b"", headers={"x-runner-token": t},
+                    token=False)[0] == 200
+    # case-insensitive header name
+    assert call(port, "POST", "/__runner/task/app.tasks.noop", b"", headers={"X-Runner-Token": TOKEN},
+                token=False)[0] == 200
+    # repeated header: 401 even if both match
+    s, rd = raw(port)
+    s.sendall(b"POST /__runner/task/app.tasks.noop HTTP/1.1\r\nHost: x\r\nx-runner-token: secret\r\n"
+              b"x-runner-token: secret\r\ncontent-length: 0\r\n\r\n")
+    assert rd.response()[::2] == (401, una)
+    s.close()
+    assert call(port, "POST", "/__runner/task/app.tasks.noop", b"", headers={"x-runner-token": "secre"},
+                token=False)[::2] == (401, una)
+    assert call(port, "POST", "/__runner/task/app.tasks.noop", b"", headers={"x-runner-token": ""},
+                token=False)[::2] == (401, una)
+
+
+def test_auth_not_configured(gw):
+    p, port = gw(token=False)
+    body = err("AUTH_NOT_CONFIGURED", "Authentication not configured.")
+    assert call(port, "POST", "/__runner/task/app.tasks.add", b"{}", token=False)[::2] == (500, body)
+    assert call(port, "GET", "/__runner/discovery", None, token=False)[::2] == (500, body)
+    assert call(port, "POST", "/__runner/event/app.events.notify", b"{}", token=False)[::2] == (500, body)
+    assert p.count("AUTH_NOT_CONFIGURED", stream="err") >= 1
+    # preflight still works
+    assert call(port, "OPTIONS", "/__runner/task/app.tasks.add", None, token=False)[0] == 204
+    _, port2 = gw("--allow-anonymous", token=False)
+    assert call(port2, "POST", "/__runner/task/app.tasks.add", b'{"a":2,"b":2}', token=False)[::2] == (
+        200, b'{"ok":true,"result":4}')
+
+
+def test_expect_continue_only_after_checks(gw):
+    _, port = gw()
+    # refused: a final 401, never a 100
+    s, rd = raw(port)
+    s.sendall(b"POST /__runner/task/app.tasks.add HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+              b"content-length: 23\r\n\r\n")
+    st, h, b, _ = rd.response()
+    assert (st, b) == (401, err("UNAUTHORIZED", "Unauthorized"))
+    assert h["connection"] == "close"  # the client may or may not send the body now
+    s.close()
+    # admitted: 100 Continue, then the answer
+    s, rd = raw(port)
+    s.sendall(b"POST /__runner/task/app.tasks.add HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+              b"x-runner-token: secret\r\ncontent-length: 23\r\n\r\n")
+    assert rd.line() == b"HTTP/1.1 100 Continue"
+    assert rd.line() == b""
+    s.sendall(b'{"input":{"a":5,"b":3}}')
+    assert rd.response()[::2] == (200, b'{"ok":true,"result":8}')
+    s.close()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Request id, CORS, preflight (§5)
+
+
+def test_request_id(gw):
+    _, port = gw()
+    for sent, want in (("abc-1.2_3:4", "abc-1.2_3:4"), ("  padded  ", "padded"), ("a" * 128, "a" * 128)):
+        st, h, b, _ = call(port, "POST", "/__runner/task/app.tasks.noop", b"", headers={"x-runner-request-id": sent})
+        assert (st, h["x-runner-request-id"]) == (200, want)
+    for bad in ("a b", "a" * 129, "x/y", "é"):
+        st, h, b, _ = call(port, "POST", "/__runner/task/app.tasks.noop", b"",
+                           headers={"x-runner-request-id": bad.encode().decode("latin-1")})
+        assert re.match(UUID_RE, h["x-runner-request-id"]), bad
+    # repeated: generated
+    s, rd = raw(port)
+    s.sendall(b"POST /__runner/task/app.tasks.noop HTTP/1.1\r\nHost: x\r\nx-runner-token: secret\r\n"
+              b"x-runner-request-id: a\r\nx-runner-request-id: b\r\ncontent-length: 0\r\n\r\n")
+    assert re.match(UUID_RE, rd.response()[1]["x-runner-request-id"])
+    s.close()
+    # errors carry it too
+    st, h, _, _ = call(port, "POST", "/__runner/task/app.tasks.add", b"{x", headers={"x-runner-request-id": "r1"})
+    assert (st, h["x-runner-request-id"]) == (400, "r1")
+    ids = {call(port, "POST", "/__runner/task/app.tasks.noop", b"")[1]["x-runner-request-id"] for _ in range(20)}
+    assert len(ids) == 20
+
+
+def test_preflight_exact(gw):
+    _, port = gw()
+    s, rd = raw(port)
+    s.sendall(b"OPTIONS /__runner/task/app.tasks.add HTTP/1.1\r\nHost: x\r\n"
+              b"Access-Control-Request-Headers: content-type, x-runner-token\r\n\r\n")
+    st, hdrs, _ = rd.head()
+    assert st == 204
+    assert [k for k, _ in hdrs] == ["Access-Control-Allow-Origin", "Access-Control-Allow-Methods",
+                                    "Access-Control-Allow-Headers", "content-length", "Date", "Connection",
+                                    "Keep-Alive"]
+    d = dict(hdrs)
+    assert d["Access-Control-Allow-Methods"] == "POST, GET, OPTIONS"
+    assert d["Access-Control-Allow-Headers"] == "content-type, x-runner-token"
+    assert d["content-length"] == "0"
+    # no request headers asked: no Allow-Headers; any path under base, no auth
+    s.sendall(b"OPTIONS /__runner/whatever/else HTTP/1.1\r\nHost: x\r\n\r\n")
+    st, hdrs, _ = rd.head()
+    assert st == 204 and "Access-Control-Allow-Headers" not in dict(hdrs)
+    s.close()
+    # outside base: the step-0 404
+    assert call(port, "OPTIONS", "/elsewhere", None)[0] == 404
+
+
+def test_cors_options(gw):
+    _, port = gw("--cors-origin", "https://app.example", "--cors-credentials", "true", "--cors-expose",
+                 "x-a, x-b", "--cors-max-age", "600")
+    st, h, b, hdrs = call(port, "POST", "/__runner/task/app.tasks.noop", b"", headers={"Origin": "https://x"})
+    names = [k for k, _ in hdrs]
+    assert names[:4] == ["x-runner-request-id", "Access-Control-Allow-Origin", "Access-Control-Allow-Credentials",
+                         "Access-Control-Expose-Headers"]
+    assert (h["access-control-allow-origin"], h["access-control-allow-credentials"],
+            h["access-control-expose-headers"]) == ("https://app.example", "true", "x-a, x-b")
+    assert "vary" not in h
+    st, h, b, hdrs = call(port, "OPTIONS", "/__runner/task/app.tasks.noop", None)
+    assert (st, h["access-control-allow-origin"], h["access-control-allow-credentials"],
+            h["access-control-max-age"]) == (204, "https://app.example", "true", "600")
+    # credentials without an origin: no ACAO, Vary: Origin (fail-safe)
+    _, port2 = gw("--cors-credentials", "true")
+    st, h, b, _ = call(port2, "POST", "/__runner/task/app.tasks.noop", b"", headers={"Origin": "https://x"})
+    assert "access-control-allow-origin" not in h and h["vary"] == "Origin"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Framing, keep-alive, limits (§6)
+
+
+def test_pipelined_in_order_and_keepalive(gw):
+    _, port = gw()
+    s, rd = raw(port)
+    s.sendall(req("POST", "/__runner/task/app.tasks.add", b'{"input":{"a":1,"b":1}}')
+              + req("POST", "/__runner/task/app.tasks.slow", b'{"ms":100}')
+              + req("POST", "/__runner/task/app.tasks.echo", b'"x"')
+              + req("GET", "/__runner/discovery", None)
+              + req("POST", "/__runner/task/app.tasks.noop", b""))
+    assert rd.response()[2] == b'{"ok":true,"result":2}'
+    assert rd.response()[2] == b'{"ok":true,"result":"done"}'
+    assert rd.response()[2] == b'{"ok":true,"result":"x"}'
+    assert env(rd.response()[2])["result"]["allowList"]["enabled"] is True
+    st, h, b, _ = rd.response()
+    assert (st, b, h["connection"]) == (200, b'{"ok":true,"result":{"__type":"Undefined","value":null}}',
+                                        "keep-alive")
+    s.close()
+    # http.client reuses the connection
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.connect()
+    sock = c.sock
+    for i in range(10):
+        c.request("POST", "/__runner/task/app.tasks.add", body=json.dumps({"a": i, "b": 1}),
+                  headers={"x-runner-token": TOKEN})
+        r = c.getresponse()
+        assert env(r.read()) == {"ok": True, "result": i + 1}
+    assert c.sock is sock
+    c.close()
+
+
+@pytest.mark.timeout_s(20)
+def test_keepalive_idle_5s(gw):
+    _, port = gw()
+    s, rd = raw(port)
+    s.sendall(req("POST", "/__runner/task/app.tasks.noop", b""))
+    rd.response()
+    t0 = time.monotonic()
+    assert rd.at_eof(timeout=10)
+    assert 4.0 < time.monotonic() - t0 < 7.0
+    s.close()
+
+
+@pytest.mark.parametrize(
+    "data,status",
+    [
+        (b"POST /__runner/task/app.tasks.add HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+         b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        (b"POST /__runner/task/app.tasks.add HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+        (b"POST /__runner/task/app.tasks.add HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+         400),
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET /__runner/discovery HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n", 431),
+    ],
+    ids=["cl-and-te", "te-gzip", "two-lengths", "garbage", "header-flood"],
+)
+def test_framing_errors_bare(gw, data, status):
+    _, port = gw()
+    s, rd = raw(port)
+    try:
+        s.sendall(data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    want = b"HTTP/1.1 %d " % status
+    got = b""
+    s.settimeout(5)
+    while True:
+        try:
+            d = s.recv(4096)
+        except ConnectionResetError:
+            break
+        if not d:
+            break
+        got += d
+    assert got.startswith(want) and got.endswith(b"\r\nConnection: close\r\n\r\n"), got
+    assert got.count(b"\r\n") == 3, "a bare response: status line and Connection only"
+    s.close()
+
+
+def test_bad_chunk_mid_body_400(gw):
+    _, port = gw()
+    s, rd = raw(port)
+    s.sendall(b"POST /__runner/task/app.tasks.add HTTP/1.1\r\nHost: x\r\nx-runner-token: secret\r\n"
+              b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n")
+    st, h, b, _ = rd.response()
+    assert (st, b, h["connection"]) == (400, b"", "close")
+    s.close()
+
+
+def test_16k_head_accepted(gw):
+    _, port = gw()
+    st, h, b, _ = call(port, "POST", "/__runner/task/app.tasks.noop", b"", headers={"x-pad": "p" * 16000})
+    assert st == 200
+
+
+def test_json_limit_2mib(gw):
+    _, port = gw()
+    tl = err("PAYLOAD_TOO_LARGE", "Payload too large")
+    big = json.dumps({"input": "x" * (2 * 1024 * 1024 - 12)}, separators=(",", ":")).encode()
+    assert len(big) == 2 * 1024 * 1024
+    st, h, b, _ = call(port, "POST", "/__runner/task/app.tasks.echo", big)
+    assert st == 200 and len(env(b)["result"]) == 2 * 1024 * 1024 - 12
+    # declared oversize: refused unread, connection closed (more than 64 KiB left)
+    s, rd = raw(port)
+    s.sendall(req("POST", "/__runner/task/app.tasks.echo", None, headers={"content-length": str(len(big) + 1)}))
+    st, h, b, _ = rd.response()
+    assert (st, b, h["connection"]) == (413, tl, "close")
+    s.close()
+    # chunked over the limit
+    s, rd = raw(port)
+    s.sendall(req("POST", "/__runner/task/app.tasks.echo", None, headers={"Transfer-Encoding": "chunked"}))
+    chunk = b"x" * 65536
+    try:
+        for _ in range(40):
+            s.sendall(b"10000\r\n" + chunk + b"\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    assert rd.response()[::2] == (413, tl)
+    s.close()
+
+
+def test_early_reply_keeps_connection_for_small_bodies(gw):
+    _, port = gw()
+    s, rd = raw(port)
+    # 401 with a 1000-byte body unread: dropped, connection kept
+    s.sendall(req("POST", "/__runner/task/app.tasks.add", b"x" * 1000, token=False))
+    st, h, b, _ = rd.response()
+    assert (st, h["connection"]) == (401, "keep-alive")
+    s.sendall(req("POST", "/__runner/task/app.tasks.add", b'{"a":1,"b":1}'))
+    assert rd.response()[2] == b'{"ok":true,"result":2}'
+    # 200 KiB unread: Connection: close, and the reply still arrives whole
+    s.sendall(req("POST", "/__runner/task/app.tasks.add", None, headers={"content-length": "204800"}, token=False))
+    s.sendall(b"y" * 100000)
+    st, h, b, _ = rd.response()
+    assert (st, h["connection"], b) == (401, "close", err("UNAUTHORIZED", "Unauthorized"))
+    s.close()
+
+
+def test_empty_body_is_undefined_and_bare_values(gw):
+    _, port = gw()
+    undef = {"__type": "Undefined", "value": None}
+    assert env(post(port, "task/app.tasks.echo", None)[2]) == {"ok": True, "result": undef}
+    assert env(post(port, "task/app.tasks.echo", 5)[2]) == {"ok": True, "result": 5}
+    assert env(post(port, "task/app.tasks.echo", {"input": None})[2]) == {"ok": True, "result": None}
+    assert env(post(port, "task/app.tasks.echo", {"a": 1})[2]) == {"ok": True, "result": {"a": 1}}
+    assert env(post(port, "task/app.tasks.noop", {})[2]) == {"ok": True, "result": undef}
+
+
+def test_unknown_type_400(gw):
+    _, port = gw()
+    st, h, b = post(port, "task/app.tasks.echo", {"input": {"__type": "Nope", "value": 1}})
+    assert (st, b) == (400, err("INVALID_JSON", "Invalid JSON body"))
+    st, h, b = post(port, "task/app.tasks.echo", {"input": {"d": {"__type": "Date", "value": "1970-01-01T00:00:00.005Z"}}})
+    assert st == 200 and env(b)["result"]["d"]["__type"] == "Date"
+    assert call(port, "POST", "/__runner/task/app.tasks.echo", b" ")[::2] == (400, err("INVALID_JSON", "Invalid JSON body"))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Envelopes and errors (§4)
+
+
+def test_typed_error_exact(gw):
+    _, port = gw()
+    st, h, b = post(port, "task/app.tasks.fail", {})
+    assert st == 409
+    assert b == (b'{"ok":false,"error":{"message":"{\\"code\\":\\"X1\\",\\"why\\":\\"dup\\"}","code":"INTERNAL_ERROR",'
+                 b'"id":"app.errors.AppError","data":{"code":"X1","why":"dup"},"httpCode":409}}')
+
+
+def test_untyped_error_sanitised(gw):
+    p, port = gw()
+    st, h, b = post(port, "task/app.tasks.boom", {}, headers={"x-runner-request-id": "boom-1"})
+    assert (st, b) == (500, err("INTERNAL_ERROR", "Internal Error"))
+    p.wait_line(r"boom.*boom-1", stream="err", timeout=5)
+
+
+def test_events(gw):
+    _, port = gw()
+    assert post(port, "event/app.events.notify",
+                {"payload": {"message": "hi", "at": {"__type": "Date", "value": "1970-01-01T00:00:00.000Z"}}})[::2] \
+        == (200, b'{"ok":true}')
+    st, h, b = post(port, "event/app.events.notify", {"payload": {"message": "hi2"}, "returnPayload": True})
+    assert (st, b) == (200, b'{"ok":true,"result":{"message":"hi2","touched":true}}')
+    # returnPayload by JS truthiness; no payload -> undefined
+    assert post(port, "event/app.events.notify", {"payload": {"m": 1}, "returnPayload": 0})[2] == b'{"ok":true}'
+    st, h, b = post(port, "event/app.events.notify", {"x": 1, "returnPayload": "yes"})
+    assert env(b) == {"ok": True, "result": {"__type": "Undefined", "value": None}}
+    # parallel + returnPayload
+    st, h, b = post(port, "event/app.events.par", {"payload": 1, "returnPayload": True})
+    assert (st, b) == (400, err("PARALLEL_EVENT_RETURN_UNSUPPORTED",
+                                "Event app.events.par is marked parallel; returning a payload is not supported."))
+    assert post(port, "event/app.events.par", {"payload": 1})[::2] == (200, b'{"ok":true}')
+    # a multipart body to an event is JSON: invalid
+    st, _, b, _ = call(port, "POST", "/__runner/event/app.events.notify", b"--b\r\n",
+                       headers={"content-type": "multipart/form-data; boundary=b"})
+    assert (st, b) == (400, err("INVALID_JSON", "Invalid JSON body"))
+
+
+def test_discovery(gw):
+    _, port = gw("--allow-task", "app.tasks.whoami", "--allow-task", "app.tasks.add", "--allow-event",
+                 "app.events.notify", "--allow-event", "app.events.par")
+    st, h, b, _ = call(port, "GET", "/__runner/discovery", None)
+    assert (st, b) == (200, b'{"ok":true,"result":{"allowList":{"enabled":true,"tasks":["app.tasks.whoami",'
+                            b'"app.tasks.add"],"events":["app.events.notify","app.events.par"]}}}')
+    assert call(port, "POST", "/__runner/discovery", b"{}")[::2] == (405, err("METHOD_NOT_ALLOWED", "Method Not Allowed"))
+    assert call(port, "GET", "/__runner/discovery", None, token=False)[0] == 401
+    assert call(port, "GET", "/__runner//discovery?x", None)[0] == 200
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Deadlines, aborts, timeouts (§11)
+
+
+def test_deadline_504(gw):
+    p, port = gw("--deadline", "300")
+    t0 = time.monotonic()
+    st, h, b = post(port, "task/app.tasks.slow", {"ms": 5000})
+    assert (st, b) == (504, err("TASK_TIMEOUT", "Task timed out"))
+    assert time.monotonic() - t0 < 2.0
+    assert post(port, "task/app.tasks.slow", {"ms": 10})[::2] == (200, b'{"ok":true,"result":"done"}')
+
+
+@pytest.mark.timeout_s(60)
+def test_client_disconnect_and_half_close_abort(gw):
+    p, port = gw()
+    post(port, "task/app.tasks.noop", None)
+    time.sleep(0.2)
+    fds = p.fd_count()
+    for i in range(50):
+        s, rd = raw(port)
+        s.sendall(req("POST", "/__runner/task/app.tasks.slow", b'{"ms":3000}'))
+        if i % 2:
+            s.shutdown(socket.SHUT_WR)  # half-close is an abort too
+            assert rd.at_eof(timeout=3), "half-closed request was not aborted"
+        s.close()
+    # mid-body disconnects
+    for _ in range(10):
+        s, rd = raw(port)
+        s.sendall(req("POST", "/__runner/task/app.tasks.echo", None, headers={"content-length": "100000"}) + b"x" * 500)
+        s.close()
+    assert post(port, "task/app.tasks.add", {"a": 1, "b": 2})[::2] == (200, b'{"ok":true,"result":3}')
+    deadline = time.monotonic() + 5
+    while p.fd_count() > fds and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert p.fd_count() <= fds, "fd leak: %d -> %d" % (fds, p.fd_count())
+    assert p.alive()
+
+
+@pytest.mark.timeout_s(30)
+def test_slowloris_head_silent_close(gw):
+    _, port = gw()
+    s, rd = raw(port, timeout=20)
+    s.sendall(b"POST /__runner/task/app.tasks.add HTTP/1.1\r\nHost: x\r\n")
+    t0 = time.monotonic()
+    s.settimeout(15)
+    try:
+        d = s.recv(100)
+    except ConnectionResetError:
+        d = b""
+    assert d == b"", "head timeout must close silently, got %r" % d
+    assert 8.0 < time.monotonic() - t0 < 13.0
+    s.close()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Octet, streams, duplex (§8.4, §8.5)
+
+
+def test_octet_chunked_1000(gw):
+    _, port = gw()
+    s, rd = raw(port)
+    s.sendall(req("POST", "/__runner/task/app.tasks.octet", None,
+                  headers={"content-type": "application/octet-stream", "Transfer-Encoding": "chunked"}))
+    s.sendall(b"1f4\r\n" + b"a" * 500 + b"\r\n1f4\r\n" + b"b" * 500 + b"\r\n0\r\n\r\n")
+    assert rd.response()[::2] == (200, b'{"ok":true,"result":{"receivedBytes":1000}}')
+    # big body with Content-Length, flow-controlled
+    n = 5 * 1024 * 1024
+    s.sendall(req("POST", "/__runner/task/app.tasks.octet", b"z" * n,
+                  headers={"content-type": "application/octet-stream"}))
+    assert env(rd.response()[2]) == {"ok": True, "result": {"receivedBytes": n}}
+    s.close()
+
+
+def test_octet_cap(gw):
+    _, port = gw("--max-octet", "1000")
+    st, h, b, _ = call(port, "POST", "/__runner/task/app.tasks.octet", b"q" * 1001,
+                       headers={"content-type": "application/octet-stream"})
+    assert (st, b) == (413, err("PAYLOAD_TOO_LARGE", "Payload too large"))
+    s, rd = raw(port)
+    s.sendall(req("POST", "/__runner/task/app.tasks.octet", None,
+                  headers={"content-type": "application/octet-stream", "Transfer-Encoding": "chunked"}))
+    s.sendall(b"3e8\r\n" + b"a" * 1000 + b"\r\n1\r\nb\r\n0\r\n\r\n")
+    assert rd.response()[::2] == (413, err("PAYLOAD_TOO_LARGE", "Payload too large"))
+    s.close()
+
+
+def test_stream_response(gw):
+    _, port = gw()
+    s, rd = raw(port)
+    s.sendall(req("POST", "/__runner/task/app.tasks.stream", b"", headers={"content-type": "application/octet-stream",
+                                                                         "x-runner-request-id": "st-1"}))
+    st, h, b, hdrs = rd.response()
+    assert (st, b) == (200, b"chunk1\nchunk2\n")
+    assert [k for k, _ in hdrs] == ["x-runner-request-id", "Access-Control-Allow-Origin", "content-type",
+                                    "X-Content-Type-Options", "X-Frame-Options", "Date", "Connection", "Keep-Alive",
+                                    "Transfer-Encoding"]
+    assert (h["x-runner-request-id"], h["content-type"], h["transfer-encoding"]) == (
+        "st-1", "application/octet-stream", "chunked")
+    s.close()
+
+
+def test_duplex(gw):
+    _, port = gw()
+    s, rd = raw(port)
+    s.sendall(req("POST", "/__runner/task/app.tasks.duplex", None,
+                  headers={"content-type": "application/octet-stream", "Transfer-Encoding": "chunked"}))
+    s.sendall(b"3\r\nabc\r\n")
+    st, hdrs, _ = rd.head()
+    d = dict(hdrs)
+    assert st == 200 and d["Transfer-Encoding"] == "chunked" and "x-runner-request-id" in d
+    assert rd.line() == b"3" and rd.exact(5) == b"ABC\r\n"  # before the request ended
+    s.sendall(b"3\r\ndef\r\n0\r\n\r\n")
+    assert rd.line() == b"3" and rd.exact(5) == b"DEF\r\n"
+    assert rd.line() == b"0" and rd.line() == b""
+    # the connection is reusable
+    s.sendall(req("POST", "/__runner/task/app.tasks.add", b'{"a":1,"b":1}'))
+    assert rd.response()[2] == b'{"ok":true,"result":2}'
+    s.close()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# `culvert gateway` arguments
+
+
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--bogus"], "unknown option"),
+        (["--listen", "nohost"], "--listen"),
+        (["--workers", "0"], "--workers"),
+        (["--worker-protocol", "v9"], "--worker-protocol"),
+        (["--deadline", "abc"], "--deadline"),
+        (["--worker", "'unbalanced"], "unbalanced"),
+        (["--token", ""], "empty token"),
+        (["--token-file", "/nonexistent/x"], "--token-file"),
+        (["--base-path", "/a b"], "base path"),
+        (["extra"], "unexpected argument"),
+    ],
+)
+def test_cli_errors(culvert, args, msg):
+    rc, out, errt = culvert.run(["gateway"] + args, timeout=10)
+    assert rc == 2, (rc, out, errt)
+    assert msg in errt
+
+
+def test_cli_help_and_usage(culvert):
+    rc, out, _ = culvert.run(["gateway", "--help"])
+    assert rc == 0 and "--worker" in out and "--allow-task" in out
+    rc, out, errt = culvert.run(["--help"])
+    assert "gateway" in out
+
+
+def test_cli_serves_and_drains(culvert):
+    p = culvert.procs.start([CULVERT_BIN, "gateway", "--listen", "127.0.0.1:0", "--token", TOKEN,
+                             "--allow-task", "app.tasks.add"], name="gateway")
+    m = p.wait_line(r"listening on http://127\.0\.0\.1:(\d+)", timeout=10)
+    port = int(m.group(1))
+    st, h, b = post(port, "task/app.tasks.add", {"a": 1, "b": 2})
+    assert (st, b) == (404, err("NOT_FOUND", "Task app.tasks.add not found"))
+    assert post(port, "task/app.tasks.x", {})[0] == 403
+    p.p.send_signal(signal.SIGTERM)
+    assert p.wait_exit(15) == 0
