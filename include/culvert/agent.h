@@ -71,6 +71,17 @@ int cv_agent_start(uv_loop_t *loop, const struct cv_agent_opts *opts, cv_agent_d
  * when all is closed. Safe to call more than once. */
 void cv_agent_stop(struct cv_agent *a);
 
+/* Replaces the exposures (copied): ones no longer listed are released
+ * (UNEXPOSE: the relay closes that public port; visitors already connected
+ * keep their streams), new ones are requested, unchanged ones are left
+ * alone. Applies to the live tunnel and to every reconnect. Returns 0,
+ * CV_EINVAL (exposures without native mode) or CV_ENOMEM (nothing changed). */
+int cv_agent_set_exposures(struct cv_agent *a, const struct cv_agent_expose *x, size_t n);
+
+/* The token for the next handshakes (borrowed; NULL: none). The live
+ * tunnel is not affected. */
+void cv_agent_set_token(struct cv_agent *a, const char *token);
+
 /* The admin listener's bound port (0 if there is none). */
 uint16_t cv_agent_admin_port(const struct cv_agent *a);
 

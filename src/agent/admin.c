@@ -31,9 +31,9 @@ static json_t *exposures_json(const struct cv_agent *a)
 {
     static const char *const names[] = {"pending", "exposed", "refused"};
     json_t *arr = json_array();
-    for (size_t i = 0; i < a->o.nexpose; i++) {
-        const struct cv_agent_expose *x = &a->o.expose[i];
-        const struct agent_exposure *st = &a->xstate[i];
+    for (size_t i = 0; i < a->nxs; i++) {
+        const struct cv_agent_expose *x = &a->xs[i].e;
+        const struct agent_exposure *st = &a->xs[i];
         static const char *const protos[] = {"tcp", "udp", "http", "tls"};
         json_t *o = json_pack("{s:s,s:i,s:s}", "proto", protos[x->proto & 3], "local_port",
                               (json_int_t)x->local_port, "state",
@@ -88,8 +88,8 @@ static void metrics_text(const struct cv_agent *a, struct cv_buf *b)
     cv_prom_value(b, "culvert_agent_tunnel_bytes_total", "direction=\"rx\"", rx_bytes(a));
     cv_prom_value(b, "culvert_agent_tunnel_bytes_total", "direction=\"tx\"", tx_bytes(a));
     uint64_t exposed = 0;
-    for (size_t i = 0; i < a->o.nexpose; i++)
-        exposed += a->established && a->xstate[i].state == AGENT_X_EXPOSED;
+    for (size_t i = 0; i < a->nxs; i++)
+        exposed += a->established && a->xs[i].state == AGENT_X_EXPOSED;
     cv_prom_metric(b, "culvert_agent_exposures", "gauge", "Public ports the relay holds for us.",
                    exposed);
 }

@@ -54,14 +54,22 @@ int cv_agent_url(const char *runner_url, const char *container_id, char *buf, si
 
 /* ---- messages from the relay ------------------------------------------- */
 
+static const char *proto_name(uint8_t proto)
+{
+    static const char *const protos[] = {"tcp", "udp", "http", "tls"};
+    return protos[proto & 3];
+}
+
 static void on_exposed(struct cv_agent *a, const struct cv_kh_msg *m)
 {
-    if (m->id == 0 || m->id > a->o.nexpose)
-        return;
-    const struct cv_agent_expose *x = &a->o.expose[m->id - 1];
-    struct agent_exposure *st = &a->xstate[m->id - 1];
-    static const char *const protos[] = {"tcp", "udp", "http", "tls"};
-    const char *proto = protos[x->proto & 3];
+    struct agent_exposure *st = NULL;
+    for (size_t i = 0; i < a->nxs && st == NULL; i++)
+        if (a->xs[i].num == m->id)
+            st = &a->xs[i];
+    if (st == NULL)
+        return; /* released since: the relay's answer crossed our UNEXPOSE */
+    const struct cv_agent_expose *x = &st->e;
+    const char *proto = proto_name(x->proto);
     if (m->port == 0) {
         int n = m->len > 200 ? 200 : (int)m->len;
         if (x->name)
@@ -91,21 +99,92 @@ static void on_exposed(struct cv_agent *a, const struct cv_kh_msg *m)
     cv_log_info("exposed %s 127.0.0.1:%u at %s:%u", proto, x->local_port, a->relay_host, m->port);
 }
 
+static void send_expose(struct cv_agent *a, struct agent_exposure *st);
+
 static void send_exposes(struct cv_agent *a)
 {
-    for (size_t i = 0; i < a->o.nexpose; i++) {
-        const struct cv_agent_expose *x = &a->o.expose[i];
-        a->xstate[i].state = AGENT_X_PENDING;
-        /* u16 BE local port, then (named kinds) the name (§6). */
-        uint8_t p[2 + CV_KH_NAME_MAX];
-        size_t n = x->name ? strlen(x->name) : 0;
-        if (n > CV_KH_NAME_MAX)
-            n = CV_KH_NAME_MAX;
-        p[0] = (uint8_t)(x->local_port >> 8);
-        p[1] = (uint8_t)x->local_port;
-        memcpy(p + 2, x->name ? x->name : "", n);
-        cv_tunnel_send(a->ws, CV_KH_EXPOSE, x->proto, (uint32_t)i + 1, x->public_port, p, 2 + n);
+    for (size_t i = 0; i < a->nxs; i++)
+        send_expose(a, &a->xs[i]);
+}
+
+static void send_expose(struct cv_agent *a, struct agent_exposure *st)
+{
+    const struct cv_agent_expose *x = &st->e;
+    st->state = AGENT_X_PENDING;
+    /* u16 BE local port, then (named kinds) the name (§6). */
+    uint8_t p[2 + CV_KH_NAME_MAX];
+    size_t n = x->name ? strlen(x->name) : 0;
+    if (n > CV_KH_NAME_MAX)
+        n = CV_KH_NAME_MAX;
+    p[0] = (uint8_t)(x->local_port >> 8);
+    p[1] = (uint8_t)x->local_port;
+    memcpy(p + 2, x->name ? x->name : "", n);
+    cv_tunnel_send(a->ws, CV_KH_EXPOSE, x->proto, st->num, x->public_port, p, 2 + n);
+}
+
+static bool same_expose(const struct cv_agent_expose *x, const struct cv_agent_expose *y)
+{
+    return x->proto == y->proto && x->local_port == y->local_port &&
+           x->public_port == y->public_port &&
+           strcmp(x->name ? x->name : "", y->name ? y->name : "") == 0;
+}
+
+/* The exposure's name points into its own storage (the caller's string
+ * may go away on reload). */
+static void own_name(struct agent_exposure *st)
+{
+    if (st->e.name) {
+        snprintf(st->name, sizeof st->name, "%s", st->e.name);
+        st->e.name = st->name;
     }
+}
+
+void cv_agent_set_token(struct cv_agent *a, const char *token)
+{
+    a->o.token = token;
+}
+
+int cv_agent_set_exposures(struct cv_agent *a, const struct cv_agent_expose *x, size_t n)
+{
+    if (n > 0 && !a->o.native)
+        return CV_EINVAL;
+    struct agent_exposure *nx = calloc(n ? n : 1, sizeof *nx);
+    if (nx == NULL)
+        return CV_ENOMEM;
+    bool live = a->established && a->native && a->ws != NULL;
+    /* Kept exposures keep their number and state: their port is not
+     * touched, nor the visitors connected through it. */
+    for (size_t i = 0; i < n; i++) {
+        nx[i].e = x[i];
+        nx[i].num = 0;
+        for (size_t j = 0; j < a->nxs; j++) {
+            if (a->xs[j].num != 0 && same_expose(&a->xs[j].e, &x[i])) {
+                nx[i] = a->xs[j];
+                a->xs[j].num = 0; /* taken */
+                break;
+            }
+        }
+        own_name(&nx[i]);
+    }
+    for (size_t j = 0; j < a->nxs; j++) {
+        if (a->xs[j].num == 0)
+            continue;
+        cv_log_info("unexpose %s:%u%s%s", proto_name(a->xs[j].e.proto), a->xs[j].e.local_port,
+                    a->xs[j].e.name ? ":" : "", a->xs[j].e.name ? a->xs[j].e.name : "");
+        if (live)
+            cv_tunnel_send(a->ws, CV_KH_UNEXPOSE, a->xs[j].e.proto, a->xs[j].num, 0, NULL, 0);
+    }
+    free(a->xs);
+    a->xs = nx;
+    a->nxs = n;
+    for (size_t i = 0; i < n; i++) {
+        if (nx[i].num != 0)
+            continue;
+        nx[i].num = a->next_num++;
+        if (live)
+            send_expose(a, &nx[i]);
+    }
+    return 0;
 }
 
 static void send_error(struct cv_agent *a, uint8_t proto, uint32_t id, const char *text)
@@ -188,7 +267,7 @@ static void on_retry_closed(uv_handle_t *h)
     struct cv_agent *a = h->data;
     if (a->done != NULL)
         a->done(a, a->end, a->data);
-    free(a->xstate);
+    free(a->xs);
     free(a->url);
     free(a->log_url);
     free(a);
@@ -245,7 +324,7 @@ static void on_open(struct cv_ws *ws, int status)
     cv_log_info("tunnel established: %s%s", a->log_url, a->native ? " (native)" : "");
     if (a->native)
         send_exposes(a);
-    else if (a->o.nexpose > 0)
+    else if (a->nxs > 0)
         cv_log_warn("the relay does not speak culvert.v1: --expose is not available");
 }
 
@@ -260,8 +339,11 @@ static void on_close(struct cv_ws *ws, uint16_t code, const char *reason)
     struct cv_agent *a = cv_ws_data(ws);
     a->stats.rx_closed += cv_ws_rx_bytes(ws);
     a->stats.tx_closed += cv_ws_tx_bytes(ws);
-    for (size_t i = 0; i < a->o.nexpose; i++)
-        a->xstate[i] = (struct agent_exposure){0};
+    for (size_t i = 0; i < a->nxs; i++) {
+        a->xs[i].state = AGENT_X_PENDING;
+        a->xs[i].public_port = 0;
+        a->xs[i].reason[0] = 0;
+    }
     a->ws = NULL;
     cv_local_set_ws(a->local, NULL);
     cv_local_close_all(a->local); /* nothing resumes (spec §7) */
@@ -340,10 +422,11 @@ int cv_agent_start(uv_loop_t *loop, const struct cv_agent_opts *opts, cv_agent_d
     }
     cv_agent_url(opts->runner_url, opts->container_id, a->url, len);
     a->log_url = mask_token(a->url);
-    a->xstate = calloc(opts->nexpose ? opts->nexpose : 1, sizeof *a->xstate);
-    if (a->log_url == NULL || a->xstate == NULL) {
+    a->o = *opts;
+    a->next_num = 1;
+    if (a->log_url == NULL || cv_agent_set_exposures(a, opts->expose, opts->nexpose) != 0) {
         cv_local_free(a->local);
-        free(a->xstate);
+        free(a->xs);
         free(a->log_url);
         free(a->url);
         free(a);
@@ -355,6 +438,8 @@ int cv_agent_start(uv_loop_t *loop, const struct cv_agent_opts *opts, cv_agent_d
     a->loop = loop;
     a->o = *opts;
     a->o.runner_url = a->o.container_id = NULL;
+    a->o.expose = NULL; /* copied into a->xs */
+    a->o.nexpose = 0;
     a->done = done;
     a->data = data;
     a->started = (int64_t)time(NULL);
@@ -362,7 +447,7 @@ int cv_agent_start(uv_loop_t *loop, const struct cv_agent_opts *opts, cv_agent_d
         int rc = agent_admin_start(a);
         if (rc != 0) {
             cv_local_free(a->local);
-            free(a->xstate);
+            free(a->xs);
             free(a->log_url);
             free(a->url);
             free(a);

@@ -16,8 +16,12 @@ struct cv_http_server;
 
 enum agent_x_state { AGENT_X_PENDING = 0, AGENT_X_EXPOSED, AGENT_X_REFUSED };
 
-/* What the relay said about one --expose (reset on every reconnect). */
+/* One --expose and what the relay said about it (state reset on every
+ * reconnect). */
 struct agent_exposure {
+    struct cv_agent_expose e; /* e.name points at name below */
+    char name[64];            /* named kinds (http, tls): the DNS label */
+    uint32_t num; /* exposure number on the wire (never reused by one agent) */
     enum agent_x_state state;
     uint16_t public_port; /* AGENT_X_EXPOSED */
     char reason[201];     /* AGENT_X_REFUSED: the relay's words */
@@ -49,7 +53,9 @@ struct cv_agent {
     enum cv_agent_end end;
     cv_agent_done_cb done;
     void *data;
-    struct agent_exposure *xstate; /* owned: one per o.expose */
+    struct agent_exposure *xs;     /* owned: the exposures asked for */
+    size_t nxs;
+    uint32_t next_num;             /* for the next new exposure */
     struct agent_stats stats;
     int64_t started, since;        /* unix times: start, current tunnel up */
     struct cv_http_server *admin;  /* NULL unless o.admin_host */

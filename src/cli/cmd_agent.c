@@ -14,6 +14,7 @@
 
 #include "agent/agent.h"
 #include "cli/cmds.h"
+#include "cli/config.h"
 #include "cli/signals.h"
 #include "codec/kohaku.h"
 #include "codec/url.h"
@@ -23,7 +24,7 @@
 #include "net/tls.h"
 
 enum { OPT_DELAY = 1000, OPT_MAX, OPT_LEVEL, OPT_TOKEN, OPT_EXPOSE, OPT_PING, OPT_COMPAT, OPT_ADMIN,
-       OPT_TRUST_CA, OPT_INSECURE };
+       OPT_CONFIG, OPT_TRUST_CA, OPT_INSECURE };
 
 #define MAX_EXPOSE 64
 
@@ -45,6 +46,7 @@ struct agent_args {
 
 struct agent_run {
     struct cv_cli_signals sig;
+    uv_signal_t *hup; /* SIGHUP: reload the config */
     enum cv_agent_end end;
 };
 
@@ -77,6 +79,10 @@ static void usage(FILE *f, const char *prog)
             "                                127.0.0.1:LOCAL: K is http (virtual host\n"
             "                                NAME.BASE) or tls (routed by SNI); repeatable\n"
             "      --ping-interval <SECS>    native keepalive interval [default: 15]\n"
+            "      --config <FILE>           read these options from FILE (INI: key = value,\n"
+            "                                keys are the long flag names; flags given here\n"
+            "                                win); SIGHUP reads it again: exposures and the\n"
+            "                                token change without dropping live streams\n"
             "      --admin <HOST:PORT>       admin listener: /api/status, /metrics, /healthz,\n"
             "                                /readyz [default: off]\n"
             "      --trust-ca <FILE>         wss://: verify the relay against the CA\n"
@@ -95,12 +101,15 @@ static int usage_error(const char *prog, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 static int usage_error(const char *prog, const char *fmt, ...)
 {
+    char msg[400];
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "error: ");
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "\n\nFor more information, try '%s --help'.\n", prog);
+    if (cv_cli_capturing())
+        cv_cli_error("", "%s", msg);
+    else
+        fprintf(stderr, "error: %s\n\nFor more information, try '%s --help'.\n", msg, prog);
     return 2;
 }
 
@@ -187,25 +196,27 @@ static const char *env_or(const char *given, const char *name)
     return v != NULL && *v != '\0' ? v : NULL;
 }
 
+static const struct option longopts[] = {
+    {"runner-url", required_argument, NULL, 'r'},
+    {"container-id", required_argument, NULL, 'c'},
+    {"reconnect-delay", required_argument, NULL, OPT_DELAY},
+    {"max-reconnect", required_argument, NULL, OPT_MAX},
+    {"log-level", required_argument, NULL, OPT_LEVEL},
+    {"token", required_argument, NULL, OPT_TOKEN},
+    {"expose", required_argument, NULL, OPT_EXPOSE},
+    {"ping-interval", required_argument, NULL, OPT_PING},
+    {"compat", no_argument, NULL, OPT_COMPAT},
+    {"admin", required_argument, NULL, OPT_ADMIN},
+    {"config", required_argument, NULL, OPT_CONFIG},
+    {"trust-ca", required_argument, NULL, OPT_TRUST_CA},
+    {"insecure", no_argument, NULL, OPT_INSECURE},
+    {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, 'V'},
+    {NULL, 0, NULL, 0}};
+
 /* Returns -1 to go on, or an exit code. */
 static int parse_flags(int argc, char **argv, const char *prog, struct agent_args *a)
 {
-    static const struct option longopts[] = {
-        {"runner-url", required_argument, NULL, 'r'},
-        {"container-id", required_argument, NULL, 'c'},
-        {"reconnect-delay", required_argument, NULL, OPT_DELAY},
-        {"max-reconnect", required_argument, NULL, OPT_MAX},
-        {"log-level", required_argument, NULL, OPT_LEVEL},
-        {"token", required_argument, NULL, OPT_TOKEN},
-        {"expose", required_argument, NULL, OPT_EXPOSE},
-        {"ping-interval", required_argument, NULL, OPT_PING},
-        {"compat", no_argument, NULL, OPT_COMPAT},
-        {"admin", required_argument, NULL, OPT_ADMIN},
-        {"trust-ca", required_argument, NULL, OPT_TRUST_CA},
-        {"insecure", no_argument, NULL, OPT_INSECURE},
-        {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},
-        {NULL, 0, NULL, 0}};
     opterr = 0;
     optind = 1;
     int ch;
@@ -220,6 +231,7 @@ static int parse_flags(int argc, char **argv, const char *prog, struct agent_arg
         case OPT_PING: a->ping = optarg; break;
         case OPT_COMPAT: a->compat = true; break;
         case OPT_ADMIN: a->admin = optarg; break;
+        case OPT_CONFIG: break; /* read before parsing (see load) */
         case OPT_TRUST_CA: a->trust_ca = optarg; break;
         case OPT_INSECURE: a->insecure = true; break;
         case OPT_EXPOSE:
@@ -311,11 +323,8 @@ static void on_done(struct cv_agent *ag, enum cv_agent_end end, void *data)
     struct agent_run *r = data;
     r->end = end;
     cv_cli_signals_close(&r->sig);
-}
-
-static void stop(void *ag)
-{
-    cv_agent_stop(ag);
+    if (r->hup && !uv_is_closing((uv_handle_t *)r->hup))
+        uv_close((uv_handle_t *)r->hup, NULL);
 }
 
 /* With a wss:// URL the TLS client context is made here, so that a bad
@@ -346,25 +355,141 @@ static int check_url(const char *prog, const struct agent_args *a, const struct 
     return -1;
 }
 
-static int run(const struct cv_agent_opts *o)
+/* Everything an agent runs with: flags from the config file, then the
+ * command line, then the environment. Reloaded whole on SIGHUP. */
+struct agent_conf {
+    struct agent_args a;
+    struct cv_agent_opts o;
+    struct cv_cli_conf file;
+    char **argv; /* merged */
+};
+
+static void conf_free(struct agent_conf *c)
 {
-    uv_loop_t loop;
-    struct agent_run r = {.end = CV_AGENT_STOPPED};
+    cv_cli_conf_free(&c->file);
+    free(c->argv);
+    free(c);
+}
+
+static int check_entry(int argc, char **argv, void *ud)
+{
+    const char *prog = ud;
+    struct agent_args a = {0};
+    struct cv_agent_opts o;
+    if (parse_flags(argc, argv, prog, &a) >= 0)
+        return 1;
+    if (a.url == NULL) /* checked later, with the command line and environment */
+        a.url = "ws://127.0.0.1:1";
+    if (a.cid == NULL)
+        a.cid = "x";
+    return resolve(prog, &a, &o) >= 0;
+}
+
+static struct agent_conf *load(const char *prog, int argc, char **argv, int *code, char *err,
+                               size_t errlen)
+{
+    struct agent_conf *c = calloc(1, sizeof *c);
+    err[0] = 0;
+    if (c == NULL) {
+        *code = 1;
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    const char *path = cv_cli_conf_path(argc, argv);
+    if (path && cv_cli_conf_load(path, "agent", longopts, check_entry, (void *)prog, &c->file,
+                                 err, errlen) != 0) {
+        free(c);
+        *code = 2;
+        return NULL;
+    }
+    int n, rc;
+    c->argv = cv_cli_conf_merge(&c->file, argc, argv, &n);
+    if (c->argv == NULL)
+        rc = 1;
+    else if ((rc = parse_flags(n, c->argv, prog, &c->a)) < 0)
+        rc = resolve(prog, &c->a, &c->o);
+    if (rc >= 0) {
+        conf_free(c);
+        *code = rc;
+        return NULL;
+    }
+    return c;
+}
+
+struct agent_main {
+    struct agent_run r;
     struct cv_agent *ag;
+    uv_signal_t hup;
+    struct agent_conf *conf; /* the running one: the agent borrows its token */
+    const char *prog;
+    int argc;
+    char **argv;
+};
+
+/* SIGHUP: reads the configuration again. A bad file is refused (logged
+ * with its line) and nothing changes; a good one replaces the exposures
+ * (released, kept or added one by one: live streams stay) and the token
+ * for the next handshakes. */
+static void on_hup(uv_signal_t *h, int signum)
+{
+    (void)signum;
+    struct agent_main *m = h->data;
+    char err[600];
+    int code;
+    struct agent_conf *nc = load(m->prog, m->argc, m->argv, &code, err, sizeof err);
+    if (nc == NULL) {
+        cv_log_error("configuration reload refused, keeping the running one: %s",
+                     err[0] ? err : "invalid flags");
+        return;
+    }
+    const struct cv_agent_opts *o = &m->conf->o, *n = &nc->o;
+    if (strcmp(o->runner_url, n->runner_url) != 0 || strcmp(o->container_id, n->container_id) != 0 ||
+        o->native != n->native || o->admin_port != n->admin_port ||
+        (o->admin_host == NULL) != (n->admin_host == NULL))
+        cv_log_warn("configuration reload: the relay URL, container id, --compat and --admin take "
+                    "effect on restart only; the running values are kept");
+    int rc = cv_agent_set_exposures(m->ag, n->expose, n->nexpose);
+    if (rc != 0) {
+        cv_log_error("configuration reload refused, keeping the running one: %s", cv_strerror(rc));
+        conf_free(nc);
+        return;
+    }
+    cv_agent_set_token(m->ag, n->token);
+    cv_log_info("configuration reloaded: %zu exposure%s, %s", n->nexpose,
+                n->nexpose == 1 ? "" : "s", n->token ? "token set" : "no token");
+    conf_free(m->conf);
+    m->conf = nc;
+}
+
+static void stop_all(void *data)
+{
+    struct agent_main *m = data;
+    cv_agent_stop(m->ag); /* on_done closes the signal handles */
+}
+
+static int run(struct agent_main *m)
+{
+    const struct cv_agent_opts *o = &m->conf->o;
+    uv_loop_t loop;
+    m->r.end = CV_AGENT_STOPPED;
     if (uv_loop_init(&loop) != 0)
         return 1;
-    int rc = cv_agent_start(&loop, o, on_done, &r, &ag);
+    int rc = cv_agent_start(&loop, o, on_done, &m->r, &m->ag);
     if (rc != 0) {
         fprintf(stderr, "Error: cannot start the agent: %s\n", cv_strerror(rc));
         uv_loop_close(&loop);
         return 1;
     }
-    cv_cli_signals_start(&loop, &r.sig, stop, ag);
+    cv_cli_signals_start(&loop, &m->r.sig, stop_all, m);
+    uv_signal_init(&loop, &m->hup);
+    m->hup.data = m;
+    m->r.hup = &m->hup;
+    uv_signal_start(&m->hup, on_hup, SIGHUP);
     cv_log_info("culvert agent %s: container %s, tunnel %s", CV_VERSION, o->container_id,
-                cv_agent_log_url(ag));
+                cv_agent_log_url(m->ag));
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
-    if (r.end == CV_AGENT_GAVE_UP) {
+    if (m->r.end == CV_AGENT_GAVE_UP) {
         fprintf(stderr, "Error: Max reconnection attempts exceeded\n");
         return 1;
     }
@@ -378,16 +503,18 @@ int cv_cmd_agent(int argc, char **argv)
     if (strcmp(prog, "tunnel-client") != 0)
         prog = "culvert agent";
     cv_log_set_stream(stdout);
-    struct agent_args a = {0};
-    int rc = parse_flags(argc, argv, prog, &a);
-    if (rc >= 0)
+    char err[600];
+    int rc;
+    struct agent_main m = {.prog = prog, .argc = argc, .argv = argv};
+    m.conf = load(prog, argc, argv, &rc, err, sizeof err);
+    if (m.conf == NULL) {
+        if (err[0])
+            fprintf(stderr, "error: %s\n", err);
         return rc;
-    struct cv_agent_opts o;
-    if ((rc = resolve(prog, &a, &o)) >= 0)
-        return rc;
-    if ((rc = check_url(prog, &a, &o)) >= 0)
-        return rc;
-    rc = run(&o);
+    }
+    if ((rc = check_url(prog, &m.conf->a, &m.conf->o)) < 0)
+        rc = run(&m);
+    conf_free(m.conf);
     cv_tls_client_cleanup();
     return rc;
 }

@@ -1,11 +1,14 @@
 /* `culvert relay`: flags, signals, run. */
 #include <getopt.h>
+#include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
 
 #include "cli/cmds.h"
+#include "cli/config.h"
 #include "cli/signals.h"
 #include "core/err.h"
 #include "core/log.h"
@@ -38,6 +41,10 @@ static void usage(FILE *f)
             "                         within SEC (slowloris guard; default 10)\n"
             "  --conn-rate N[/BURST]  new connections per second per client address, with\n"
             "                         BURST at once; beyond: 429 (default 20/200; 0 = off)\n"
+            "  --config FILE          read these options from FILE (INI: key = value, keys are\n"
+            "                         the long flag names; flags given here win); SIGHUP reads\n"
+            "                         it again: auth keys and limits change without dropping\n"
+            "                         live tunnels, a bad file is refused and logged\n"
             "  --admin HOST:PORT      admin listener: JSON API (/api/agents, /api/streams, ...),\n"
             "                         Prometheus /metrics, /healthz, /readyz (default: off)\n"
             "  --tls-cert FILE        PEM certificate chain: the --listen port speaks TLS\n"
@@ -45,6 +52,9 @@ static void usage(FILE *f)
             "                         certificates, chosen by the client's SNI name (the\n"
             "                         first is the default)\n"
             "  --tls-key FILE         PEM private key of the matching --tls-cert\n"
+            "  --tls-listen HOST:PORT  SNI router: TLS connections for NAME.BASE (see --domain)\n"
+            "                         pass untouched to the agent exposing tls:LOCAL:NAME\n"
+            "  --domain BASE          serve agents' named exposures as NAME.BASE\n"
             "  --log-level LEVEL      error, warn, info, debug or trace (default info)\n"
             "  -h, --help             show this help\n");
 }
@@ -117,30 +127,7 @@ static int parse_range(const char *s, uint16_t *lo, uint16_t *hi)
     return *lo == 0 || *lo > *hi ? CV_EINVAL : 0;
 }
 
-#define MAX_CERTS 16
-
-struct run {
-    struct cv_relay *relay;
-    struct cv_cli_signals sig;
-};
-
-/* --tls-cert/--tls-key pairs, in order. */
-struct certs {
-    struct cv_tls_cert c[MAX_CERTS];
-    size_t ncert, nkey;
-};
-
-static void stop(void *data)
-{
-    struct run *run = data;
-    cv_relay_stop(run->relay);
-    cv_cli_signals_close(&run->sig);
-}
-
-static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, size_t hostlen,
-                 char *admin, size_t adminlen, struct certs *certs)
-{
-    static const struct option longopts[] = {
+static const struct option longopts[] = {
         {"listen", required_argument, NULL, 'l'},    {"ping-interval", required_argument, NULL, 'i'},
         {"ping-timeout", required_argument, NULL, 't'}, {"allow-any-port", no_argument, NULL, 'a'},
         {"log-level", required_argument, NULL, 'L'}, {"help", no_argument, NULL, 'h'},
@@ -148,10 +135,26 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
         {"public-bind", required_argument, NULL, 'B'}, {"allow-ports", required_argument, NULL, 'P'},
         {"conn-buffer", required_argument, NULL, 'C'}, {"admin", required_argument, NULL, 'D'},
         {"handshake-timeout", required_argument, NULL, 'H'}, {"conn-rate", required_argument, NULL, 'R'},
+        {"config", required_argument, NULL, 'F'},
         {"tls-cert", required_argument, NULL, 'c'}, {"tls-key", required_argument, NULL, 'k'},
+        {"tls-listen", required_argument, NULL, 'S'}, {"domain", required_argument, NULL, 'M'},
         {NULL, 0, NULL, 0}};
+
+#define MAX_CERTS 16
+
+/* TLS flags: --tls-cert/--tls-key pairs in order, the SNI router address. */
+struct tls_args {
+    struct cv_tls_cert c[MAX_CERTS];
+    size_t ncert, nkey;
+    char listen[CV_ADDR_STRLEN];
+};
+
+static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, size_t hostlen,
+                 char *admin, size_t adminlen, struct tls_args *tls)
+{
     int c;
     optind = 1;
+    tls->ncert = tls->nkey = 0;
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         struct sockaddr_storage ss;
         enum cv_log_level lvl;
@@ -160,7 +163,7 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
         case 'D':
             if (c == 'l' ? cv_addr_split(optarg, host, hostlen, &o->port) != 0
                          : cv_addr_split(optarg, admin, adminlen, &o->admin_port) != 0) {
-                fprintf(stderr, "culvert relay: --%s wants HOST:PORT with a numeric host, got '%s'\n",
+                cv_cli_error("culvert relay: ", "--%s wants HOST:PORT with a numeric host, got '%s'\n",
                         c == 'l' ? "listen" : "admin", optarg);
                 return 2;
             }
@@ -170,132 +173,285 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
         case 'i':
         case 't':
             if (parse_seconds(optarg, c == 'i' ? &o->ping_interval_ms : &o->pong_timeout_ms) != 0) {
-                fprintf(stderr, "culvert relay: --ping-%s wants a positive number of seconds, got '%s'\n",
+                cv_cli_error("culvert relay: ", "--ping-%s wants a positive number of seconds, got '%s'\n",
                         c == 'i' ? "interval" : "timeout", optarg);
                 return 2;
             }
             break;
         case 'H':
             if (parse_seconds(optarg, &o->handshake_ms) != 0) {
-                fprintf(stderr, "culvert relay: --handshake-timeout wants a positive number of "
+                cv_cli_error("culvert relay: ", "--handshake-timeout wants a positive number of "
                                 "seconds, got '%s'\n", optarg);
                 return 2;
             }
             break;
         case 'R':
             if (parse_rate(optarg, &o->conn_rate, &o->conn_burst) != 0) {
-                fprintf(stderr, "culvert relay: --conn-rate wants N or N/BURST (N >= 0, BURST >= 1), "
+                cv_cli_error("culvert relay: ", "--conn-rate wants N or N/BURST (N >= 0, BURST >= 1), "
                                 "got '%s'\n", optarg);
                 return 2;
             }
             break;
         case 'c':
         case 'k':
-            if ((c == 'c' ? certs->ncert : certs->nkey) >= MAX_CERTS) {
-                fprintf(stderr, "culvert relay: at most %d --tls-cert/--tls-key pairs\n", MAX_CERTS);
+            if ((c == 'c' ? tls->ncert : tls->nkey) >= MAX_CERTS) {
+                cv_cli_error("culvert relay: ", "at most %d --tls-cert/--tls-key pairs\n", MAX_CERTS);
                 return 2;
             }
             if (c == 'c')
-                certs->c[certs->ncert++].cert_file = optarg;
+                tls->c[tls->ncert++].cert_file = optarg;
             else
-                certs->c[certs->nkey++].key_file = optarg;
+                tls->c[tls->nkey++].key_file = optarg;
+            break;
+        case 'S':
+            if (cv_addr_split(optarg, tls->listen, sizeof tls->listen, &o->tls_listen_port) != 0) {
+                cv_cli_error("culvert relay: ", "--tls-listen wants HOST:PORT with a numeric host, "
+                             "got '%s'\n", optarg);
+                return 2;
+            }
+            o->tls_listen_host = tls->listen;
+            break;
+        case 'M':
+            if (*optarg == 0 || *optarg == '.' || strchr(optarg, '/') || strchr(optarg, ':')) {
+                cv_cli_error("culvert relay: ", "--domain wants a domain name such as "
+                             "tunnel.example.com, got '%s'\n", optarg);
+                return 2;
+            }
+            o->domain = optarg;
             break;
         case 'a': o->any_port = true; break;
         case 'T': o->token = optarg; break;
         case 'A': o->allow_anonymous = true; break;
         case 'B':
             if (cv_addr_from(optarg, 0, &ss) != 0) {
-                fprintf(stderr, "culvert relay: --public-bind wants a numeric address, got '%s'\n", optarg);
+                cv_cli_error("culvert relay: ", "--public-bind wants a numeric address, got '%s'\n", optarg);
                 return 2;
             }
             o->public_bind = optarg;
             break;
         case 'C':
             if (parse_size(optarg, &o->conn_pending) != 0) {
-                fprintf(stderr, "culvert relay: --conn-buffer wants a size from 64K to 1G "
+                cv_cli_error("culvert relay: ", "--conn-buffer wants a size from 64K to 1G "
                                 "(e.g. 8M), got '%s'\n", optarg);
                 return 2;
             }
             break;
         case 'P':
             if (parse_range(optarg, &o->allow_lo, &o->allow_hi) != 0) {
-                fprintf(stderr, "culvert relay: --allow-ports wants LO-HI (1-65535), got '%s'\n", optarg);
+                cv_cli_error("culvert relay: ", "--allow-ports wants LO-HI (1-65535), got '%s'\n", optarg);
                 return 2;
             }
             break;
         case 'L':
             if (cv_log_parse_level(optarg, &lvl) != 0) {
-                fprintf(stderr, "culvert relay: unknown log level '%s'\n", optarg);
+                cv_cli_error("culvert relay: ", "unknown log level '%s'\n", optarg);
                 return 2;
             }
             cv_log_set_level(lvl);
             break;
+        case 'F': break; /* read before parsing (see load) */
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
     if (optind < argc) {
-        fprintf(stderr, "culvert relay: unexpected argument '%s'\n", argv[optind]);
+        cv_cli_error("culvert relay: ", "unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (tls->ncert != tls->nkey) {
+        cv_cli_error("culvert relay: ", "--tls-cert and --tls-key come in pairs (got %zu "
+                     "certificates and %zu keys)\n", tls->ncert, tls->nkey);
         return 2;
     }
     return -1;
 }
 
-int cv_cmd_relay(int argc, char **argv)
-{
+/* Everything a relay runs with: defaults, then the config file, then the
+ * command line. Reloaded whole on SIGHUP. */
+struct relay_conf {
     struct cv_relay_opts o;
-    cv_relay_opts_default(&o);
-    char host[CV_ADDR_STRLEN] = "127.0.0.1";
-    char admin[CV_ADDR_STRLEN] = "";
-    struct certs certs = {0};
-    int rc = parse(argc, argv, &o, host, sizeof host, admin, sizeof admin, &certs);
-    if (rc >= 0)
-        return rc;
-    if (certs.ncert != certs.nkey) {
-        fprintf(stderr, "culvert relay: --tls-cert and --tls-key come in pairs (got %zu "
-                        "certificates and %zu keys)\n", certs.ncert, certs.nkey);
-        return 2;
+    char host[CV_ADDR_STRLEN];
+    char admin[CV_ADDR_STRLEN];
+    struct tls_args tls;
+    struct cv_cli_conf file;
+    char **argv; /* merged: file flags, then the command line */
+};
+
+static void conf_free(struct relay_conf *c)
+{
+    cv_cli_conf_free(&c->file);
+    free(c->argv);
+    free(c);
+}
+
+static int check_entry(int argc, char **argv, void *ud)
+{
+    (void)ud;
+    struct relay_conf scratch;
+    cv_relay_opts_default(&scratch.o);
+    return parse(argc, argv, &scratch.o, scratch.host, sizeof scratch.host, scratch.admin,
+                 sizeof scratch.admin, &scratch.tls) >= 0;
+}
+
+/* Builds the configuration. Returns NULL with *code set (the exit status;
+ * a message was reported, or is in err for the file). */
+static struct relay_conf *load(int argc, char **argv, int *code, char *err, size_t errlen)
+{
+    struct relay_conf *c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        *code = 1;
+        snprintf(err, errlen, "out of memory");
+        return NULL;
     }
-    o.host = host;
-    if (o.token == NULL) {
+    cv_relay_opts_default(&c->o);
+    snprintf(c->host, sizeof c->host, "127.0.0.1");
+    err[0] = 0;
+    const char *path = cv_cli_conf_path(argc, argv);
+    if (path && cv_cli_conf_load(path, "relay", longopts, check_entry, NULL, &c->file, err,
+                                 errlen) != 0) {
+        free(c);
+        *code = 2;
+        return NULL;
+    }
+    int n;
+    c->argv = cv_cli_conf_merge(&c->file, argc, argv, &n);
+    int rc = c->argv ? parse(n, c->argv, &c->o, c->host, sizeof c->host, c->admin, sizeof c->admin,
+                             &c->tls)
+                     : 1;
+    if (rc >= 0) {
+        conf_free(c);
+        *code = rc;
+        return NULL;
+    }
+    c->o.host = c->host;
+    if (c->o.token == NULL) {
         const char *env = getenv("CULVERT_TOKEN");
         if (env && *env)
-            o.token = env;
+            c->o.token = env;
     }
-    if (o.token == NULL && !o.allow_anonymous) {
-        fprintf(stderr, "culvert relay: authentication is required: give --token SECRET (or "
-                        "CULVERT_TOKEN), or --allow-anonymous to admit anyone\n");
-        return 2;
+    if (c->o.token == NULL && !c->o.allow_anonymous) {
+        snprintf(err, errlen, "authentication is required: give --token SECRET (or "
+                              "CULVERT_TOKEN), or --allow-anonymous to admit anyone");
+        conf_free(c);
+        *code = 2;
+        return NULL;
     }
+    return c;
+}
+
+struct run {
+    struct cv_relay *relay;
+    struct cv_cli_signals sig;
+    uv_signal_t hup;
+    struct relay_conf *conf; /* what the relay runs with (it borrows its strings) */
+    int argc;
+    char **argv;
+};
+
+static void stop(void *data)
+{
+    struct run *run = data;
+    cv_relay_stop(run->relay);
+    cv_cli_signals_close(&run->sig);
+    uv_close((uv_handle_t *)&run->hup, NULL);
+}
+
+static bool same(const char *a, const char *b)
+{
+    return (a == NULL && b == NULL) || (a && b && strcmp(a, b) == 0);
+}
+
+/* SIGHUP: reads the configuration again. A bad file is refused with its
+ * line and reason, and the relay keeps running as it was; a good one
+ * replaces the auth keys and the limits for new connections, without
+ * touching live tunnels and streams. */
+static void on_hup(uv_signal_t *h, int signum)
+{
+    (void)signum;
+    struct run *run = h->data;
+    char err[600];
+    int code;
+    struct relay_conf *nc = load(run->argc, run->argv, &code, err, sizeof err);
+    if (nc == NULL) {
+        cv_log_error("configuration reload refused, keeping the running one: %s",
+                     err[0] ? err : "invalid flags");
+        return;
+    }
+    const struct cv_relay_opts *o = &run->conf->o, *n = &nc->o;
+    if (strcmp(run->conf->host, nc->host) != 0 || o->port != n->port ||
+        !same(o->admin_host ? run->conf->admin : NULL, n->admin_host ? nc->admin : NULL) ||
+        o->admin_port != n->admin_port || !same(o->public_bind, n->public_bind) ||
+        o->ping_interval_ms != n->ping_interval_ms || o->pong_timeout_ms != n->pong_timeout_ms)
+        cv_log_warn("configuration reload: listen, admin, public-bind and ping settings take "
+                    "effect on restart only; the running values are kept");
+    int rc = cv_relay_reload(run->relay, n);
+    if (rc != 0) {
+        cv_log_error("configuration reload refused, keeping the running one: %s", cv_strerror(rc));
+        conf_free(nc);
+        return;
+    }
+    cv_log_info("configuration reloaded%s%s: %s, allow-ports %u-%u, conn-rate %g/%g",
+                cv_cli_conf_path(run->argc, run->argv) ? " from " : "",
+                cv_cli_conf_path(run->argc, run->argv) ? cv_cli_conf_path(run->argc, run->argv) : "",
+                n->token ? "token set" : "no token (anonymous)", n->allow_lo, n->allow_hi,
+                n->conn_rate, n->conn_burst);
+    conf_free(run->conf);
+    run->conf = nc;
+}
+
+int cv_cmd_relay(int argc, char **argv)
+{
+    char err[600];
+    int rc;
+    struct relay_conf *c = load(argc, argv, &rc, err, sizeof err);
+    if (c == NULL) {
+        if (err[0])
+            fprintf(stderr, "culvert relay: %s\n", err);
+        return rc;
+    }
+    struct cv_relay_opts *o = &c->o;
+    /* Certificates are read once, at start (a reload keeps them). */
     struct cv_tls_ctx *tls = NULL;
-    if (certs.ncert > 0) {
-        char err[400];
-        tls = cv_tls_ctx_new_server(certs.c, certs.ncert, err, sizeof err);
+    if (c->tls.ncert > 0) {
+        tls = cv_tls_ctx_new_server(c->tls.c, c->tls.ncert, err, sizeof err);
         if (tls == NULL) {
             fprintf(stderr, "culvert relay: TLS: %s\n", err);
+            conf_free(c);
             return 2;
         }
-        o.tls = tls;
+        o->tls = tls;
     }
-    if (o.allow_anonymous)
+    if (o->allow_anonymous)
         cv_log_warn("--allow-anonymous: peers without a token are admitted; anyone who reaches "
-                    "%s:%u can register as any agent", host, o.port);
+                    "%s:%u can register as any agent", c->host, o->port);
     uv_loop_t *loop = uv_default_loop();
-    struct run run = {0};
-    rc = cv_relay_start(loop, &o, &run.relay);
+    struct run run = {.conf = c, .argc = argc, .argv = argv};
+    rc = cv_relay_start(loop, o, &run.relay);
     if (rc != 0) {
-        fprintf(stderr, "culvert relay: cannot listen on %s:%u: %s\n", host, o.port, cv_strerror(rc));
+        fprintf(stderr, "culvert relay: cannot start on %s:%u%s%s: %s\n", c->host, o->port,
+                o->admin_host ? " (admin " : "", o->admin_host ? "listener included)" : "",
+                cv_strerror(rc));
+        conf_free(c);
         cv_tls_ctx_free(tls);
         return 1;
     }
-    printf("culvert relay listening on %s:%u%s\n", host, cv_relay_port(run.relay),
-           tls ? " (TLS: agents dial wss://)" : "");
-    if (o.admin_host)
-        printf("culvert relay admin API on http://%s:%u/\n", admin, cv_relay_admin_port(run.relay));
-    fflush(stdout);
+    /* Signals first: whoever reads the line below may signal at once. */
     cv_cli_signals_start(loop, &run.sig, stop, &run);
+    uv_signal_init(loop, &run.hup);
+    run.hup.data = &run;
+    uv_signal_start(&run.hup, on_hup, SIGHUP);
+    printf("culvert relay listening on %s:%u%s\n", c->host, cv_relay_port(run.relay),
+           tls ? " (TLS: agents dial wss://)" : "");
+    if (o->tls_listen_host)
+        printf("culvert relay SNI router on %s:%u (tls names *.%s passed through)\n",
+               c->tls.listen, cv_relay_tls_port(run.relay), o->domain ? o->domain : "-");
+    if (o->admin_host)
+        printf("culvert relay admin API on http://%s:%u/\n", c->admin,
+               cv_relay_admin_port(run.relay));
+    fflush(stdout);
     uv_run(loop, UV_RUN_DEFAULT);
     uv_loop_close(loop);
+    conf_free(run.conf);
     cv_tls_ctx_free(tls);
     return 0;
 }

@@ -56,7 +56,7 @@ int cv_kh_decode(const uint8_t *p, size_t n, struct cv_kh_msg *m)
 
 int cv_kh_decode_native(const uint8_t *p, size_t n, struct cv_kh_msg *m)
 {
-    return decode(p, n, m, CV_KH_EXPOSED);
+    return decode(p, n, m, CV_KH_UNEXPOSE);
 }
 
 void cv_kh_encode(uint8_t out[CV_KH_HDR_LEN], uint8_t type, uint8_t proto, uint32_t id,
@@ -80,9 +80,9 @@ const char *cv_kh_type_name(uint8_t type)
         [CV_KH_CONNECT] = "CONNECT", [CV_KH_CONNECTED] = "CONNECTED", [CV_KH_DATA] = "DATA",
         [CV_KH_CLOSE] = "CLOSE",     [CV_KH_ERROR] = "ERROR",         [CV_KH_PING] = "PING",
         [CV_KH_PONG] = "PONG",       [CV_KH_WINDOW] = "WINDOW",       [CV_KH_EXPOSE] = "EXPOSE",
-        [CV_KH_EXPOSED] = "EXPOSED",
+        [CV_KH_EXPOSED] = "EXPOSED", [CV_KH_UNEXPOSE] = "UNEXPOSE",
     };
-    if (type < CV_KH_CONNECT || type > CV_KH_EXPOSED)
+    if (type < CV_KH_CONNECT || type > CV_KH_UNEXPOSE)
         return "UNKNOWN";
     return names[type];
 }

@@ -21,7 +21,8 @@ enum cv_kh_type {
     /* Native mode only (docs/PROTOCOL.md §2). */
     CV_KH_WINDOW = 8,
     CV_KH_EXPOSE = 9,
-    CV_KH_EXPOSED = 10
+    CV_KH_EXPOSED = 10,
+    CV_KH_UNEXPOSE = 11
 };
 
 enum cv_kh_proto {

@@ -77,16 +77,19 @@ int cv_rj_select_input(const char *compact, size_t len, const char **text, size_
  * maps an empty body to cv_rj_make_undefined()), then parsed by jansson.
  * Validates every typed record as Runner's registry does: a known
  * built-in type (§7.2; anything else is "unknown __type") with a
- * well-formed value (Undefined: null; NonFiniteNumber: "NaN", "Infinity"
- * or "-Infinity"; BigInt: /^[+-]?\d+$/ after trimming, stored normalised
- * as BigInt#toString gives it; Date: YYYY-MM-DDTHH:MM:SS[.f]Z or ±YYYYYY-…
- * or epoch ms, within ±8.64e15 ms; RegExp: {pattern <= 1024 UTF-16 units,
- * passing Runner's nested-quantifier/overlapping-alternation check, flags
- * a unique subset of dgimsuvy}; Map: [[k,v],...]; Set: array; Symbol:
- * {kind For|WellKnown (a well-known name), key}; URL/URLSearchParams:
- * string; Error: {name, message strings, stack?, customFields?}; byte
- * types: integers 0..255, a multiple of the element size). Extra keys of
- * a record are dropped. Plain objects: keys lose one "$runner.escape::"
+ * well-formed value (Undefined: any, stored as null; NonFiniteNumber:
+ * "NaN", "Infinity" or "-Infinity"; BigInt: /^[+-]?\d+$/ after trimming,
+ * stored as BigInt#toString gives it; Date: YYYY-MM-DDTHH:MM:SS[.f]Z or
+ * ±YYYYYY-… or epoch ms, within ±8.64e15 ms, stored as Date#toISOString
+ * gives it; RegExp: {pattern <= 1024 UTF-16 units, passing Runner's
+ * nested-quantifier/overlapping-alternation check and the syntax checks
+ * new RegExp makes without u/v (groups, classes, quantifiers), flags a
+ * unique subset of dgimsuvy, not both u and v}; Map: array of arrays,
+ * stored as [k,v] pairs (a missing item is Undefined); Set: array;
+ * Symbol: {kind For|WellKnown (a well-known name), key}; URL: string with
+ * a scheme; URLSearchParams: string; Error: {name, message strings,
+ * stack?, customFields?}; byte types: integers 0..255, a multiple of the
+ * element size). Extra keys of a record are dropped. Plain objects: keys lose one "$runner.escape::"
  * prefix and are stored in their canonical wire spelling (so cv_rj_get
  * finds them; of two spellings of one key the later assignment wins, as
  * in JS), and __proto__/constructor/prototype keys are dropped. Depth is

@@ -293,21 +293,28 @@ json_t *cv_rj_make_int(int64_t i)
     return record("BigInt", json_string(b));
 }
 
-json_t *cv_rj_make_date(int64_t ms)
+/* Date#toISOString of ms (within ±8.64e15) into b (>= 40 bytes). */
+static void iso_string(int64_t ms, char *b, size_t n)
 {
-    if (ms < -(int64_t)MAX_DATE_MS || ms > (int64_t)MAX_DATE_MS)
-        return NULL;
     int64_t days = ms >= 0 ? ms / 86400000 : -((-ms + 86399999) / 86400000);
     int64_t rem = ms - days * 86400000, y;
     unsigned m, d;
+    char yb[24];
     civil_from_days(days, &y, &m, &d);
-    char b[96], yb[24];
     if (y >= 0 && y <= 9999)
         snprintf(yb, sizeof yb, "%04lld", (long long)y);
     else
         snprintf(yb, sizeof yb, "%c%06lld", y < 0 ? '-' : '+', (long long)(y < 0 ? -y : y));
-    snprintf(b, sizeof b, "%s-%02u-%02uT%02u:%02u:%02u.%03uZ", yb, m, d, (unsigned)(rem / 3600000),
+    snprintf(b, n, "%s-%02u-%02uT%02u:%02u:%02u.%03uZ", yb, m, d, (unsigned)(rem / 3600000),
              (unsigned)(rem / 60000 % 60), (unsigned)(rem / 1000 % 60), (unsigned)(rem % 1000));
+}
+
+json_t *cv_rj_make_date(int64_t ms)
+{
+    char b[96];
+    if (ms < -(int64_t)MAX_DATE_MS || ms > (int64_t)MAX_DATE_MS)
+        return NULL;
+    iso_string(ms, b, sizeof b);
     return record("Date", json_string(b));
 }
 
@@ -547,6 +554,129 @@ static bool regexp_safe(const char *p, size_t n)
     return true;
 }
 
+/* A {n}, {n,} or {n,m} quantifier at p[i] == '{': sets *end past the '}'.
+ * Returns 1, 0 if it is not one (Annex B: then '{' is a literal), or -1 if
+ * its numbers are out of order. */
+static int brace_quantifier(const char *p, size_t n, size_t i, size_t *end)
+{
+    size_t j = i + 1, d0 = j;
+    unsigned long long lo = 0, hi;
+    while (j < n && p[j] >= '0' && p[j] <= '9')
+        lo = lo < 1000000000ULL ? lo * 10 + (unsigned)(p[j++] - '0') : (j++, lo);
+    if (j == d0)
+        return 0;
+    hi = lo;
+    if (j < n && p[j] == ',') {
+        size_t d1 = ++j;
+        hi = 0;
+        while (j < n && p[j] >= '0' && p[j] <= '9')
+            hi = hi < 1000000000ULL ? hi * 10 + (unsigned)(p[j++] - '0') : (j++, hi);
+        if (j == d1)
+            hi = ~0ULL;
+    }
+    if (j >= n || p[j] != '}')
+        return 0;
+    *end = j + 1;
+    return hi < lo ? -1 : 1;
+}
+
+/* The syntax errors new RegExp(pattern) throws on without the u/v flags
+ * (Annex B grammar), so that a pattern Runner would refuse is refused
+ * here too: a trailing backslash, an unterminated class or group, an
+ * unmatched ')', a bad "(?" group, a quantifier with nothing to repeat,
+ * {n,m} out of order. Escapes and class contents are not checked further. */
+static bool regexp_syntax_ok(const char *p, size_t n)
+{
+    size_t depth = 0, i = 0;
+    bool atom = false; /* the previous token can take a quantifier */
+
+    while (i < n) {
+        char c = p[i];
+        size_t end;
+        switch (c) {
+        case '\\':
+            if (i + 1 >= n)
+                return false;
+            atom = p[i + 1] != 'b' && p[i + 1] != 'B'; /* \b and \B are assertions */
+            i += 2;
+            break;
+        case '[':
+            i++;
+            if (i < n && p[i] == '^')
+                i++;
+            while (i < n && p[i] != ']')
+                i += p[i] == '\\' ? 2 : 1;
+            if (i >= n)
+                return false;
+            i++;
+            atom = true;
+            break;
+        case '(':
+            i++;
+            if (i < n && p[i] == '?') {
+                if (i + 1 < n && (p[i + 1] == ':' || p[i + 1] == '=' || p[i + 1] == '!')) {
+                    i += 2;
+                } else if (i + 2 < n && p[i + 1] == '<' && (p[i + 2] == '=' || p[i + 2] == '!')) {
+                    i += 3;
+                } else if (i + 1 < n && p[i + 1] == '<') {
+                    size_t j = i + 2;
+                    while (j < n && (((unsigned char)p[j] >= 0x80) || p[j] == '_' || p[j] == '$' ||
+                                     (p[j] >= '0' && p[j] <= '9') ||
+                                     ((p[j] | 0x20) >= 'a' && (p[j] | 0x20) <= 'z')))
+                        j++;
+                    if (j == i + 2 || j >= n || p[j] != '>' || (p[i + 2] >= '0' && p[i + 2] <= '9'))
+                        return false;
+                    i = j + 1;
+                } else {
+                    return false;
+                }
+            }
+            depth++;
+            atom = false;
+            break;
+        case ')':
+            if (depth == 0)
+                return false;
+            depth--;
+            i++;
+            atom = true;
+            break;
+        case '|':
+        case '^':
+        case '$':
+            i++;
+            atom = false;
+            break;
+        case '*':
+        case '+':
+        case '?': end = i + 1; goto quantifier;
+        case '{': {
+            int q = brace_quantifier(p, n, i, &end);
+            if (q < 0)
+                return false;
+            if (q > 0)
+                goto quantifier;
+            i++; /* a literal '{' */
+            atom = true;
+            break;
+        }
+        default:
+            i++;
+            atom = true;
+            break;
+        }
+        continue;
+    quantifier:
+        if (!atom)
+            return false; /* nothing to repeat */
+        i = end;
+        if (i < n && p[i] == '?')
+            i++; /* lazy */
+        atom = false;
+    }
+    return depth == 0;
+}
+
 /* Length in UTF-16 code units of valid UTF-8 (JS String#length). */
 static size_t utf16_len(const char *s, size_t n)
 {
@@ -662,6 +792,10 @@ static bool regexp_payload_ok(struct dec *d, const json_t *v)
         fail(d, "unsafe RegExp pattern");
         return false;
     }
+    if (!regexp_syntax_ok(p, n)) {
+        fail(d, "invalid RegExp pattern");
+        return false;
+    }
     unsigned seen = 0;
     for (const char *f = flags; *f != '\0'; f++) {
         const char *at = strchr("dgimsuvy", *f);
@@ -671,12 +805,19 @@ static bool regexp_payload_ok(struct dec *d, const json_t *v)
         }
         seen |= 1u << (at - "dgimsuvy");
     }
+    /* u and v together: new RegExp throws. */
+    if ((seen & (1u << 5)) && (seen & (1u << 6))) {
+        fail(d, "invalid RegExp flags");
+        return false;
+    }
     if (json_string_length(json_object_get(v, "flags")) != strlen(flags)) {
         fail(d, "invalid RegExp flags");
         return false;
     }
     return true;
 }
+
+static bool has_scheme(const char *s);
 
 /* Checks a record's decoded value against its type; may replace *v with
  * a normalised value. Returns false (reason set) if invalid. */
@@ -690,7 +831,12 @@ static bool check_record(struct dec *d, const char *type, size_t type_len, json_
         return false;
     }
     if (strcmp(type, "Undefined") == 0) {
-        ok = json_is_null(x);
+        /* Runner ignores the value; keep the canonical null. */
+        if (!json_is_null(x)) {
+            json_decref(x);
+            *v = json_null();
+        }
+        ok = true;
     } else if (strcmp(type, "NonFiniteNumber") == 0) {
         const char *s = json_string_value(x);
         ok = s != NULL && json_string_length(x) == strlen(s) &&
@@ -710,21 +856,56 @@ static bool check_record(struct dec *d, const char *type, size_t type_len, json_
             *v = nv;
         }
     } else if (strcmp(type, "Date") == 0) {
+        /* Stored as Date#toISOString gives it (epoch ms and fractions of
+         * other lengths normalised), as Runner re-serializes a Date. */
         int64_t ms;
         ok = date_value_ms(x, &ms);
+        if (ok) {
+            char b[96];
+            iso_string(ms, b, sizeof b);
+            json_t *nv = json_string(b);
+            if (nv == NULL) {
+                fail(d, "out of memory");
+                return false;
+            }
+            json_decref(x);
+            *v = nv;
+        }
     } else if (strcmp(type, "RegExp") == 0) {
         return regexp_payload_ok(d, x);
     } else if (strcmp(type, "Map") == 0) {
-        ok = json_is_array(x);
+        /* new Map(entries): each entry an array; a missing key or value is
+         * undefined and extra items are ignored, so entries become pairs.
+         * Built anew: in a graph the arrays may be shared. */
+        json_t *pairs = json_is_array(x) ? json_array() : NULL;
+        ok = pairs != NULL;
         for (size_t i = 0; ok && i < json_array_size(x); i++) {
-            const json_t *e = json_array_get(x, i);
-            ok = json_is_array(e) && json_array_size(e) == 2;
+            json_t *e = json_array_get(x, i), *pair = json_array();
+            ok = json_is_array(e) && pair != NULL;
+            for (size_t k = 0; ok && k < 2; k++) {
+                json_t *item = json_array_get(e, k);
+                ok = json_array_append_new(pair,
+                                           item ? json_incref(item) : cv_rj_make_undefined()) == 0;
+            }
+            if (!ok) {
+                json_decref(pair);
+                break;
+            }
+            ok = json_array_append_new(pairs, pair) == 0; /* steals pair */
+        }
+        if (ok) {
+            json_decref(x);
+            *v = pairs;
+        } else {
+            json_decref(pairs);
         }
     } else if (strcmp(type, "Set") == 0) {
         ok = json_is_array(x);
     } else if (strcmp(type, "Symbol") == 0) {
         ok = json_is_object(x) && symbol_payload_ok(x);
-    } else if (strcmp(type, "URL") == 0 || strcmp(type, "URLSearchParams") == 0) {
+    } else if (strcmp(type, "URL") == 0) {
+        ok = json_is_string(x) && has_scheme(json_string_value(x));
+    } else if (strcmp(type, "URLSearchParams") == 0) {
         ok = json_is_string(x);
     } else if (strcmp(type, "Error") == 0) {
         ok = error_payload_ok(x);
@@ -739,6 +920,21 @@ static bool check_record(struct dec *d, const char *type, size_t type_len, json_
     if (!ok)
         fail(d, "invalid %.64s payload", type);
     return ok;
+}
+
+/* new URL(s) needs an absolute URL: at least a scheme (leading C0 controls
+ * and spaces are stripped first). The rest of WHATWG parsing is not done. */
+static bool has_scheme(const char *s)
+{
+    while (*s != '\0' && (unsigned char)*s <= 0x20)
+        s++;
+    if (!((*s | 0x20) >= 'a' && (*s | 0x20) <= 'z'))
+        return false;
+    for (s++; *s != ':'; s++)
+        if (!(((*s | 0x20) >= 'a' && (*s | 0x20) <= 'z') || (*s >= '0' && *s <= '9') || *s == '+' ||
+              *s == '-' || *s == '.'))
+            return false;
+    return true;
 }
 
 static bool is_known_type(const char *t)

@@ -701,9 +701,13 @@ static void on_request(struct cv_http1_req *h)
 static void on_body(struct cv_http1_req *h, const uint8_t *p, size_t n)
 {
     struct cv_gw_req *r = cv_http1_req_data(h);
-    /* A streamed (duplex) answer still wants the body: "finished" is what
-     * ends a backend's interest in it. */
-    if (r == NULL || (r->answered && !r->streaming) || r->finished)
+    if (r == NULL || (r->answered && !r->streaming))
+        return;
+    /* Multipart is parsed to its end even after the backend answered (a
+     * late failure replaces the answer); otherwise "finished" ends a
+     * backend's interest in the body (a streamed duplex answer still
+     * wants it). */
+    if (r->finished && r->call.mode != CV_GW_MODE_MULTIPART)
         return;
     switch (r->call.mode) {
     case CV_GW_MODE_JSON:
@@ -731,7 +735,9 @@ static void on_body(struct cv_http1_req *h, const uint8_t *p, size_t n)
 static void on_end(struct cv_http1_req *h)
 {
     struct cv_gw_req *r = cv_http1_req_data(h);
-    if (r == NULL || (r->answered && !r->streaming) || r->finished)
+    if (r == NULL || (r->answered && !r->streaming))
+        return;
+    if (r->finished && r->call.mode != CV_GW_MODE_MULTIPART)
         return;
     switch (r->call.mode) {
     case CV_GW_MODE_JSON: json_ready(r); break;

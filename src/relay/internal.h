@@ -144,7 +144,8 @@ struct cv_relay {
     struct named *names;       /* named exposures, held and gone */
     size_t names_gone;         /* entries with t NULL (bounded) */
     struct vhost *vhost;       /* HTTP virtual hosts; NULL unless opts.domain */
-    uint16_t tls_front_port;   /* port routing tls names by SNI; 0: none (tls.c sets it) */
+    uint16_t tls_front_port;   /* port routing tls names by SNI; 0: none (tlsfront.c sets it) */
+    struct tlsfront *tlsfront; /* the SNI router; NULL unless opts.tls_listen_host */
 };
 
 /* stream.c */
@@ -170,6 +171,8 @@ void front_consumed(struct conn *c, size_t n, bool idle);
 /* public.c */
 void exposure_request(struct tunnel *t, const struct cv_kh_msg *m);
 void exposures_close(struct tunnel *t);
+/* UNEXPOSE: the agent releases exposure num (unknown numbers are ignored). */
+void exposure_release(struct tunnel *t, uint32_t num);
 /* Calls fn for each public port t holds (admin API). */
 void exposures_each(struct tunnel *t,
                     void (*fn)(void *ud, uint8_t proto, uint16_t local_port, uint16_t public_port),
@@ -179,12 +182,20 @@ void exposures_each(struct tunnel *t,
 bool visitor_write(struct conn *c, const uint8_t *p, size_t n);
 /* The conn is going away: close the visitor side too. */
 void visitor_detach(struct conn *c);
+/* Makes a TCP visitor for c (FRONT_TCP, from named_connect) on the
+ * connected socket fd (owned from now on, closed on failure) and sends
+ * first[0..n) (bytes already read from it, within the initial credit) to
+ * the agent before anything else. */
+void visitor_adopt(struct conn *c, int fd, const uint8_t *first, size_t n);
 /* Agent credit arrived or its queue drained: resume stalled visitors. */
 void visitors_resume(struct tunnel *t);
 
 /* named.c */
 /* EXPOSE with proto CV_KH_HTTP or CV_KH_TLS: claims a name for t. */
 void named_request(struct tunnel *t, const struct cv_kh_msg *m);
+/* UNEXPOSE num: t's name with that exposure number becomes gone. Returns
+ * false if t holds no such name. */
+bool name_release(struct tunnel *t, uint32_t num);
 /* t ended: its names become gone (kept for 502 pages). */
 void names_release(struct tunnel *t);
 void names_free(struct cv_relay *r);
@@ -200,6 +211,10 @@ struct named *relay_find_name(struct cv_relay *r, uint8_t kind, const char *name
 struct conn *named_connect(struct named *n, uint8_t kind);
 /* Calls fn for each name t holds (admin API). */
 void names_each(struct tunnel *t, void (*fn)(void *ud, const struct named *n), void *ud);
+
+/* tlsfront.c: the SNI router (--tls-listen). */
+int tlsfront_start(struct cv_relay *r);
+void tlsfront_stop(struct cv_relay *r);
 
 /* vhost.c */
 int vhost_start(struct cv_relay *r);

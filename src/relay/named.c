@@ -130,6 +130,23 @@ void named_request(struct tunnel *t, const struct cv_kh_msg *m)
     reply(t, n->kind, n->num, front_port(r, n->kind), url);
 }
 
+bool name_release(struct tunnel *t, uint32_t num)
+{
+    struct cv_relay *r = t->r;
+    for (struct named *n = r->names; n; n = n->next) {
+        if (n->t != t || n->num != num)
+            continue;
+        /* Kept as gone (like a tunnel end), not freed: vhost visitors
+         * already routed to it may still refer to it. */
+        cv_log_info("agent %s: releases %s name %s", t->id, kind_name(n->kind), n->name);
+        n->t = NULL;
+        n->gone = (int64_t)time(NULL);
+        r->names_gone++;
+        return true;
+    }
+    return false;
+}
+
 void names_release(struct tunnel *t)
 {
     struct cv_relay *r = t->r;

@@ -406,7 +406,37 @@ int cv_relay_start(uv_loop_t *loop, const struct cv_relay_opts *opts, struct cv_
         relay_maybe_free(r);
         return rc;
     }
+    if ((rc = tlsfront_start(r)) != 0) {
+        r->stopping = true;
+        cv_http_server_close(r->srv);
+        r->srv = NULL;
+        relay_admin_stop(r);
+        relay_maybe_free(r);
+        return rc;
+    }
     *out = r;
+    return 0;
+}
+
+int cv_relay_reload(struct cv_relay *r, const struct cv_relay_opts *o)
+{
+    if (r->stopping || ((o->token == NULL || o->token[0] == 0) && !o->allow_anonymous))
+        return CV_EINVAL;
+    struct cv_http_server_limits lim = {.handshake_ms = o->handshake_ms,
+                                        .rate_per_ip = o->conn_rate,
+                                        .burst_per_ip = o->conn_burst};
+    int rc = cv_http_server_set_limits(r->srv, &lim);
+    if (rc != 0)
+        return rc;
+    r->opts.token = o->token && o->token[0] ? o->token : NULL;
+    r->opts.allow_anonymous = o->allow_anonymous;
+    r->opts.allow_lo = o->allow_lo;
+    r->opts.allow_hi = o->allow_hi;
+    r->opts.any_port = o->any_port;
+    r->opts.conn_pending = o->conn_pending;
+    r->opts.handshake_ms = o->handshake_ms;
+    r->opts.conn_rate = o->conn_rate;
+    r->opts.conn_burst = o->conn_burst;
     return 0;
 }
 
@@ -420,12 +450,15 @@ void cv_relay_stop(struct cv_relay *r)
     cv_http_server_close(r->srv);
     r->srv = NULL;
     relay_admin_stop(r);
+    tlsfront_stop(r);
     for (struct tunnel *t = r->tunnels; t; t = t->next)
         cv_ws_close(t->ws, CV_WS_GOING_AWAY, "relay shutting down");
     for (struct session *s = r->sessions; s; s = s->next)
         cv_ws_close(s->ws, CV_WS_GOING_AWAY, "relay shutting down");
     relay_maybe_free(r);
 }
+
+uint16_t cv_relay_tls_port(const struct cv_relay *r) { return r->tls_front_port; }
 
 uint16_t cv_relay_http_port(const struct cv_relay *r)
 {

@@ -32,6 +32,8 @@ struct cv_relay_opts {
     const char *http_host;     /* HTTP virtual-host listener; needs domain */
     uint16_t http_port;        /* 0: ephemeral */
     struct cv_tls_ctx *tls;    /* borrowed: the listener speaks TLS (wss://); NULL: plain */
+    const char *tls_listen_host; /* SNI router for `tls` names (passed through); NULL: none */
+    uint16_t tls_listen_port;    /* 0: ephemeral */
 };
 
 /* Fills opts with the defaults (127.0.0.1:8001, 20 s / 20 s, URL port only,
@@ -42,12 +44,21 @@ void cv_relay_opts_default(struct cv_relay_opts *opts);
 /* Starts listening. Returns 0, CV_EINVAL for a bad address or for no token
  * without allow_anonymous, or a libuv error such as UV_EADDRINUSE. */
 int cv_relay_start(uv_loop_t *loop, const struct cv_relay_opts *opts, struct cv_relay **out);
+/* Applies a new configuration's auth keys and limits (token,
+ * allow_anonymous, allow_lo/hi, any_port, conn_pending, handshake_ms,
+ * conn_rate/burst) to connections from now on; live tunnels, sessions and
+ * exposures are untouched. Strings are borrowed from then on. Returns 0,
+ * or CV_EINVAL (no token without allow_anonymous; bad limits) with nothing
+ * changed. */
+int cv_relay_reload(struct cv_relay *r, const struct cv_relay_opts *opts);
 /* The bound port. */
 uint16_t cv_relay_port(const struct cv_relay *r);
 /* The admin listener's bound port (0 if there is none). */
 uint16_t cv_relay_admin_port(const struct cv_relay *r);
 /* The HTTP virtual-host listener's bound port (0 if there is none). */
 uint16_t cv_relay_http_port(const struct cv_relay *r);
+/* The SNI router's bound port (0 if there is none). */
+uint16_t cv_relay_tls_port(const struct cv_relay *r);
 /* Stops listening and closes every tunnel and session; r is freed once they
  * are gone (the loop must keep running until then). */
 void cv_relay_stop(struct cv_relay *r);

@@ -523,6 +523,10 @@ void tunnel_msg(struct tunnel *t, uint8_t *data, size_t len)
         exposure_request(t, &m);
         return;
     }
+    if (m.type == CV_KH_UNEXPOSE && t->native) {
+        exposure_release(t, m.id);
+        return;
+    }
     if (m.type == CV_KH_PING && t->native) {
         relay_send(t->ws, CV_KH_PONG, CV_KH_TCP, m.id, NULL, 0);
         return;

@@ -785,3 +785,145 @@ def test_cli_serves_and_drains(culvert):
     assert post(port, "task/app.tasks.x", {})[0] == 403
     p.p.send_signal(signal.SIGTERM)
     assert p.wait_exit(15) == 0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Multipart (§8.3)
+
+import hashlib  # noqa: E402
+
+BND = "runner-mwrb32ry-sns37gtvjio"
+
+
+def mp_field(name, data, filename=None, ctype=None):
+    h = 'Content-Disposition: form-data; name="%s"' % name
+    if filename is not None:
+        h += '; filename="%s"' % filename
+    h += "\r\n"
+    if ctype:
+        h += "Content-Type: %s\r\n" % ctype
+    return ("--%s\r\n%s\r\n" % (BND, h)).encode() + data + b"\r\n"
+
+
+def mp_body(*parts, close=True):
+    return b"".join(parts) + (("--%s--\r\n" % BND).encode() if close else b"")
+
+
+def sentinel(fid="F1", **meta):
+    return {"$runnerFile": "File", "id": fid, "meta": meta}
+
+
+def manifest(inp):
+    return mp_field("__manifest", json.dumps({"input": inp}).encode())
+
+
+def upload(port, body, task="app.tasks.upload", chunked=False):
+    s, rd = raw(port)
+    hdrs = {"content-type": "multipart/form-data; boundary=%s" % BND}
+    if chunked:
+        hdrs["Transfer-Encoding"] = "chunked"
+        s.sendall(req("POST", "/__runner/task/" + task, None, headers=hdrs))
+        step = 7
+        for i in range(0, len(body), step):
+            piece = body[i:i + step]
+            s.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+        s.sendall(b"0\r\n\r\n")
+    else:
+        s.sendall(req("POST", "/__runner/task/" + task, body, headers=hdrs))
+    r = rd.response()
+    s.close()
+    return r
+
+
+def up_result(name, typ, data):
+    return {"ok": True, "result": {"name": name, "type": typ, "bytes": len(data),
+                                   "sha256": hashlib.sha256(data).hexdigest()}}
+
+
+def test_multipart_capture_smart_client(gw):
+    _, port = gw()
+    s, rd = raw(port)
+    s.sendall(
+        b"POST /__runner/task/app.tasks.upload HTTP/1.1\r\n"
+        b"content-type: multipart/form-data; boundary=runner-mwrb32ry-sns37gtvjio\r\nx-runner-token: secret\r\n"
+        b"Host: 127.0.0.1:7070\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"54\r\n--runner-mwrb32ry-sns37gtvjio\r\nContent-Disposition: form-data; name=\"__manifest\"\r\n\r\n\r\n"
+        b"92\r\n{\"input\":{\"note\":{\"when\":{}},\"file\":{\"$runnerFile\":\"File\",\"id\":\"F1\",\"meta\":{\"name\":"
+        b"\"hello.txt\",\"type\":\"text/plain\",\"size\":11,\"extra\":{\"tag\":1}}}}}\r\n"
+        b"2\r\n\r\n\r\n"
+        b"81\r\n--runner-mwrb32ry-sns37gtvjio\r\nContent-Disposition: form-data; name=\"file:F1\"; "
+        b"filename=\"hello.txt\"\r\nContent-Type: text/plain\r\n\r\n\r\n"
+        b"6\r\nhello \r\n5\r\nworld\r\n2\r\n\r\n\r\n"
+        b"21\r\n--runner-mwrb32ry-sns37gtvjio--\r\n\r\n0\r\n\r\n"
+    )
+    st, h, b, _ = rd.response()
+    assert (st, env(b)) == (200, up_result("hello.txt", "text/plain", b"hello world"))
+    s.close()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked-7"])
+def test_multipart_file_before_manifest_and_meta_gaps(gw, chunked):
+    _, port = gw()
+    data = os.urandom(100000)
+    body = mp_body(mp_field("other", b"ignored"),
+                   mp_field("file:F1", data, filename="pic.png", ctype="image/png"),
+                   manifest({"note": "n", "file": sentinel(size=3)}))
+    st, h, b, _ = upload(port, body, chunked=chunked)
+    assert (st, env(b)) == (200, up_result("pic.png", "image/png", data))
+
+
+def test_multipart_big_file_streams(gw):
+    _, port = gw()
+    data = os.urandom(6 << 20)
+    body = mp_body(manifest({"file": sentinel(name="big.bin", type="application/x-big")}),
+                   mp_field("file:F1", data, filename="ignored.bin", ctype="text/plain"))
+    st, h, b, _ = upload(port, body)
+    assert (st, env(b)) == (200, up_result("big.bin", "application/x-big", data))
+
+
+@pytest.mark.parametrize(
+    "body,status,code,msg",
+    [
+        (mp_body(mp_field("file:F1", b"x", filename="a")), 400, "MISSING_MANIFEST", "Missing manifest"),
+        (mp_body(mp_field("__manifest", b"[1,2]")), 400, "MISSING_MANIFEST", "Missing manifest"),
+        (mp_body(mp_field("__manifest", b"{bad")), 400, "INVALID_MULTIPART", "Invalid manifest"),
+        (mp_body(manifest({"file": sentinel("F9")})), 400, "MISSING_FILE_PART", "Missing file part for id F9"),
+        (mp_body(manifest({"file": sentinel()}), mp_field("file:F1", b"abc", filename="a"), close=False), 400,
+         "INVALID_MULTIPART", "Invalid multipart payload"),
+        (b"garbage without any delimiter", 400, "INVALID_MULTIPART", "Invalid multipart payload"),
+        (mp_body(manifest({"files": [sentinel("F%d" % i) for i in range(11)]})), 413, "PAYLOAD_TOO_LARGE",
+         "Files limit exceeded"),
+        (mp_body(mp_field("__manifest", b" " * (1024 * 1024 + 1))), 413, "PAYLOAD_TOO_LARGE",
+         "Field limit exceeded"),
+    ],
+    ids=["no-manifest", "manifest-not-object", "manifest-bad-json", "missing-file-part", "truncated", "garbage",
+         "too-many-sentinels", "manifest-too-big"],
+)
+def test_multipart_errors(gw, body, status, code, msg):
+    _, port = gw()
+    st, h, b, _ = upload(port, body)
+    assert (st, b) == (status, err(code, msg))
+
+
+def test_multipart_bad_boundary(gw):
+    _, port = gw()
+    st, h, b, _ = call(port, "POST", "/__runner/task/app.tasks.upload", b"--x--\r\n",
+                       headers={"content-type": "multipart/form-data"})
+    assert (st, b) == (400, err("INVALID_MULTIPART", "Invalid multipart payload"))
+
+
+@pytest.mark.timeout_s(60)
+def test_multipart_file_size_limit(gw):
+    _, port = gw()
+    data = b"z" * (20 * 1024 * 1024 + 1)
+    body = mp_body(manifest({"file": sentinel()}), mp_field("file:F1", data, filename="big"))
+    st, h, b, _ = upload(port, body)
+    assert (st, b) == (413, err("PAYLOAD_TOO_LARGE", "File size limit exceeded"))
+
+
+def test_multipart_stream_reply(gw):
+    _, port = gw()
+    st, h, b, _ = upload(port, mp_body(manifest({"x": 1})), task="app.tasks.stream")
+    assert (st, b, h["content-type"]) == (200, b"chunk1\nchunk2\n", "application/octet-stream")
+    st, h, b, _ = upload(port, mp_body(manifest({"a": 2, "b": 5})), task="app.tasks.add")
+    assert (st, b) == (200, b'{"ok":true,"result":7}')

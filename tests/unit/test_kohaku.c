@@ -147,7 +147,8 @@ static void test_type_names(void **state)
     assert_string_equal(cv_kh_type_name(0), "UNKNOWN");
     assert_string_equal(cv_kh_type_name(CV_KH_WINDOW), "WINDOW");
     assert_string_equal(cv_kh_type_name(CV_KH_EXPOSED), "EXPOSED");
-    assert_string_equal(cv_kh_type_name(11), "UNKNOWN");
+    assert_string_equal(cv_kh_type_name(CV_KH_UNEXPOSE), "UNEXPOSE");
+    assert_string_equal(cv_kh_type_name(12), "UNKNOWN");
     assert_string_equal(cv_kh_type_name(255), "UNKNOWN");
 }
 
@@ -163,7 +164,12 @@ static void test_native_types(void **state)
     assert_int_equal(m.type, CV_KH_WINDOW);
     assert_int_equal(m.id, 5);
     assert_int_equal(m.len, 4);
-    static const uint8_t bad[] = {0x0b, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00};
+    static const uint8_t unexpose[] = {0x0b, 0x00, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00};
+    assert_int_equal(cv_kh_decode(unexpose, sizeof unexpose, &m), CV_EPROTO);
+    assert_int_equal(cv_kh_decode_native(unexpose, sizeof unexpose, &m), 0);
+    assert_int_equal(m.type, CV_KH_UNEXPOSE);
+    assert_int_equal(m.id, 3);
+    static const uint8_t bad[] = {0x0c, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00};
     assert_int_equal(cv_kh_decode_native(bad, sizeof bad, &m), CV_EPROTO);
 }
 

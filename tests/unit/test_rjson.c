@@ -509,12 +509,20 @@ static void test_decode_records(void **state)
     rt("{\"__type\":\"Int16Array\",\"value\":[1,0,254,255]}", NULL);
     rt("{\"__type\":\"Float64Array\",\"value\":[0,0,0,0,0,0,248,63]}", NULL);
     rt("{\"__type\":\"Date\",\"value\":\"1970-01-01T00:00:00.005Z\"}", NULL);
-    rt("{\"__type\":\"Date\",\"value\":5}", NULL);
+    /* Dates are stored as Date#toISOString gives them. */
+    rt("{\"__type\":\"Date\",\"value\":5}",
+       "{\"__type\":\"Date\",\"value\":\"1970-01-01T00:00:00.005Z\"}");
+    rt("{\"__type\":\"Date\",\"value\":\"2024-02-29T12:00:00.5Z\"}",
+       "{\"__type\":\"Date\",\"value\":\"2024-02-29T12:00:00.500Z\"}");
+    rt("{\"__type\":\"Date\",\"value\":\"2024-02-29T12:00:00Z\"}",
+       "{\"__type\":\"Date\",\"value\":\"2024-02-29T12:00:00.000Z\"}");
     rt("{\"__type\":\"BigInt\",\"value\":\"12345678901234567890\"}", NULL);
     rt("{\"__type\":\"Undefined\",\"value\":null}", NULL);
     rt("{\"__type\":\"NonFiniteNumber\",\"value\":\"-Infinity\"}", NULL);
     rt("{\"__type\":\"RegExp\",\"value\":{\"pattern\":\"^a+$\",\"flags\":\"gi\"}}", NULL);
-    rt("{\"__type\":\"Map\",\"value\":[[\"k\",1],[{\"__type\":\"Date\",\"value\":0},2]]}", NULL);
+    rt("{\"__type\":\"Map\",\"value\":[[\"k\",1],[{\"__type\":\"Date\",\"value\":0},2]]}",
+       "{\"__type\":\"Map\",\"value\":[[\"k\",1],[{\"__type\":\"Date\",\"value\":"
+       "\"1970-01-01T00:00:00.000Z\"},2]]}");
     rt("{\"__type\":\"Set\",\"value\":[1,\"x\",{\"__type\":\"Undefined\",\"value\":null}]}", NULL);
     rt("{\"__type\":\"Symbol\",\"value\":{\"kind\":\"For\",\"key\":\"k\"}}", NULL);
     rt("{\"__type\":\"Symbol\",\"value\":{\"kind\":\"WellKnown\",\"key\":\"iterator\"}}", NULL);
@@ -526,8 +534,40 @@ static void test_decode_records(void **state)
     rt("{\"__type\":\"Buffer\",\"value\":[104,105]}", NULL);
     rt("{\"__type\":\"Uint8Array\",\"value\":[]}", NULL);
     rt("{\"__type\":\"BigUint64Array\",\"value\":[1,0,0,0,0,0,0,0]}", NULL);
+    /* As Runner reads them: Undefined ignores its value, a Map entry
+     * missing its value has undefined, extra entry items are ignored. */
+    rt("{\"__type\":\"Undefined\",\"value\":1}", "{\"__type\":\"Undefined\",\"value\":null}");
+    rt("{\"__type\":\"Map\",\"value\":[[1],[2,3,4],[]]}",
+       "{\"__type\":\"Map\",\"value\":[[1,{\"__type\":\"Undefined\",\"value\":null}],[2,3],"
+       "[{\"__type\":\"Undefined\",\"value\":null},{\"__type\":\"Undefined\",\"value\":null}]]}");
+    rt("{\"__type\":\"URL\",\"value\":\" mailto:a@b\"}", NULL);
+    /* RegExp syntax new RegExp accepts (Annex B) and refuses. */
+    static const char *const re_ok[] = {
+        "",    "a{",      "a{1",     "a{,2}",  "}",           "]",
+        "()",  "()*",     "(?:a)+?", "(?=a)",  "(?<!a)b",     "(?<name>x)\\\\\\\\k<name>",
+        "[(]", "[\\\\]]", "[]",      "a*?",    "a{2,}?",      "\\\\(",
+        "x|",  "|",       "^$",      "a{3,3}", "\\\\b\\\\d+",
+    };
+    static const char *const re_bad[] = {
+        "(",   ")",   "(a",   "a)",       "[",      "[a",   "\\\\",   "*",      "+a",
+        "?",   "a**", "a*??", "(*)",      "|*",     "^*",   "$+",     "\\\\b*", "a{2,1}",
+        "{1}", "(?",  "(?x)", "(?<1a>x)", "(?<>x)", "(?<a", "[\\\\]",
+    };
+    char buf[256];
+    for (size_t i = 0; i < sizeof re_ok / sizeof *re_ok; i++) {
+        snprintf(buf, sizeof buf,
+                 "{\"__type\":\"RegExp\",\"value\":{\"pattern\":\"%s\",\"flags\":\"\"}}", re_ok[i]);
+        rt(buf, NULL);
+    }
+    for (size_t i = 0; i < sizeof re_bad / sizeof *re_bad; i++) {
+        snprintf(buf, sizeof buf,
+                 "{\"__type\":\"RegExp\",\"value\":{\"pattern\":\"%s\",\"flags\":\"\"}}",
+                 re_bad[i]);
+        refused(buf, "RegExp");
+    }
     /* Extra keys are ignored (dropped); no value key: a plain object. */
-    rt("{\"__type\":\"Date\",\"value\":0,\"x\":1}", "{\"__type\":\"Date\",\"value\":0}");
+    rt("{\"__type\":\"Date\",\"value\":0,\"x\":1}",
+       "{\"__type\":\"Date\",\"value\":\"1970-01-01T00:00:00.000Z\"}");
     rt("{\"__type\":\"Date\"}", "{\"$runner.escape::__type\":\"Date\"}");
     rt("{\"__type\":5,\"value\":1}", "{\"$runner.escape::__type\":5,\"value\":1}");
     /* BigInt payloads are normalised like BigInt(s).toString(). */
@@ -536,7 +576,6 @@ static void test_decode_records(void **state)
 
     refused("{\"__type\":\"Nope\",\"value\":1}", "unknown __type");
     refused("{\"a\":[{\"__type\":\"Function\",\"value\":\"x\"}]}", "unknown __type");
-    refused("{\"__type\":\"Undefined\",\"value\":1}", "Undefined");
     refused("{\"__type\":\"NonFiniteNumber\",\"value\":\"nan\"}", NULL);
     refused("{\"__type\":\"BigInt\",\"value\":\"1.5\"}", "BigInt");
     refused("{\"__type\":\"BigInt\",\"value\":\"\"}", NULL);
@@ -557,7 +596,10 @@ static void test_decode_records(void **state)
     refused("{\"__type\":\"RegExp\",\"value\":{\"pattern\":\"a\",\"flags\":\"gg\"}}", "flags");
     refused("{\"__type\":\"RegExp\",\"value\":{\"pattern\":\"a\",\"flags\":\"x\"}}", "flags");
     refused("{\"__type\":\"RegExp\",\"value\":{\"pattern\":\"a\"}}", NULL);
-    refused("{\"__type\":\"Map\",\"value\":[[1]]}", NULL);
+    refused("{\"__type\":\"Map\",\"value\":[1]}", NULL);
+    refused("{\"__type\":\"RegExp\",\"value\":{\"pattern\":\"a\",\"flags\":\"uv\"}}", "flags");
+    refused("{\"__type\":\"URL\",\"value\":\"nope\"}", "URL");
+    refused("{\"__type\":\"URL\",\"value\":\"1http://x\"}", "URL");
     refused("{\"__type\":\"Map\",\"value\":{}}", NULL);
     refused("{\"__type\":\"Set\",\"value\":1}", NULL);
     refused("{\"__type\":\"Symbol\",\"value\":{\"kind\":\"WellKnown\",\"key\":\"nope\"}}", NULL);
