@@ -374,3 +374,144 @@ def test_python_websockets_client_against_tls_relay(culvert, pki):
                     break
                 buf += d
     assert buf.startswith(b"HTTP/1.1 200") and buf.endswith(b"ok\n"), buf
+
+
+# --------------------------------------------------------------------------------------------------------
+# SNI pass-through (--tls-listen, --expose tls:LOCAL:NAME)
+# --------------------------------------------------------------------------------------------------------
+
+
+class TlsEchoService:
+    """A TLS echo server (Python ssl) with its own certificate: the agent's local service."""
+
+    def __init__(self, cert, key):
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(cert, key)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.names = []
+        self.ctx.sni_callback = lambda s, name, c: self.names.append(name)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        try:
+            with self.ctx.wrap_socket(c, server_side=True) as s:
+                while True:
+                    d = s.recv(1 << 16)
+                    if not d:
+                        return
+                    s.sendall(d)
+        except (OSError, ssl.SSLError):
+            pass
+
+    def close(self):
+        self.sock.close()
+
+
+def sni_relay(culvert, pki, extra=()):
+    r = culvert.relay(extra=["--domain", "tun.test", "--tls-listen", "127.0.0.1:0"] + list(extra))
+    m = r.proc.wait_line(r"SNI router on 127\.0\.0\.1:(\d+)", timeout=5)
+    r.sni_port = int(m.group(1))
+    r.wss = "wss://localhost:%d" % r.port
+    return r
+
+
+def tls_client(port, name, cafile, payload=None):
+    """Connects to the SNI router as NAME, verifies against cafile, echoes payload; returns the peer's
+    certificate (DER) and the echoed bytes."""
+    ctx = ssl.create_default_context(cafile=cafile)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname=name) as s:
+            der = s.getpeercert(binary_form=True)
+            got = b""
+            if payload:
+                th = threading.Thread(target=s.sendall, args=(payload,), daemon=True)
+                th.start()
+                while len(got) < len(payload):
+                    d = s.recv(1 << 20)
+                    if not d:
+                        break
+                    got += d
+                th.join(10)
+            return der, got
+
+
+@pytest.mark.timeout_s(60)
+def test_sni_passthrough_service_certificate_reaches_client(culvert, pki):
+    # The service's certificate comes from another CA than the relay's: only the service can present it.
+    svc_crt, svc_key = pki.leaf("svc", ["DNS:app.tun.test"], ca="svcca")
+    svc = TlsEchoService(svc_crt, svc_key)
+    try:
+        relay = sni_relay(culvert, pki, extra=["--tls-cert", pki.path("relay.pem"), "--tls-key",
+                                               pki.path("relay.key")])
+        agent = culvert.agent(relay.wss, "sni-a", extra=["--trust-ca", pki.path("ca.pem"),
+                                                        "--expose", "tls:%d:app" % svc.port])
+        agent.wait_line(r"exposed tls 127\.0\.0\.1:%d at app\.tun\.test:%d" % (svc.port, relay.sni_port))
+        payload = os.urandom(3 * MiB)
+        der, got = tls_client(relay.sni_port, "app.tun.test", pki.path("svcca.pem"), payload)
+        with open(svc_crt) as f:
+            assert der == ssl.PEM_cert_to_DER_cert(f.read()), "the client did not get the service's certificate"
+        assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+        assert svc.names[-1] == "app.tun.test"  # the SNI reached the service too
+        # Upper case routes the same way (names are case-insensitive).
+        der2, _ = tls_client(relay.sni_port, "APP.tun.test", pki.path("svcca.pem"))
+        assert der2 == der
+        # Several connections at once.
+        errs = []
+
+        def one(i):
+            try:
+                p = os.urandom(100000 + i)
+                assert tls_client(relay.sni_port, "app.tun.test", pki.path("svcca.pem"), p)[1] == p
+            except Exception as e:
+                errs.append(e)
+
+        ths = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+        for t in ths:
+            t.start()
+        for t in ths:
+            t.join(30)
+        assert not errs, errs
+    finally:
+        svc.close()
+
+
+def test_sni_unknown_name_gone_agent_and_garbage(culvert, pki):
+    svc_crt, svc_key = pki.leaf("svc", ["DNS:app.tun.test"], ca="svcca")
+    svc = TlsEchoService(svc_crt, svc_key)
+    try:
+        relay = sni_relay(culvert, pki)
+        ca = pki.path("svcca.pem")
+        for name in ("nope.tun.test", "app.other.test", "x.app.tun.test"):
+            with pytest.raises(ssl.SSLError) as ei:
+                tls_client(relay.sni_port, name, ca)
+            assert "UNRECOGNIZED_NAME" in str(ei.value), ei.value
+        relay.proc.wait_line(r"tls: 127\.0\.0\.1:\d+ asked for nope\.tun\.test: no tls exposure by that name",
+                             stream="err")
+        # Not TLS at all: closed without a byte.
+        with socket.create_connection(("127.0.0.1", relay.sni_port), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: app.tun.test\r\n\r\n")
+            assert s.recv(100) == b""
+        # The agent leaves: the name is known but gone.
+        agent = culvert.agent(relay.url, "sni-g", extra=["--expose", "tls:%d:app" % svc.port])
+        agent.wait_line(r"exposed tls")
+        tls_client(relay.sni_port, "app.tun.test", ca, b"ping")
+        agent.kill()
+        relay.proc.wait_line(r"agent sni-g .*disconnected", timeout=5, stream="err")
+        with pytest.raises(ssl.SSLError) as ei:
+            tls_client(relay.sni_port, "app.tun.test", ca)
+        assert "INTERNAL_ERROR" in str(ei.value), ei.value
+        relay.proc.wait_line(r"asked for app\.tun\.test: agent sni-g is gone", stream="err")
+        assert relay.proc.alive()
+    finally:
+        svc.close()
