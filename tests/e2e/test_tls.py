@@ -515,3 +515,31 @@ def test_sni_unknown_name_gone_agent_and_garbage(culvert, pki):
         assert relay.proc.alive()
     finally:
         svc.close()
+
+
+@pytest.mark.timeout_s(60)
+def test_sigterm_exit_clean_after_tls_traffic(culvert, pki):
+    """Relay (wss listener + SNI router) and agent (wss) shut down cleanly after TLS traffic of every kind:
+    exit 0 and, under ASan, no leak report (OpenSSL objects all freed)."""
+    svc_crt, svc_key = pki.leaf("svc", ["DNS:app.tun.test"], ca="svcca")
+    svc = TlsEchoService(svc_crt, svc_key)
+    try:
+        relay = sni_relay(culvert, pki, extra=["--tls-cert", pki.path("relay.pem"), "--tls-key",
+                                               pki.path("relay.key")])
+        agent = culvert.agent(relay.wss, "sni-x", extra=["--trust-ca", pki.path("ca.pem"),
+                                                        "--expose", "tls:%d:app" % svc.port])
+        agent.wait_line(r"exposed tls")
+        p = os.urandom(200000)
+        assert tls_client(relay.sni_port, "app.tun.test", pki.path("svcca.pem"), p)[1] == p
+        with pytest.raises(ssl.SSLError):
+            tls_client(relay.sni_port, "nope.tun.test", pki.path("svcca.pem"))
+        peer_cert(relay.port, "localhost", pki.path("ca.pem"))
+        bad = culvert.agent(relay.wss, "sni-bad", wait=False, extra=["--trust-ca", pki.ca("otherca")])
+        bad.wait_line("certificate verify failed")
+        for p_ in (bad, agent, relay.proc):
+            p_.p.send_signal(15)
+            rc = p_.wait_exit(20)
+            err = p_.stderr_text() + p_.stdout_text()
+            assert rc == 0 and "LeakSanitizer" not in err and "AddressSanitizer" not in err, (p_.name, rc, err[-3000:])
+    finally:
+        svc.close()
