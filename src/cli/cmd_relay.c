@@ -10,6 +10,7 @@
 #include "cli/cmds.h"
 #include "cli/config.h"
 #include "cli/signals.h"
+#include "codec/kohaku.h"
 #include "core/err.h"
 #include "core/log.h"
 #include "net/addr.h"
@@ -47,6 +48,9 @@ static void usage(FILE *f)
             "                         live tunnels, a bad file is refused and logged\n"
             "  --admin HOST:PORT      admin listener: JSON API (/api/agents, /api/streams, ...),\n"
             "                         Prometheus /metrics, /healthz, /readyz (default: off)\n"
+            "  --domain BASE          serve agents' named exposures as NAME.BASE (with\n"
+            "                         --http-listen: HTTP virtual hosts by Host header)\n"
+            "  --http-listen HOST:PORT  HTTP virtual-host front door (needs --domain)\n"
             "  --tls-cert FILE        PEM certificate chain: the --listen port speaks TLS\n"
             "                         (agents dial wss://); repeat with --tls-key for more\n"
             "                         certificates, chosen by the client's SNI name (the\n"
@@ -54,7 +58,6 @@ static void usage(FILE *f)
             "  --tls-key FILE         PEM private key of the matching --tls-cert\n"
             "  --tls-listen HOST:PORT  SNI router: TLS connections for NAME.BASE (see --domain)\n"
             "                         pass untouched to the agent exposing tls:LOCAL:NAME\n"
-            "  --domain BASE          serve agents' named exposures as NAME.BASE\n"
             "  --log-level LEVEL      error, warn, info, debug or trace (default info)\n"
             "  -h, --help             show this help\n");
 }
@@ -136,8 +139,9 @@ static const struct option longopts[] = {
         {"conn-buffer", required_argument, NULL, 'C'}, {"admin", required_argument, NULL, 'D'},
         {"handshake-timeout", required_argument, NULL, 'H'}, {"conn-rate", required_argument, NULL, 'R'},
         {"config", required_argument, NULL, 'F'},
+        {"domain", required_argument, NULL, 'M'}, {"http-listen", required_argument, NULL, 'W'},
         {"tls-cert", required_argument, NULL, 'c'}, {"tls-key", required_argument, NULL, 'k'},
-        {"tls-listen", required_argument, NULL, 'S'}, {"domain", required_argument, NULL, 'M'},
+        {"tls-listen", required_argument, NULL, 'S'},
         {NULL, 0, NULL, 0}};
 
 #define MAX_CERTS 16
@@ -148,6 +152,30 @@ struct tls_args {
     size_t ncert, nkey;
     char listen[CV_ADDR_STRLEN];
 };
+
+/* A domain name: dot-separated labels of letters, digits and '-' (no '-'
+ * at either end of a label), at most 200 bytes. */
+static bool domain_ok(const char *d)
+{
+    size_t n = strlen(d);
+    if (n == 0 || n > 200)
+        return false;
+    char low[256];
+    for (size_t i = 0; i <= n; i++)
+        low[i] = (char)(d[i] >= 'A' && d[i] <= 'Z' ? d[i] - 'A' + 'a' : d[i]);
+    for (const char *p = low;;) {
+        const char *dot = strchr(p, '.');
+        size_t len = dot ? (size_t)(dot - p) : strlen(p);
+        if (!cv_kh_name_valid(p, len))
+            return false;
+        if (dot == NULL)
+            return true;
+        p = dot + 1;
+    }
+}
+
+/* --http-listen's host (the relay reads it once, at start). */
+static char http_host[CV_ADDR_STRLEN];
 
 static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, size_t hostlen,
                  char *admin, size_t adminlen, struct tls_args *tls)
@@ -212,12 +240,21 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
             o->tls_listen_host = tls->listen;
             break;
         case 'M':
-            if (*optarg == 0 || *optarg == '.' || strchr(optarg, '/') || strchr(optarg, ':')) {
+            if (!domain_ok(optarg)) {
                 cv_cli_error("culvert relay: ", "--domain wants a domain name such as "
-                             "tunnel.example.com, got '%s'\n", optarg);
+                                "tunnels.example.com (letters, digits, '-' and dots), got '%s'\n",
+                        optarg);
                 return 2;
             }
             o->domain = optarg;
+            break;
+        case 'W':
+            if (cv_addr_split(optarg, http_host, sizeof http_host, &o->http_port) != 0) {
+                cv_cli_error("culvert relay: ", "--http-listen wants HOST:PORT with a numeric host, "
+                                "got '%s'\n", optarg);
+                return 2;
+            }
+            o->http_host = http_host;
             break;
         case 'a': o->any_port = true; break;
         case 'T': o->token = optarg; break;
@@ -261,6 +298,22 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
     if (tls->ncert != tls->nkey) {
         cv_cli_error("culvert relay: ", "--tls-cert and --tls-key come in pairs (got %zu "
                      "certificates and %zu keys)\n", tls->ncert, tls->nkey);
+        return 2;
+    }
+    if (o->http_host != NULL && o->domain == NULL) {
+        cv_cli_error("culvert relay: ", "HTTP virtual hosts need both --domain BASE and "
+                        "--http-listen HOST:PORT (--http-listen was given alone)\n");
+        return 2;
+    }
+    if (o->tls_listen_host != NULL && o->domain == NULL) {
+        cv_cli_error("culvert relay: ", "the SNI router routes NAME.BASE: --tls-listen needs "
+                        "--domain BASE\n");
+        return 2;
+    }
+    if (o->domain != NULL && o->http_host == NULL && o->tls_listen_host == NULL) {
+        cv_cli_error("culvert relay: ", "--domain BASE needs a front door (--domain was given "
+                        "alone): --http-listen HOST:PORT (HTTP virtual hosts) and/or --tls-listen "
+                        "HOST:PORT (SNI router)\n");
         return 2;
     }
     return -1;
@@ -381,9 +434,10 @@ static void on_hup(uv_signal_t *h, int signum)
     if (strcmp(run->conf->host, nc->host) != 0 || o->port != n->port ||
         !same(o->admin_host ? run->conf->admin : NULL, n->admin_host ? nc->admin : NULL) ||
         o->admin_port != n->admin_port || !same(o->public_bind, n->public_bind) ||
-        o->ping_interval_ms != n->ping_interval_ms || o->pong_timeout_ms != n->pong_timeout_ms)
-        cv_log_warn("configuration reload: listen, admin, public-bind and ping settings take "
-                    "effect on restart only; the running values are kept");
+        o->ping_interval_ms != n->ping_interval_ms || o->pong_timeout_ms != n->pong_timeout_ms ||
+        !same(o->domain, n->domain) || o->http_port != n->http_port)
+        cv_log_warn("configuration reload: listen, admin, public-bind, ping, domain and "
+                    "http-listen settings take effect on restart only; the running values are kept");
     int rc = cv_relay_reload(run->relay, n);
     if (rc != 0) {
         cv_log_error("configuration reload refused, keeping the running one: %s", cv_strerror(rc));
@@ -428,9 +482,9 @@ int cv_cmd_relay(int argc, char **argv)
     struct run run = {.conf = c, .argc = argc, .argv = argv};
     rc = cv_relay_start(loop, o, &run.relay);
     if (rc != 0) {
-        fprintf(stderr, "culvert relay: cannot start on %s:%u%s%s: %s\n", c->host, o->port,
+        fprintf(stderr, "culvert relay: cannot start on %s:%u%s%s%s: %s\n", c->host, o->port,
                 o->admin_host ? " (admin " : "", o->admin_host ? "listener included)" : "",
-                cv_strerror(rc));
+                o->http_host ? " (or the --http-listen address)" : "", cv_strerror(rc));
         conf_free(c);
         cv_tls_ctx_free(tls);
         return 1;
@@ -448,6 +502,9 @@ int cv_cmd_relay(int argc, char **argv)
     if (o->admin_host)
         printf("culvert relay admin API on http://%s:%u/\n", c->admin,
                cv_relay_admin_port(run.relay));
+    if (o->http_host)
+        printf("culvert relay HTTP virtual hosts http://NAME.%s on %s:%u\n", o->domain,
+               o->http_host, cv_relay_http_port(run.relay));
     fflush(stdout);
     uv_run(loop, UV_RUN_DEFAULT);
     uv_loop_close(loop);

@@ -143,7 +143,8 @@ struct cv_relay {
     int64_t started;           /* unix time */
     struct named *names;       /* named exposures, held and gone */
     size_t names_gone;         /* entries with t NULL (bounded) */
-    struct vhost *vhost;       /* HTTP virtual hosts; NULL unless opts.domain */
+    struct vhost *vhost;       /* HTTP virtual hosts; NULL unless opts.http_host */
+    char domain[256];          /* opts.domain, lowercased (opts.domain points here) */
     uint16_t tls_front_port;   /* port routing tls names by SNI; 0: none (tlsfront.c sets it) */
     struct tlsfront *tlsfront; /* the SNI router; NULL unless opts.tls_listen_host */
 };
@@ -219,6 +220,8 @@ void tlsfront_stop(struct cv_relay *r);
 /* vhost.c */
 int vhost_start(struct cv_relay *r);
 void vhost_stop(struct cv_relay *r);
+/* The per-address rate in r->opts changed (reload). */
+int vhost_set_limits(struct cv_relay *r);
 /* Hooks stream.c and public.c call for FRONT_HTTP conns. */
 bool vhost_write(struct conn *c, const uint8_t *p, size_t n);
 void vhost_detach(struct conn *c);

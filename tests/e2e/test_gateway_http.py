@@ -927,3 +927,23 @@ def test_multipart_stream_reply(gw):
     assert (st, b, h["content-type"]) == (200, b"chunk1\nchunk2\n", "application/octet-stream")
     st, h, b, _ = upload(port, mp_body(manifest({"a": 2, "b": 5})), task="app.tasks.add")
     assert (st, b) == (200, b'{"ok":true,"result":7}')
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Shutdown
+
+
+def test_sigterm_drains_in_flight_calls(gw):
+    p, port = gw()
+    s, rd = raw(port)
+    s.sendall(req("POST", "/__runner/task/app.tasks.slow", b'{"ms":800}'))
+    time.sleep(0.2)
+    p.p.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    # no new connections once draining
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    st, h, b, _ = rd.response()
+    assert (st, b) == (200, b'{"ok":true,"result":"done"}')
+    assert p.wait_exit(10) == 0
+    s.close()
