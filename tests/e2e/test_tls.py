@@ -543,3 +543,20 @@ def test_sigterm_exit_clean_after_tls_traffic(culvert, pki):
             assert rc == 0 and "LeakSanitizer" not in err and "AddressSanitizer" not in err, (p_.name, rc, err[-3000:])
     finally:
         svc.close()
+
+
+def _maps_libssl(pid):
+    with open("/proc/%d/maps" % pid) as f:
+        return "libssl.so" in f.read()
+
+
+def test_openssl_loaded_only_when_tls_is_used(culvert, pki, tcp_echo):
+    """A plain relay and agent never load libssl (its relocations and pages would cost ~1.4 MiB of idle
+    RSS); a TLS relay and a wss:// agent do."""
+    plain = culvert.relay()
+    agent = culvert.agent(plain.url, "plain-a", extra=["--expose", "tcp:%d" % tcp_echo.port])
+    small_echo(exposed(agent, tcp_echo.port))
+    assert not _maps_libssl(plain.proc.pid) and not _maps_libssl(agent.pid)
+    relay = tls_relay(culvert, pki)
+    wagent = culvert.agent(relay.wss, "tls-a2", extra=["--trust-ca", pki.path("ca.pem")])
+    assert _maps_libssl(relay.proc.pid) and _maps_libssl(wagent.pid)
