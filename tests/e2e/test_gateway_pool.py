@@ -163,7 +163,7 @@ def pid_alive(pid):
 
 def ready(g, n=1):
     """Waits until n workers said hello (a first call then needs no queueing)."""
-    g.wait_for(lambda: g.proc.count(r"worker \d+ ready", stream="err") >= n, what="%d ready workers" % n)
+    g.wait_for(lambda: g.proc.count(r"gateway: worker \d+ ready", stream="err") >= n, what="%d ready workers" % n)
 
 
 # --------------------------------------------------------------------------------------------------------
