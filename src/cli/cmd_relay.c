@@ -256,10 +256,15 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
         cv_cli_error("culvert relay: ", "unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
-    if ((o->domain != NULL) != (o->http_host != NULL)) {
-        cv_cli_error("culvert relay: ", "HTTP virtual hosts need both --domain BASE and "
-                        "--http-listen HOST:PORT (%s was given alone)\n",
-                o->domain ? "--domain" : "--http-listen");
+    /* Named exposures need a BASE and a front door that serves them. */
+    if (o->http_host && o->domain == NULL) {
+        cv_cli_error("culvert relay: ", "--http-listen needs --domain BASE (visitors reach "
+                        "NAME.BASE)\n");
+        return 2;
+    }
+    if (o->domain && o->http_host == NULL) {
+        cv_cli_error("culvert relay: ", "--domain needs a front door: --http-listen HOST:PORT "
+                        "(HTTP virtual hosts)\n");
         return 2;
     }
     return -1;
