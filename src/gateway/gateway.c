@@ -467,9 +467,16 @@ static int build_context(struct cv_gw_req *r)
         rc = cv_gwr_json_str(&b, r->rid, strlen(r->rid));
     if (rc == 0)
         rc = APPEND(&b, ",\"remote\":");
+    /* The peer's address without its port, as Node's remoteAddress. */
     const char *peer = cv_http1_req_peer(r->h);
+    const char *colon = strrchr(peer, ':');
+    size_t plen = colon ? (size_t)(colon - peer) : strlen(peer);
+    if (plen >= 2 && peer[0] == '[' && peer[plen - 1] == ']') {
+        peer++;
+        plen -= 2;
+    }
     if (rc == 0)
-        rc = cv_gwr_json_str(&b, peer, strlen(peer));
+        rc = cv_gwr_json_str(&b, peer, plen);
     if (rc == 0 && r->runner_ctx != NULL) {
         rc = APPEND(&b, ",\"runnerContext\":");
         if (rc == 0)

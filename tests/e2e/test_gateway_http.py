@@ -947,3 +947,31 @@ def test_sigterm_drains_in_flight_calls(gw):
     assert (st, b) == (200, b'{"ok":true,"result":"done"}')
     assert p.wait_exit(10) == 0
     s.close()
+
+
+def test_graph_body_native(gw):
+    _, port = gw()
+    graph = {"__graph": True, "version": 1, "root": {"__ref": "obj_1"},
+             "nodes": {"obj_1": {"kind": "object", "value": {"input": {"__ref": "obj_2"}}},
+                       "obj_2": {"kind": "object", "value": {"n": 1, "tags": {"__ref": "arr_1"}}},
+                       "arr_1": {"kind": "array", "value": [1, 2]}}}
+    st, h, b = post(port, "task/app.tasks.echo", graph)
+    assert (st, env(b)) == (200, {"ok": True, "result": {"n": 1, "tags": [1, 2]}})
+
+
+def test_cli_nothing_exposed(culvert):
+    p = culvert.procs.start([CULVERT_BIN, "gateway", "--listen", "127.0.0.1:0", "--token", TOKEN], name="gateway")
+    port = int(p.wait_line(r"listening on http://127\.0\.0\.1:(\d+)", timeout=10).group(1))
+    st, h, b, _ = call(port, "GET", "/__runner/discovery", None)
+    assert (st, b) == (200, b'{"ok":true,"result":{"allowList":{"enabled":false,"tasks":[],"events":[]}}}')
+    assert post(port, "task/app.tasks.add", {})[::2] == (403, err("FORBIDDEN", "Exposure not enabled"))
+    _, port2 = None, None
+    p.p.send_signal(signal.SIGINT)
+    assert p.wait_exit(15) == 0
+    q = culvert.procs.start([CULVERT_BIN, "gateway", "--listen", "127.0.0.1:0", "--token", TOKEN,
+                             "--no-discovery", "--base-path", "/api/"], name="gateway2")
+    port2 = int(q.wait_line(r"listening on http://127\.0\.0\.1:(\d+)", timeout=10).group(1))
+    assert call(port2, "GET", "/api/discovery", None)[::2] == (404, err("NOT_FOUND", "Not Found"))
+    assert "x-runner-request-id" not in call(port2, "GET", "/__runner/discovery", None)[1]
+    q.p.send_signal(signal.SIGTERM)
+    assert q.wait_exit(15) == 0

@@ -8,6 +8,7 @@
 import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { PassThrough, Readable } from "node:stream";
 import {
   TARGETS, TOKEN, STEP, SLOW, GHOST, REQUIRE, runner, startTarget, raw, post, readAll, pattern, withTimeout,
@@ -291,6 +292,33 @@ for (const [name, target] of Object.entries(TARGETS)) {
       assert.equal(r.text, '{"ok":false,"error":{"message":"Internal Error","code":"INTERNAL_ERROR"}}');
       await rejects(c.fetch.task("app.tasks.boom"), tunnelError("INTERNAL_ERROR", "Internal Error"));
       await rejects(c.smart.task("app.tasks.boom"), tunnelError("INTERNAL_ERROR", "Internal Error"));
+    });
+
+    test("pool: killed workers fail their calls with 502 and are respawned", {
+      ...T, skip: name !== "pool" && "pool only",
+    }, async () => {
+      const kids = () => readFileSync(`/proc/${t.proc.pid}/task/${t.proc.pid}/children`, "utf8")
+        .trim().split(/\s+/).filter(Boolean).map(Number);
+      const before = kids();
+      assert.equal(before.length, 2, `worker pids ${before}`);
+      // Settled handlers attached at once: both reject about together.
+      const calls = [c.fetch.task("app.tasks.slow", { ms: 20000 }), c.smart.task("app.tasks.slow", { ms: 20000 })]
+        .map((p) => p.then(() => assert.fail("a call on a killed worker succeeded"), (e) => e));
+      await new Promise((r) => setTimeout(r, 500 * SLOW));
+      for (const pid of before) process.kill(pid, "SIGKILL");
+      for (const err of await Promise.all(calls)) tunnelError("WORKER_EXITED", "Worker exited")(err);
+      // Respawned (after a backoff) and serving again.
+      const until = Date.now() + 60000 * SLOW;
+      for (;;) {
+        try {
+          assert.equal(await c.fetch.task("app.tasks.add", { a: 2, b: 3 }), 5);
+          break;
+        } catch (err) {
+          if (Date.now() > until) throw err;
+          await new Promise((r) => setTimeout(r, 200));
+        }
+      }
+      assert.ok(kids().every((pid) => !before.includes(pid)));
     });
 
     test("a client timeout does not disturb later calls", T, async () => {

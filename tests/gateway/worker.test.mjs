@@ -314,6 +314,9 @@ test("auth: the app's authValidator tasks decide", T, async () => {
   const { w, hello } = await started(path.join(HERE, "fixtures", "big_worker.mjs"));
   try {
     assert.deepEqual(hello.features, ["cancel", "streams", "auth"]);
+    // No tunnel allow-list in this app: every registered id but Runner's own.
+    assert.deepEqual(hello.tasks, ["fx.tasks.big", "fx.tasks.wait", "fx.tasks.keyCheck"]);
+    assert.deepEqual(hello.events, []);
     const ctx = (headers) => ({ method: "POST", path: "/__runner/task/fx.tasks.big", query: {}, headers, requestId: "a1", remote: "127.0.0.1:1" });
     w.send({ type: "auth", id: 1, rid: "a1", context: ctx({ "x-fixture-key": "open" }) });
     w.send({ type: "auth", id: 2, rid: "a2", context: ctx({ "x-fixture-key": "shut" }) });
