@@ -151,7 +151,8 @@ struct cv_relay {
     size_t names_gone;         /* entries with t NULL (bounded) */
     struct vhost *vhost;       /* HTTP virtual hosts; NULL unless opts.http_host */
     char domain[256];          /* opts.domain, lowercased (opts.domain points here) */
-    uint16_t tls_front_port;   /* port routing tls names by SNI; 0: none (tls.c sets it) */
+    uint16_t tls_front_port;   /* port routing tls names by SNI; 0: none (tlsfront.c sets it) */
+    struct tlsfront *tlsfront; /* the SNI router; NULL unless opts.tls_listen_host */
 };
 
 /* stream.c */
@@ -188,6 +189,11 @@ void exposures_each(struct tunnel *t,
 bool visitor_write(struct conn *c, const uint8_t *p, size_t n);
 /* The conn is going away: close the visitor side too. */
 void visitor_detach(struct conn *c);
+/* Makes a TCP visitor for c (FRONT_TCP, from named_connect) on the
+ * connected socket fd (owned from now on, closed on failure) and sends
+ * first[0..n) (bytes already read from it, within the initial credit) to
+ * the agent before anything else. */
+void visitor_adopt(struct conn *c, int fd, const uint8_t *first, size_t n);
 /* Agent credit arrived or its queue drained: resume stalled visitors. */
 void visitors_resume(struct tunnel *t);
 
@@ -212,6 +218,10 @@ struct named *relay_find_name(struct cv_relay *r, uint8_t kind, const char *name
 struct conn *named_connect(struct named *n, uint8_t kind);
 /* Calls fn for each name t holds (admin API). */
 void names_each(struct tunnel *t, void (*fn)(void *ud, const struct named *n), void *ud);
+
+/* tlsfront.c: the SNI router (--tls-listen). */
+int tlsfront_start(struct cv_relay *r);
+void tlsfront_stop(struct cv_relay *r);
 
 /* vhost.c */
 int vhost_start(struct cv_relay *r);
