@@ -14,6 +14,7 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "net/addr.h"
+#include "net/tls.h"
 #include "relay/relay.h"
 
 static void usage(FILE *f)
@@ -50,6 +51,13 @@ static void usage(FILE *f)
             "  --domain BASE          serve agents' named exposures as NAME.BASE (with\n"
             "                         --http-listen: HTTP virtual hosts by Host header)\n"
             "  --http-listen HOST:PORT  HTTP virtual-host front door (needs --domain)\n"
+            "  --tls-cert FILE        PEM certificate chain: the --listen port speaks TLS\n"
+            "                         (agents dial wss://); repeat with --tls-key for more\n"
+            "                         certificates, chosen by the client's SNI name (the\n"
+            "                         first is the default)\n"
+            "  --tls-key FILE         PEM private key of the matching --tls-cert\n"
+            "  --tls-listen HOST:PORT  SNI router: TLS connections for NAME.BASE (see --domain)\n"
+            "                         pass untouched to the agent exposing tls:LOCAL:NAME\n"
             "  --log-level LEVEL      error, warn, info, debug or trace (default info)\n"
             "  -h, --help             show this help\n");
 }
@@ -132,7 +140,18 @@ static const struct option longopts[] = {
         {"handshake-timeout", required_argument, NULL, 'H'}, {"conn-rate", required_argument, NULL, 'R'},
         {"config", required_argument, NULL, 'F'},
         {"domain", required_argument, NULL, 'M'}, {"http-listen", required_argument, NULL, 'W'},
+        {"tls-cert", required_argument, NULL, 'c'}, {"tls-key", required_argument, NULL, 'k'},
+        {"tls-listen", required_argument, NULL, 'S'},
         {NULL, 0, NULL, 0}};
+
+#define MAX_CERTS 16
+
+/* TLS flags: --tls-cert/--tls-key pairs in order, the SNI router address. */
+struct tls_args {
+    struct cv_tls_cert c[MAX_CERTS];
+    size_t ncert, nkey;
+    char listen[CV_ADDR_STRLEN];
+};
 
 /* A domain name: dot-separated labels of letters, digits and '-' (no '-'
  * at either end of a label), at most 200 bytes. */
@@ -159,10 +178,11 @@ static bool domain_ok(const char *d)
 static char http_host[CV_ADDR_STRLEN];
 
 static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, size_t hostlen,
-                 char *admin, size_t adminlen)
+                 char *admin, size_t adminlen, struct tls_args *tls)
 {
     int c;
     optind = 1;
+    tls->ncert = tls->nkey = 0;
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         struct sockaddr_storage ss;
         enum cv_log_level lvl;
@@ -199,6 +219,25 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
                                 "got '%s'\n", optarg);
                 return 2;
             }
+            break;
+        case 'c':
+        case 'k':
+            if ((c == 'c' ? tls->ncert : tls->nkey) >= MAX_CERTS) {
+                cv_cli_error("culvert relay: ", "at most %d --tls-cert/--tls-key pairs\n", MAX_CERTS);
+                return 2;
+            }
+            if (c == 'c')
+                tls->c[tls->ncert++].cert_file = optarg;
+            else
+                tls->c[tls->nkey++].key_file = optarg;
+            break;
+        case 'S':
+            if (cv_addr_split(optarg, tls->listen, sizeof tls->listen, &o->tls_listen_port) != 0) {
+                cv_cli_error("culvert relay: ", "--tls-listen wants HOST:PORT with a numeric host, "
+                             "got '%s'\n", optarg);
+                return 2;
+            }
+            o->tls_listen_host = tls->listen;
             break;
         case 'M':
             if (!domain_ok(optarg)) {
@@ -256,10 +295,25 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
         cv_cli_error("culvert relay: ", "unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
-    if ((o->domain != NULL) != (o->http_host != NULL)) {
+    if (tls->ncert != tls->nkey) {
+        cv_cli_error("culvert relay: ", "--tls-cert and --tls-key come in pairs (got %zu "
+                     "certificates and %zu keys)\n", tls->ncert, tls->nkey);
+        return 2;
+    }
+    if (o->http_host != NULL && o->domain == NULL) {
         cv_cli_error("culvert relay: ", "HTTP virtual hosts need both --domain BASE and "
-                        "--http-listen HOST:PORT (%s was given alone)\n",
-                o->domain ? "--domain" : "--http-listen");
+                        "--http-listen HOST:PORT (--http-listen was given alone)\n");
+        return 2;
+    }
+    if (o->tls_listen_host != NULL && o->domain == NULL) {
+        cv_cli_error("culvert relay: ", "the SNI router routes NAME.BASE: --tls-listen needs "
+                        "--domain BASE\n");
+        return 2;
+    }
+    if (o->domain != NULL && o->http_host == NULL && o->tls_listen_host == NULL) {
+        cv_cli_error("culvert relay: ", "--domain BASE needs a front door (--domain was given "
+                        "alone): --http-listen HOST:PORT (HTTP virtual hosts) and/or --tls-listen "
+                        "HOST:PORT (SNI router)\n");
         return 2;
     }
     return -1;
@@ -271,6 +325,7 @@ struct relay_conf {
     struct cv_relay_opts o;
     char host[CV_ADDR_STRLEN];
     char admin[CV_ADDR_STRLEN];
+    struct tls_args tls;
     struct cv_cli_conf file;
     char **argv; /* merged: file flags, then the command line */
 };
@@ -288,7 +343,7 @@ static int check_entry(int argc, char **argv, void *ud)
     struct relay_conf scratch;
     cv_relay_opts_default(&scratch.o);
     return parse(argc, argv, &scratch.o, scratch.host, sizeof scratch.host, scratch.admin,
-                 sizeof scratch.admin) >= 0;
+                 sizeof scratch.admin, &scratch.tls) >= 0;
 }
 
 /* Builds the configuration. Returns NULL with *code set (the exit status;
@@ -313,7 +368,8 @@ static struct relay_conf *load(int argc, char **argv, int *code, char *err, size
     }
     int n;
     c->argv = cv_cli_conf_merge(&c->file, argc, argv, &n);
-    int rc = c->argv ? parse(n, c->argv, &c->o, c->host, sizeof c->host, c->admin, sizeof c->admin)
+    int rc = c->argv ? parse(n, c->argv, &c->o, c->host, sizeof c->host, c->admin, sizeof c->admin,
+                             &c->tls)
                      : 1;
     if (rc >= 0) {
         conf_free(c);
@@ -408,6 +464,17 @@ int cv_cmd_relay(int argc, char **argv)
         return rc;
     }
     struct cv_relay_opts *o = &c->o;
+    /* Certificates are read once, at start (a reload keeps them). */
+    struct cv_tls_ctx *tls = NULL;
+    if (c->tls.ncert > 0) {
+        tls = cv_tls_ctx_new_server(c->tls.c, c->tls.ncert, err, sizeof err);
+        if (tls == NULL) {
+            fprintf(stderr, "culvert relay: TLS: %s\n", err);
+            conf_free(c);
+            return 2;
+        }
+        o->tls = tls;
+    }
     if (o->allow_anonymous)
         cv_log_warn("--allow-anonymous: peers without a token are admitted; anyone who reaches "
                     "%s:%u can register as any agent", c->host, o->port);
@@ -419,6 +486,7 @@ int cv_cmd_relay(int argc, char **argv)
                 o->admin_host ? " (admin " : "", o->admin_host ? "listener included)" : "",
                 o->http_host ? " (or the --http-listen address)" : "", cv_strerror(rc));
         conf_free(c);
+        cv_tls_ctx_free(tls);
         return 1;
     }
     /* Signals first: whoever reads the line below may signal at once. */
@@ -426,7 +494,11 @@ int cv_cmd_relay(int argc, char **argv)
     uv_signal_init(loop, &run.hup);
     run.hup.data = &run;
     uv_signal_start(&run.hup, on_hup, SIGHUP);
-    printf("culvert relay listening on %s:%u\n", c->host, cv_relay_port(run.relay));
+    printf("culvert relay listening on %s:%u%s\n", c->host, cv_relay_port(run.relay),
+           tls ? " (TLS: agents dial wss://)" : "");
+    if (o->tls_listen_host)
+        printf("culvert relay SNI router on %s:%u (tls names *.%s passed through)\n",
+               c->tls.listen, cv_relay_tls_port(run.relay), o->domain ? o->domain : "-");
     if (o->admin_host)
         printf("culvert relay admin API on http://%s:%u/\n", c->admin,
                cv_relay_admin_port(run.relay));
@@ -437,5 +509,6 @@ int cv_cmd_relay(int argc, char **argv)
     uv_run(loop, UV_RUN_DEFAULT);
     uv_loop_close(loop);
     conf_free(run.conf);
+    cv_tls_ctx_free(tls);
     return 0;
 }

@@ -398,6 +398,8 @@ int cv_relay_start(uv_loop_t *loop, const struct cv_relay_opts *opts, struct cv_
         free(r);
         return rc;
     }
+    if (opts->tls != NULL)
+        cv_http_server_set_tls(r->srv, opts->tls);
     struct cv_http_server_limits lim = {.handshake_ms = opts->handshake_ms,
                                         .rate_per_ip = opts->conn_rate,
                                         .burst_per_ip = opts->conn_burst};
@@ -415,6 +417,15 @@ int cv_relay_start(uv_loop_t *loop, const struct cv_relay_opts *opts, struct cv_
         r->stopping = true;
         cv_http_server_close(r->srv);
         r->srv = NULL;
+        relay_maybe_free(r);
+        return rc;
+    }
+    if ((rc = tlsfront_start(r)) != 0) {
+        r->stopping = true;
+        cv_http_server_close(r->srv);
+        r->srv = NULL;
+        relay_admin_stop(r);
+        vhost_stop(r);
         relay_maybe_free(r);
         return rc;
     }
@@ -462,6 +473,7 @@ void cv_relay_stop(struct cv_relay *r)
     cv_http_server_close(r->srv);
     r->srv = NULL;
     relay_admin_stop(r);
+    tlsfront_stop(r);
     vhost_stop(r);
     for (struct tunnel *t = r->tunnels; t; t = t->next)
         cv_ws_close(t->ws, CV_WS_GOING_AWAY, "relay shutting down");
@@ -469,3 +481,5 @@ void cv_relay_stop(struct cv_relay *r)
         cv_ws_close(s->ws, CV_WS_GOING_AWAY, "relay shutting down");
     relay_maybe_free(r);
 }
+
+uint16_t cv_relay_tls_port(const struct cv_relay *r) { return r->tls_front_port; }

@@ -496,6 +496,14 @@ def test_name_conflict_release_and_reclaim(culvert, origins):
     assert st["exposures"] == [{"proto": "http", "local_port": a.port, "name": "shared", "state": "exposed",
                                 "url": "http://shared.test.local:%d/" % relay.http_port}]
 
+    st, body = http_get(admin + "/metrics")
+    text = body.decode()
+    assert "culvert_relay_names 1\n" in text
+    assert "culvert_relay_vhost_requests_total 1\n" in text
+    assert 'culvert_relay_vhost_answers_total{status="404"} 0\n' in text
+    request(relay, "unknown.test.local")
+    assert 'culvert_relay_vhost_answers_total{status="404"} 1\n' in http_get(admin + "/metrics")[1].decode()
+
     # The holder goes: the name is free at once; the second agent's next claim (after its reconnect) wins.
     first.kill()
     second.kill()
@@ -592,7 +600,7 @@ def test_bad_expose_values(culvert):
 
 def test_relay_flag_errors(culvert):
     rc, out, err = culvert.run(["relay", "--allow-anonymous", "--domain", "test.local"])
-    assert rc == 2 and "--domain was given alone" in err
+    assert rc == 2 and "--domain was given alone" in err and "--http-listen" in err
     rc, out, err = culvert.run(["relay", "--allow-anonymous", "--http-listen", "127.0.0.1:0"])
     assert rc == 2 and "--http-listen was given alone" in err
     rc, out, err = culvert.run(["relay", "--allow-anonymous", "--domain", "bad_domain", "--http-listen", "127.0.0.1:0"])
