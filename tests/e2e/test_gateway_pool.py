@@ -32,7 +32,7 @@ TASKS = [
     "app.tasks.add", "app.tasks.raw", "app.tasks.echo", "app.tasks.whoami", "app.tasks.slow", "app.tasks.never",
     "app.tasks.hang", "app.tasks.late", "app.tasks.fail", "app.tasks.throw", "app.tasks.notfound",
     "app.tasks.garbage", "app.tasks.nonobject", "app.tasks.worker0", "app.tasks.bad", "app.tasks.die",
-    "app.tasks.closeout", "app.tasks.huge", "app.tasks.stream", "app.tasks.streamfail", "app.tasks.big",
+    "app.tasks.closeout", "app.tasks.closein", "app.tasks.huge", "app.tasks.stream", "app.tasks.streamfail", "app.tasks.big",
     "app.tasks.duplex", "app.tasks.upload", "app.tasks.files", "app.tasks.missing", "app.tasks.invalid",
     "app.tasks.unauth",
 ]
@@ -300,6 +300,23 @@ def test_worker_death_gives_502_and_respawn(gw, tid):
     assert not pid_alive(pid) or g.wait_for(lambda: not pid_alive(pid), 5, "old worker gone")
     assert g.pid() != pid  # a new worker serves (never retried: the failed call stays failed)
     assert len([t for t in g.received("task") if t["taskId"] == tid]) == 1
+
+
+def test_epipe_fails_in_flight_calls_and_respawns(gw):
+    # The worker closes its stdin and hangs: the next line written to it gets EPIPE, which fails every call in
+    # flight on it with 502 WORKER_EXITED.
+    g = gw()
+    pid = g.pid()
+    res = []
+    t = threading.Thread(target=lambda: res.append(g.task("app.tasks.closein")))
+    t.start()
+    g.wait_for(lambda: g.events("closein"), what="worker closed its stdin")
+    st, _, body = g.task("app.tasks.add", {"a": 1, "b": 1})
+    t.join(10)
+    assert st == 502 and envelope(body)["error"]["code"] == "WORKER_EXITED"
+    assert res and res[0][0] == 502 and envelope(res[0][2])["error"]["code"] == "WORKER_EXITED"
+    g.proc.wait_line(r"worker 0 \(pid %d\) closed its stdin \(EPIPE\); restarting" % pid, stream="err")
+    assert g.pid() != pid
 
 
 def test_deadline_cancel_and_worker_stays_when_alive(gw):

@@ -304,7 +304,8 @@ for (const [name, target] of Object.entries(TARGETS)) {
       // Settled handlers attached at once: both reject about together.
       const calls = [c.fetch.task("app.tasks.slow", { ms: 20000 }), c.smart.task("app.tasks.slow", { ms: 20000 })]
         .map((p) => p.then(() => assert.fail("a call on a killed worker succeeded"), (e) => e));
-      await new Promise((r) => setTimeout(r, 500 * SLOW));
+      // Let both calls reach the workers (dispatch takes milliseconds).
+      await new Promise((r) => setTimeout(r, 1500 * SLOW));
       for (const pid of before) process.kill(pid, "SIGKILL");
       for (const err of await Promise.all(calls)) tunnelError("WORKER_EXITED", "Worker exited")(err);
       // Respawned (after a backoff) and serving again.

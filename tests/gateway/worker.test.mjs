@@ -315,13 +315,23 @@ test("auth: the app's authValidator tasks decide", T, async () => {
   try {
     assert.deepEqual(hello.features, ["cancel", "streams", "auth"]);
     // No tunnel allow-list in this app: every registered id but Runner's own.
-    assert.deepEqual(hello.tasks, ["fx.tasks.big", "fx.tasks.wait", "fx.tasks.keyCheck"]);
+    assert.deepEqual(hello.tasks, ["fx.tasks.big", "fx.tasks.wait", "fx.tasks.keyCheck", "fx.tasks.double"]);
     assert.deepEqual(hello.events, []);
     const ctx = (headers) => ({ method: "POST", path: "/__runner/task/fx.tasks.big", query: {}, headers, requestId: "a1", remote: "127.0.0.1:1" });
     w.send({ type: "auth", id: 1, rid: "a1", context: ctx({ "x-fixture-key": "open" }) });
     w.send({ type: "auth", id: 2, rid: "a2", context: ctx({ "x-fixture-key": "shut" }) });
     assert.deepEqual(await w.reply(1), { id: 1, ok: true });
     assert.deepEqual(await w.reply(2), { id: 2, ok: false, status: 401, error: { message: "Unauthorized", code: "UNAUTHORIZED" } });
+  } finally {
+    await w.close();
+  }
+});
+
+test("custom serializer types of the app decode and encode", T, async () => {
+  const { w } = await started(path.join(HERE, "fixtures", "big_worker.mjs"));
+  try {
+    w.send('{"type":"task","id":1,"taskId":"fx.tasks.double","mode":"json","input":{"__type":"Distance","value":{"value":1.5,"unit":"m"}}}');
+    assert.equal(JSON.stringify(await w.reply(1)), '{"id":1,"ok":true,"result":{"__type":"Distance","value":{"value":3,"unit":"m"}}}');
   } finally {
     await w.close();
   }
