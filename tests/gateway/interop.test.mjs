@@ -111,6 +111,22 @@ for (const [name, target] of Object.entries(TARGETS)) {
       assert.equal(p.status, 400);
     });
 
+    test("CORS preflight and headers on errors", T, async () => {
+      const p = await raw(t, "/__runner/task/app.tasks.add", {
+        method: "OPTIONS",
+        headers: { origin: "http://example.test", "access-control-request-method": "POST",
+          "access-control-request-headers": "content-type,x-runner-token" },
+      });
+      assert.equal(p.status, 204);
+      assert.equal(p.headers.get("access-control-allow-origin"), "*");
+      assert.match(p.headers.get("access-control-allow-methods"), /\bPOST\b/);
+      assert.equal(p.headers.get("access-control-allow-headers"), "content-type,x-runner-token");
+      const e = await raw(t, "/__runner/task/app.tasks.add", { method: "POST", body: "{}" });
+      assert.equal(e.status, 401);
+      assert.equal(e.headers.get("access-control-allow-origin"), "*");
+      assert.ok(e.headers.get("x-runner-request-id"));
+    });
+
     test("discovery lists the allow-list", T, async () => {
       const r = await raw(t, "/__runner/discovery", { headers: { "x-runner-token": TOKEN } });
       assert.equal(r.status, 200);
