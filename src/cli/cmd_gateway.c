@@ -49,6 +49,7 @@ static void usage(FILE *f)
             "  --deadline MS             per call, admission to response head (default 30000)\n"
             "  --max-body BYTES          JSON body limit (default 2097152)\n"
             "  --max-octet BYTES         octet-stream body limit (default: none)\n"
+            "  --stream-idle MS          cut a streamed response silent this long (default 60000)\n"
             "  --log-level LEVEL         error, warn, info, debug or trace (default info)\n"
             "  -h, --help                show this help\n");
 }
@@ -194,6 +195,7 @@ static int parse(int argc, char **argv, struct cfg *c)
         {"max-body", required_argument, NULL, 'm'},     {"max-octet", required_argument, NULL, 'M'},
         {"log-level", required_argument, NULL, 'L'},    {"help", no_argument, NULL, 'h'},
         {"cors-expose", required_argument, NULL, 'x'},  {"cors-max-age", required_argument, NULL, 'a'},
+        {"stream-idle", required_argument, NULL, 'i'},
         {NULL, 0, NULL, 0}};
     int ch, rc;
     uint64_t v;
@@ -262,15 +264,18 @@ static int parse(int argc, char **argv, struct cfg *c)
             break;
         case 'q':
         case 'd':
+        case 'i':
             if (parse_u64(optarg, 1, 86400000, &v) != 0) {
                 fprintf(stderr, "culvert gateway: --%s wants milliseconds (1..86400000), got '%s'\n",
-                        ch == 'q' ? "queue-timeout" : "deadline", optarg);
+                        ch == 'q' ? "queue-timeout" : ch == 'd' ? "deadline" : "stream-idle", optarg);
                 return 2;
             }
             if (ch == 'q')
                 c->queue_timeout_ms = v;
-            else
+            else if (ch == 'd')
                 c->o.deadline_ms = v;
+            else
+                c->o.stream_idle_ms = v;
             break;
         case 'm':
         case 'M':

@@ -94,6 +94,10 @@ struct session {
 /* Handshake latency buckets (seconds, upper bounds) for /metrics. */
 #define RELAY_HS_BUCKETS 12
 
+/* Statuses the virtual hosts answer themselves (vhost_answers index). */
+#define RELAY_VHOST_STATUSES 8
+extern const int relay_vhost_statuses[RELAY_VHOST_STATUSES];
+
 /* Counters for the admin API and /metrics (monotonic unless noted). */
 struct relay_stats {
     uint64_t agents_total;      /* agent registrations accepted */
@@ -107,6 +111,8 @@ struct relay_stats {
     uint64_t hs_count;          /* WebSocket handshakes completed */
     double hs_sum;              /* seconds */
     uint64_t hs_bucket[RELAY_HS_BUCKETS]; /* not cumulative: one count per bucket */
+    uint64_t vhost_requests;    /* request heads forwarded by the HTTP virtual hosts */
+    uint64_t vhost_answers[RELAY_VHOST_STATUSES]; /* the relay's own answers, by status */
 };
 
 struct relay_admin;

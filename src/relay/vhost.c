@@ -58,7 +58,6 @@ struct vhost {
     struct cv_ratelimit *rl;
     struct hvisitor *all;
     uint16_t port;
-    uint64_t requests; /* heads forwarded */
 };
 
 enum hv_state {
@@ -98,6 +97,15 @@ struct hvisitor {
     char ip[INET6_ADDRSTRLEN];
     int handles;             /* still to close: tcp, timer */
 };
+
+const int relay_vhost_statuses[RELAY_VHOST_STATUSES] = {400, 404, 405, 408, 421, 429, 431, 502};
+
+static void count_answer(struct cv_relay *r, int status)
+{
+    for (size_t i = 0; i < RELAY_VHOST_STATUSES; i++)
+        if (relay_vhost_statuses[i] == status)
+            r->stats.vhost_answers[i]++;
+}
 
 static uint8_t rxbuf[CV_LIMIT_NATIVE_PAYLOAD];
 static char headbuf[CV_VHOST_REWRITE_MAX(CV_LIMIT_HTTP_HEAD)];
@@ -323,6 +331,7 @@ static void answer(struct hvisitor *hv, int status, const char *fmt, ...)
     if (n < 0 || (size_t)n >= sizeof resp)
         n = (int)sizeof resp - 1;
     cv_log_debug("vhost %s: %d: %.*s", hv->ip, status, bn - 1, body);
+    count_answer(hv->r, status);
     release_conn(hv);
     if (write_out(hv, (const uint8_t *)resp, (size_t)n) < 0) {
         hv_abort(hv);
@@ -518,6 +527,13 @@ static size_t take_head(struct hvisitor *hv, const uint8_t *p, size_t n)
                               "(or an absolute URL).");
         return 0;
     }
+    /* Framing the next hop could read differently (RFC 9112 §6.1, §6.3):
+     * a transfer coding that does not end in chunked, or one in HTTP/1.0. */
+    if (cv_http_find(&h, "Transfer-Encoding") && (!h.chunked || h.version_minor == 0)) {
+        answer_later(hv, 400, "400 Bad Request: unsupported Transfer-Encoding (only chunked, "
+                              "in HTTP/1.1).");
+        return 0;
+    }
     if (h.method_len == 7 && memcmp(h.method, "CONNECT", 7) == 0) {
         answer_later(hv, 405, "405 Method Not Allowed: this relay does not proxy CONNECT.");
         return 0;
@@ -548,7 +564,7 @@ static size_t take_head(struct hvisitor *hv, const uint8_t *p, size_t n)
     }
     size_t out = cv_vhost_rewrite((const char *)p, (size_t)hl, &h, hv->ip, headbuf, cap);
     hv->forwarded++;
-    hv->vh->requests++;
+    hv->r->stats.vhost_requests++;
     hv->head_start = 0;
     front_data(hv->c, (const uint8_t *)headbuf, out);
     if (hv->c == NULL)
@@ -823,6 +839,7 @@ static void on_connection(uv_stream_t *l, int status)
                                  "\r\n\r\n%s",
                                  (unsigned long long)(wait + 999) / 1000, sizeof body - 1, body);
                 hv->state = HV_DONE;
+                count_answer(r, 429);
                 if (write_out(hv, (const uint8_t *)resp, (size_t)n) < 0) {
                     hv_close(hv);
                     return;

@@ -975,3 +975,66 @@ def test_cli_nothing_exposed(culvert):
     assert "x-runner-request-id" not in call(port2, "GET", "/__runner/discovery", None)[1]
     q.p.send_signal(signal.SIGTERM)
     assert q.wait_exit(15) == 0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Streams from a worker pool through the core: truncation and the stream-idle timer
+
+STREAM_WORKER = r'''
+import base64, json, sys
+def out(m):
+    sys.stdout.write(json.dumps(m) + "\n"); sys.stdout.flush()
+out({"type": "hello", "protocol": "cwp/1", "pid": 1, "tasks": ["s.ok", "s.trunc", "s.stall"], "events": [],
+     "features": ["streams", "cancel"]})
+for line in sys.stdin:
+    m = json.loads(line)
+    t, i = m.get("type"), m.get("id")
+    if t == "task":
+        out({"id": i, "ok": True, "stream": {"status": 201, "contentType": "text/csv",
+                                              "headers": {"x-custom": "yes", "set-cookie": "a=b", "Connection": "x"}}})
+        out({"type": "data", "id": i, "stream": "out", "b64": base64.b64encode(b"a,b\n").decode()})
+        if m["taskId"] == "s.ok":
+            out({"type": "end", "id": i, "stream": "out"})
+        elif m["taskId"] == "s.trunc":
+            out({"type": "end", "id": i, "stream": "out", "error": {"message": "x", "code": "STREAM_ERROR"}})
+    elif t in ("ping", "shutdown"):
+        out({"id": i, "ok": True})
+        if t == "shutdown":
+            break
+'''
+
+
+def test_pool_stream_truncation_and_idle(culvert, tmp_path):
+    w = tmp_path / "w.py"
+    w.write_text(STREAM_WORKER)
+    p = culvert.procs.start([CULVERT_BIN, "gateway", "--listen", "127.0.0.1:0", "--token", TOKEN, "--allow-task",
+                             "s.ok", "--allow-task", "s.trunc", "--allow-task", "s.stall", "--stream-idle", "500",
+                             "--worker", "/usr/bin/python3 '%s'" % w, "--workers", "1"], name="gateway")
+    port = int(p.wait_line(r"listening on http://127\.0\.0\.1:(\d+)", timeout=10).group(1))
+    p.wait_line(r"worker 0 ready", stream="err", timeout=10)
+    octet = {"content-type": "application/octet-stream"}
+    s, rd = raw(port)
+    s.sendall(req("POST", "/__runner/task/s.ok", b"", headers=octet))
+    st, h, b, hdrs = rd.response()
+    assert (st, b, h["content-type"], h["x-custom"]) == (201, b"a,b\n", "text/csv", "yes")
+    assert "set-cookie" not in h and h["connection"] == "keep-alive"
+    assert [k for k, _ in hdrs][:3] == ["x-runner-request-id", "Access-Control-Allow-Origin", "content-type"]
+    # an error after the head: the chunked body ends without its last chunk
+    s.sendall(req("POST", "/__runner/task/s.trunc", b"", headers=octet))
+    st, hdrs, _ = rd.head()
+    assert st == 201
+    assert rd.line() == b"4" and rd.exact(6) == b"a,b\n\r\n"
+    assert rd.at_eof(timeout=5)
+    s.close()
+    # silent stream: cut after the idle time
+    s, rd = raw(port)
+    t0 = time.monotonic()
+    s.sendall(req("POST", "/__runner/task/s.stall", b"", headers=octet))
+    assert rd.head()[0] == 201
+    assert rd.line() == b"4" and rd.exact(6) == b"a,b\n\r\n"
+    assert rd.at_eof(timeout=5)
+    assert 0.4 < time.monotonic() - t0 < 3
+    s.close()
+    p.wait_line(r"stream idle", stream="err", timeout=5)
+    p.p.send_signal(signal.SIGTERM)
+    assert p.wait_exit(20) == 0

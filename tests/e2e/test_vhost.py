@@ -496,6 +496,14 @@ def test_name_conflict_release_and_reclaim(culvert, origins):
     assert st["exposures"] == [{"proto": "http", "local_port": a.port, "name": "shared", "state": "exposed",
                                 "url": "http://shared.test.local:%d/" % relay.http_port}]
 
+    st, body = http_get(admin + "/metrics")
+    text = body.decode()
+    assert "culvert_relay_names 1\n" in text
+    assert "culvert_relay_vhost_requests_total 1\n" in text
+    assert 'culvert_relay_vhost_answers_total{status="404"} 0\n' in text
+    request(relay, "unknown.test.local")
+    assert 'culvert_relay_vhost_answers_total{status="404"} 1\n' in http_get(admin + "/metrics")[1].decode()
+
     # The holder goes: the name is free at once; the second agent's next claim (after its reconnect) wins.
     first.kill()
     second.kill()
@@ -552,6 +560,9 @@ def test_bad_requests(culvert, origins):
     assert raw(b"GET / HTTP/1.1\r\nHost: bad.test.local\r\nHost: x.test.local\r\n\r\n")[0] == 400
     assert raw(b"GET / HTTP/1.1\r\nHost: bad.test.local\nX: y\r\n\r\n")[0] == 400  # bare LF
     assert raw(b"GET / HTTP/1.1\r\nHost: bad.test.local\r\nX: " + b"a" * 20000 + b"\r\n\r\n")[0] == 431
+    assert raw(b"POST / HTTP/1.1\r\nHost: bad.test.local\r\nTransfer-Encoding: gzip\r\n\r\n")[0] == 400
+    assert raw(b"POST / HTTP/1.0\r\nHost: bad.test.local\r\nTransfer-Encoding: chunked\r\n\r\n")[0] == 400
+    assert raw(b"POST / HTTP/1.1\r\nHost: bad.test.local\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n")[0] == 400
     assert raw(b"CONNECT bad.test.local:443 HTTP/1.1\r\nHost: bad.test.local:443\r\n\r\n")[0] == 405
     # A malformed request after a good one: the good one is answered, then 400.
     s = connect(relay)
@@ -592,7 +603,7 @@ def test_bad_expose_values(culvert):
 
 def test_relay_flag_errors(culvert):
     rc, out, err = culvert.run(["relay", "--allow-anonymous", "--domain", "test.local"])
-    assert rc == 2 and "--domain was given alone" in err
+    assert rc == 2 and "--domain was given alone" in err and "--http-listen" in err
     rc, out, err = culvert.run(["relay", "--allow-anonymous", "--http-listen", "127.0.0.1:0"])
     assert rc == 2 and "--http-listen was given alone" in err
     rc, out, err = culvert.run(["relay", "--allow-anonymous", "--domain", "bad_domain", "--http-listen", "127.0.0.1:0"])
