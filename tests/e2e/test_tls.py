@@ -426,24 +426,25 @@ def sni_relay(culvert, pki, extra=()):
     return r
 
 
-def tls_client(port, name, cafile, payload=None):
+def tls_client(port, name, cafile, payload=None, chunk=1 << 16):
     """Connects to the SNI router as NAME, verifies against cafile, echoes payload; returns the peer's
-    certificate (DER) and the echoed bytes."""
+    certificate (DER) and the echoed bytes. One thread, one chunk in flight: an SSL socket must not be
+    read and written from two threads at once."""
     ctx = ssl.create_default_context(cafile=cafile)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         with ctx.wrap_socket(raw, server_hostname=name) as s:
             der = s.getpeercert(binary_form=True)
-            got = b""
-            if payload:
-                th = threading.Thread(target=s.sendall, args=(payload,), daemon=True)
-                th.start()
-                while len(got) < len(payload):
+            got = bytearray()
+            for off in range(0, len(payload or b""), chunk):
+                piece = payload[off:off + chunk]
+                s.sendall(piece)
+                want = len(got) + len(piece)
+                while len(got) < want:
                     d = s.recv(1 << 20)
                     if not d:
-                        break
+                        return der, bytes(got)
                     got += d
-                th.join(10)
-            return der, got
+            return der, bytes(got)
 
 
 @pytest.mark.timeout_s(60)
