@@ -527,6 +527,13 @@ static size_t take_head(struct hvisitor *hv, const uint8_t *p, size_t n)
                               "(or an absolute URL).");
         return 0;
     }
+    /* Framing the next hop could read differently (RFC 9112 §6.1, §6.3):
+     * a transfer coding that does not end in chunked, or one in HTTP/1.0. */
+    if (cv_http_find(&h, "Transfer-Encoding") && (!h.chunked || h.version_minor == 0)) {
+        answer_later(hv, 400, "400 Bad Request: unsupported Transfer-Encoding (only chunked, "
+                              "in HTTP/1.1).");
+        return 0;
+    }
     if (h.method_len == 7 && memcmp(h.method, "CONNECT", 7) == 0) {
         answer_later(hv, 405, "405 Method Not Allowed: this relay does not proxy CONNECT.");
         return 0;

@@ -560,6 +560,9 @@ def test_bad_requests(culvert, origins):
     assert raw(b"GET / HTTP/1.1\r\nHost: bad.test.local\r\nHost: x.test.local\r\n\r\n")[0] == 400
     assert raw(b"GET / HTTP/1.1\r\nHost: bad.test.local\nX: y\r\n\r\n")[0] == 400  # bare LF
     assert raw(b"GET / HTTP/1.1\r\nHost: bad.test.local\r\nX: " + b"a" * 20000 + b"\r\n\r\n")[0] == 431
+    assert raw(b"POST / HTTP/1.1\r\nHost: bad.test.local\r\nTransfer-Encoding: gzip\r\n\r\n")[0] == 400
+    assert raw(b"POST / HTTP/1.0\r\nHost: bad.test.local\r\nTransfer-Encoding: chunked\r\n\r\n")[0] == 400
+    assert raw(b"POST / HTTP/1.1\r\nHost: bad.test.local\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n")[0] == 400
     assert raw(b"CONNECT bad.test.local:443 HTTP/1.1\r\nHost: bad.test.local:443\r\n\r\n")[0] == 405
     # A malformed request after a good one: the good one is answered, then 400.
     s = connect(relay)

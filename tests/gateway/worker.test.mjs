@@ -337,8 +337,12 @@ test("custom serializer types of the app decode and encode", T, async () => {
   }
 });
 
-test("shutdown: reply, then exit 0; stdin EOF also exits 0", T, async () => {
+test("shutdown: reply, then exit 0; stdin EOF also exits 0; SIGINT ignored", T, async () => {
   const { w } = await started();
+  // SIGINT (a terminal's Ctrl-C) is left to the gateway.
+  w.proc.kill("SIGINT");
+  w.send({ type: "ping", id: 3 });
+  assert.deepEqual(await w.reply(3), { id: 3, ok: true });
   w.send({ type: "task", id: 1, taskId: "app.tasks.slow", mode: "json", input: { ms: 200 }, context: {} });
   w.send({ type: "shutdown", id: 2, graceMs: 5000 });
   // In-flight work finishes first, then the acknowledgement.

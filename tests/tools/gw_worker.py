@@ -36,6 +36,7 @@ Tasks (by taskId; input is the decoded "input"):
   app.tasks.bad {v} -> a reply with a bad shape (v picks which)
   app.tasks.die -> exits (status 3) mid-request
   app.tasks.closeout -> closes stdout, keeps running
+  app.tasks.closein -> closes stdin and blocks (the next write is EPIPE)
   app.tasks.huge -> a line over 16 MiB
   app.tasks.stream {chunks,size} -> stream reply (201, text/csv, x-custom)
   app.tasks.upload -> octet: counts the body, acks as it reads -> {bytes,sha256}
@@ -156,6 +157,7 @@ def big_pump(i):
         st["left"] -= n
         st["unacked"] += n
         st["sent"] += n
+    log("big", sent=st["sent"], unacked=st["unacked"])
     if st["left"] == 0 and not st.get("ended"):
         st["ended"] = True
         end(i, "out")
@@ -233,6 +235,12 @@ def run_task(m):
     elif tid == "app.tasks.closeout":
         log("closeout")
         os.close(1)
+    elif tid == "app.tasks.closein":
+        # Stops reading for good: the gateway's next write gets EPIPE.
+        log("closein")
+        os.close(0)
+        while True:
+            time.sleep(3600)
     elif tid == "app.tasks.huge":
         send_raw(b'{"id":%d,"ok":true,"result":"' % i + b"x" * (17 * 1024 * 1024) + b'"}\n')
     elif tid == "app.tasks.stream":
@@ -387,7 +395,7 @@ def main():
                                   "app.tasks.never", "app.tasks.hang", "app.tasks.late", "app.tasks.fail",
                                   "app.tasks.throw", "app.tasks.notfound", "app.tasks.garbage",
                                   "app.tasks.nonobject", "app.tasks.worker0", "app.tasks.bad", "app.tasks.die",
-                                  "app.tasks.closeout", "app.tasks.huge", "app.tasks.stream",
+                                  "app.tasks.closeout", "app.tasks.closein", "app.tasks.huge", "app.tasks.stream",
                                   "app.tasks.streamfail", "app.tasks.big", "app.tasks.duplex",
                                   "app.tasks.upload", "app.tasks.files"]
                 hello["events"] = ["app.events.notify", "app.events.par", "app.events.fail"]

@@ -849,5 +849,9 @@ export async function serveWorker(app, options = {}) {
     worker.exit(0);
   });
   process.on("SIGTERM", () => worker.onShutdown({ id: 0, graceMs: 2000 }));
+  // Ctrl-C in a terminal reaches the whole process group: leave the drain
+  // to the gateway (it sends shutdown, or closes stdin), so calls in
+  // flight still finish.
+  process.on("SIGINT", () => {});
   return worker;
 }
