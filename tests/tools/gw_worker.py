@@ -157,6 +157,7 @@ def big_pump(i):
         st["left"] -= n
         st["unacked"] += n
         st["sent"] += n
+    log("big", sent=st["sent"], unacked=st["unacked"])
     if st["left"] == 0 and not st.get("ended"):
         st["ended"] = True
         end(i, "out")
