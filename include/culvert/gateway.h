@@ -46,6 +46,7 @@ struct cv_gateway_opts {
     uint64_t deadline_ms;      /* per call, admission to response head; default 30000 */
     uint64_t max_json_body;    /* default 2 MiB */
     uint64_t max_octet_body;   /* default 0: unlimited */
+    uint64_t stream_idle_ms;   /* a streamed response silent this long is cut (60000) */
 };
 void cv_gateway_opts_init(struct cv_gateway_opts *o);
 

@@ -21,9 +21,10 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "net/addr.h"
+#include "net/tls.h"
 
 enum { OPT_DELAY = 1000, OPT_MAX, OPT_LEVEL, OPT_TOKEN, OPT_EXPOSE, OPT_PING, OPT_COMPAT, OPT_ADMIN,
-       OPT_CONFIG };
+       OPT_CONFIG, OPT_TRUST_CA, OPT_INSECURE };
 
 #define MAX_EXPOSE 64
 
@@ -36,8 +37,9 @@ struct agent_args {
     const char *token;
     const char *ping;
     const char *admin;
+    const char *trust_ca;
     char admin_host[CV_ADDR_STRLEN];
-    bool compat;
+    bool compat, insecure;
     size_t nexpose;
     struct cv_agent_expose expose[MAX_EXPOSE];
 };
@@ -58,7 +60,7 @@ static void usage(FILE *f, const char *prog)
             "delay, cap 60 s) after failures, and after the base delay when a tunnel ends.\n"
             "\n"
             "Options:\n"
-            "  -r, --runner-url <URL>        relay base URL, ws:// [env: RUNNER_URL]\n"
+            "  -r, --runner-url <URL>        relay base URL, ws:// or wss:// [env: RUNNER_URL]\n"
             "  -c, --container-id <ID>       container id [env: CONTAINER_ID]\n"
             "      --reconnect-delay <SECS>  base reconnect delay [env: RECONNECT_DELAY]\n"
             "                                [default: 5]\n"
@@ -83,6 +85,11 @@ static void usage(FILE *f, const char *prog)
             "                                token change without dropping live streams\n"
             "      --admin <HOST:PORT>       admin listener: /api/status, /metrics, /healthz,\n"
             "                                /readyz [default: off]\n"
+            "      --trust-ca <FILE>         wss://: verify the relay against the CA\n"
+            "                                certificates in FILE (PEM) instead of the\n"
+            "                                system store\n"
+            "      --insecure                wss://: do not verify the relay's certificate\n"
+            "                                (encrypted but unauthenticated; for tests)\n"
             "      --compat                  KohakuRiver mode only: do not offer culvert.v1\n"
             "                                (the default when started as tunnel-client)\n"
             "  -h, --help                    print help\n"
@@ -201,6 +208,8 @@ static const struct option longopts[] = {
     {"compat", no_argument, NULL, OPT_COMPAT},
     {"admin", required_argument, NULL, OPT_ADMIN},
     {"config", required_argument, NULL, OPT_CONFIG},
+    {"trust-ca", required_argument, NULL, OPT_TRUST_CA},
+    {"insecure", no_argument, NULL, OPT_INSECURE},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0}};
@@ -223,6 +232,8 @@ static int parse_flags(int argc, char **argv, const char *prog, struct agent_arg
         case OPT_COMPAT: a->compat = true; break;
         case OPT_ADMIN: a->admin = optarg; break;
         case OPT_CONFIG: break; /* read before parsing (see load) */
+        case OPT_TRUST_CA: a->trust_ca = optarg; break;
+        case OPT_INSECURE: a->insecure = true; break;
         case OPT_EXPOSE:
             if (a->nexpose == MAX_EXPOSE || parse_expose(optarg, &a->expose[a->nexpose]) < 0)
                 return usage_error(prog,
@@ -316,17 +327,31 @@ static void on_done(struct cv_agent *ag, enum cv_agent_end end, void *data)
         uv_close((uv_handle_t *)r->hup, NULL);
 }
 
-/* The URL is checked once here so that a wss:// URL fails fast and clearly;
- * other bad URLs count as failed handshakes, as in the reference (§7). */
-static int check_url(const struct cv_agent_opts *o)
+/* With a wss:// URL the TLS client context is made here, so that a bad
+ * --trust-ca fails at start; other bad URLs count as failed handshakes, as
+ * in the reference (§7). */
+static int check_url(const char *prog, const struct agent_args *a, const struct cv_agent_opts *o)
 {
     char url[4096];
     struct cv_url u;
-    if (cv_agent_url(o->runner_url, o->container_id, url, sizeof url) == 0 &&
-        cv_url_parse(url, &u) == 0 && u.tls) {
-        fprintf(stderr, "Error: wss:// is not supported yet (%s)\n", o->runner_url);
-        return 1;
+    bool tls = cv_agent_url(o->runner_url, o->container_id, url, sizeof url) == 0 &&
+               cv_url_parse(url, &u) == 0 && u.tls;
+    if (!tls) {
+        if (a->trust_ca || a->insecure)
+            cv_log_warn("--trust-ca/--insecure apply to wss:// only; ignored for %s",
+                        o->runner_url);
+        return -1;
     }
+    if (a->trust_ca && a->insecure)
+        return usage_error(prog, "--trust-ca and --insecure exclude each other");
+    char err[400];
+    if (cv_tls_client_setup(a->trust_ca, a->insecure, err, sizeof err) != 0) {
+        fprintf(stderr, "Error: %s\n", err);
+        return 2;
+    }
+    if (a->insecure)
+        cv_log_warn("--insecure: the relay's certificate is NOT verified; anyone on the path "
+                    "can impersonate the relay and read or alter the tunnel");
     return -1;
 }
 
@@ -487,8 +512,9 @@ int cv_cmd_agent(int argc, char **argv)
             fprintf(stderr, "error: %s\n", err);
         return rc;
     }
-    if ((rc = check_url(&m.conf->o)) < 0)
+    if ((rc = check_url(prog, &m.conf->a, &m.conf->o)) < 0)
         rc = run(&m);
     conf_free(m.conf);
+    cv_tls_client_cleanup();
     return rc;
 }

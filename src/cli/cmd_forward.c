@@ -19,10 +19,11 @@
 #include "core/log.h"
 #include "forward/forward.h"
 #include "net/addr.h"
+#include "net/tls.h"
 
 #define DEFAULT_RELAY "ws://127.0.0.1:8001"
 
-enum { OPT_RELAY = 1000, OPT_LEVEL, OPT_TOKEN, OPT_COMPAT };
+enum { OPT_RELAY = 1000, OPT_LEVEL, OPT_TOKEN, OPT_COMPAT, OPT_TRUST_CA, OPT_INSECURE };
 
 struct fwd_args {
     const char *relay;
@@ -33,7 +34,8 @@ struct fwd_args {
     const char *proto;
     const char *level;
     const char *token;
-    bool compat;
+    const char *trust_ca;
+    bool compat, insecure;
 };
 
 struct fwd_run {
@@ -59,13 +61,15 @@ static void usage(FILE *f)
             "has come back for 1 s, then it is closed.\n"
             "\n"
             "Options:\n"
-            "      --relay <URL>          relay (or host) base URL, ws:// only\n"
+            "      --relay <URL>          relay (or host) base URL, ws:// or wss://\n"
             "                             [default: " DEFAULT_RELAY "]\n"
             "  -l, --local-port <PORT>    local port, 0 = any [default: REMOTE_PORT]\n"
             "  -H, --local-host <HOST>    local address [default: 127.0.0.1]\n"
             "  -p, --proto <tcp|udp>      protocol, any case [default: tcp]\n"
             "      --log-level <LEVEL>    trace, debug, info, warn, error [default: info]\n"
             "      --token <TOKEN>        relay credential (secret or JWT) [env: CULVERT_TOKEN]\n"
+            "      --trust-ca <FILE>      wss://: verify the relay against the CAs in FILE (PEM)\n"
+            "      --insecure             wss://: do not verify the relay's certificate\n"
             "      --compat               KohakuRiver mode only: do not offer culvert.v1\n"
             "                             (native mode adds flow control and half-close)\n"
             "  -h, --help                 print help\n"
@@ -95,6 +99,8 @@ static int parse_flags(int argc, char **argv, struct fwd_args *a)
         {"log-level", required_argument, NULL, OPT_LEVEL},
         {"token", required_argument, NULL, OPT_TOKEN},
         {"compat", no_argument, NULL, OPT_COMPAT},
+        {"trust-ca", required_argument, NULL, OPT_TRUST_CA},
+        {"insecure", no_argument, NULL, OPT_INSECURE},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0}};
@@ -109,6 +115,8 @@ static int parse_flags(int argc, char **argv, struct fwd_args *a)
         case 'p': a->proto = optarg; break;
         case OPT_TOKEN: a->token = optarg; break;
         case OPT_COMPAT: a->compat = true; break;
+        case OPT_TRUST_CA: a->trust_ca = optarg; break;
+        case OPT_INSECURE: a->insecure = true; break;
         case OPT_LEVEL: a->level = optarg; break;
         case 'h': usage(stdout); return 0;
         case 'V': printf("culvert forward %s\n", CV_VERSION); return 0;
@@ -158,6 +166,18 @@ static int resolve(struct fwd_args *a, struct cv_forward_opts *o)
     if (a->level != NULL && cv_log_parse_level(a->level, &lvl) != 0)
         return usage_error("invalid value '%s' for '--log-level'", a->level);
     cv_log_set_level(lvl);
+    if (strncmp(o->relay_url, "wss://", 6) == 0 || strncmp(o->relay_url, "https://", 8) == 0) {
+        if (a->trust_ca && a->insecure)
+            return usage_error("--trust-ca and --insecure exclude each other");
+        char err[400];
+        if (cv_tls_client_setup(a->trust_ca, a->insecure, err, sizeof err) != 0) {
+            fprintf(stderr, "Error: %s\n", err);
+            return 2;
+        }
+        if (a->insecure)
+            cv_log_warn("--insecure: the relay's certificate is NOT verified; anyone on the "
+                        "path can impersonate the relay and read or alter the traffic");
+    }
     return -1;
 }
 
@@ -214,7 +234,11 @@ int cv_cmd_forward(int argc, char **argv)
     if (rc >= 0)
         return rc;
     struct cv_forward_opts o;
-    if ((rc = resolve(&a, &o)) >= 0)
+    if ((rc = resolve(&a, &o)) >= 0) {
+        cv_tls_client_cleanup();
         return rc;
-    return run(&o);
+    }
+    rc = run(&o);
+    cv_tls_client_cleanup();
+    return rc;
 }

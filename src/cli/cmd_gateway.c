@@ -34,7 +34,10 @@ static void usage(FILE *f)
             "  --auth-header NAME        header carrying the token (default x-runner-token)\n"
             "  --allow-anonymous         serve without tokens (else 500 AUTH_NOT_CONFIGURED)\n"
             "  --cors-origin O           Access-Control-Allow-Origin value (default *)\n"
-            "  --cors-credentials        Access-Control-Allow-Credentials: true\n"
+            "  --cors-credentials        Access-Control-Allow-Credentials: true (without\n"
+            "                            --cors-origin: no Allow-Origin, Vary: Origin)\n"
+            "  --cors-expose HEADERS     Access-Control-Expose-Headers value\n"
+            "  --cors-max-age SEC        Access-Control-Max-Age on preflights\n"
             "  --allow-task ID           expose a task (repeat; config order is kept)\n"
             "  --allow-event ID          expose an event (repeat)\n"
             "  --no-discovery            GET {base}/discovery answers 404\n"
@@ -46,6 +49,7 @@ static void usage(FILE *f)
             "  --deadline MS             per call, admission to response head (default 30000)\n"
             "  --max-body BYTES          JSON body limit (default 2097152)\n"
             "  --max-octet BYTES         octet-stream body limit (default: none)\n"
+            "  --stream-idle MS          cut a streamed response silent this long (default 60000)\n"
             "  --log-level LEVEL         error, warn, info, debug or trace (default info)\n"
             "  -h, --help                show this help\n");
 }
@@ -190,6 +194,8 @@ static int parse(int argc, char **argv, struct cfg *c)
         {"queue-timeout", required_argument, NULL, 'q'}, {"deadline", required_argument, NULL, 'd'},
         {"max-body", required_argument, NULL, 'm'},     {"max-octet", required_argument, NULL, 'M'},
         {"log-level", required_argument, NULL, 'L'},    {"help", no_argument, NULL, 'h'},
+        {"cors-expose", required_argument, NULL, 'x'},  {"cors-max-age", required_argument, NULL, 'a'},
+        {"stream-idle", required_argument, NULL, 'i'},
         {NULL, 0, NULL, 0}};
     int ch, rc;
     uint64_t v;
@@ -218,6 +224,14 @@ static int parse(int argc, char **argv, struct cfg *c)
         case 'A': c->o.allow_anonymous = true; break;
         case 'o': c->cors.origin = optarg; break;
         case 'C': c->cors.credentials = true; break;
+        case 'x': c->cors.exposed_headers = optarg; break;
+        case 'a':
+            if (parse_u64(optarg, 0, 86400 * 365, &v) != 0) {
+                fprintf(stderr, "culvert gateway: --cors-max-age wants seconds, got '%s'\n", optarg);
+                return 2;
+            }
+            c->cors.max_age = (int)v;
+            break;
         case 't':
             if ((rc = add_item(c->tasks, &c->o.nallow_tasks, optarg, "task id")) >= 0)
                 return rc;
@@ -250,15 +264,18 @@ static int parse(int argc, char **argv, struct cfg *c)
             break;
         case 'q':
         case 'd':
+        case 'i':
             if (parse_u64(optarg, 1, 86400000, &v) != 0) {
                 fprintf(stderr, "culvert gateway: --%s wants milliseconds (1..86400000), got '%s'\n",
-                        ch == 'q' ? "queue-timeout" : "deadline", optarg);
+                        ch == 'q' ? "queue-timeout" : ch == 'd' ? "deadline" : "stream-idle", optarg);
                 return 2;
             }
             if (ch == 'q')
                 c->queue_timeout_ms = v;
-            else
+            else if (ch == 'd')
                 c->o.deadline_ms = v;
+            else
+                c->o.stream_idle_ms = v;
             break;
         case 'm':
         case 'M':

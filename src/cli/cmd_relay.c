@@ -10,9 +10,11 @@
 #include "cli/cmds.h"
 #include "cli/config.h"
 #include "cli/signals.h"
+#include "codec/kohaku.h"
 #include "core/err.h"
 #include "core/log.h"
 #include "net/addr.h"
+#include "net/tls.h"
 #include "relay/relay.h"
 
 static void usage(FILE *f)
@@ -46,6 +48,16 @@ static void usage(FILE *f)
             "                         live tunnels, a bad file is refused and logged\n"
             "  --admin HOST:PORT      admin listener: JSON API (/api/agents, /api/streams, ...),\n"
             "                         Prometheus /metrics, /healthz, /readyz (default: off)\n"
+            "  --domain BASE          serve agents' named exposures as NAME.BASE (with\n"
+            "                         --http-listen: HTTP virtual hosts by Host header)\n"
+            "  --http-listen HOST:PORT  HTTP virtual-host front door (needs --domain)\n"
+            "  --tls-cert FILE        PEM certificate chain: the --listen port speaks TLS\n"
+            "                         (agents dial wss://); repeat with --tls-key for more\n"
+            "                         certificates, chosen by the client's SNI name (the\n"
+            "                         first is the default)\n"
+            "  --tls-key FILE         PEM private key of the matching --tls-cert\n"
+            "  --tls-listen HOST:PORT  SNI router: TLS connections for NAME.BASE (see --domain)\n"
+            "                         pass untouched to the agent exposing tls:LOCAL:NAME\n"
             "  --log-level LEVEL      error, warn, info, debug or trace (default info)\n"
             "  -h, --help             show this help\n");
 }
@@ -127,13 +139,50 @@ static const struct option longopts[] = {
         {"conn-buffer", required_argument, NULL, 'C'}, {"admin", required_argument, NULL, 'D'},
         {"handshake-timeout", required_argument, NULL, 'H'}, {"conn-rate", required_argument, NULL, 'R'},
         {"config", required_argument, NULL, 'F'},
+        {"domain", required_argument, NULL, 'M'}, {"http-listen", required_argument, NULL, 'W'},
+        {"tls-cert", required_argument, NULL, 'c'}, {"tls-key", required_argument, NULL, 'k'},
+        {"tls-listen", required_argument, NULL, 'S'},
         {NULL, 0, NULL, 0}};
 
+#define MAX_CERTS 16
+
+/* TLS flags: --tls-cert/--tls-key pairs in order, the SNI router address. */
+struct tls_args {
+    struct cv_tls_cert c[MAX_CERTS];
+    size_t ncert, nkey;
+    char listen[CV_ADDR_STRLEN];
+};
+
+/* A domain name: dot-separated labels of letters, digits and '-' (no '-'
+ * at either end of a label), at most 200 bytes. */
+static bool domain_ok(const char *d)
+{
+    size_t n = strlen(d);
+    if (n == 0 || n > 200)
+        return false;
+    char low[256];
+    for (size_t i = 0; i <= n; i++)
+        low[i] = (char)(d[i] >= 'A' && d[i] <= 'Z' ? d[i] - 'A' + 'a' : d[i]);
+    for (const char *p = low;;) {
+        const char *dot = strchr(p, '.');
+        size_t len = dot ? (size_t)(dot - p) : strlen(p);
+        if (!cv_kh_name_valid(p, len))
+            return false;
+        if (dot == NULL)
+            return true;
+        p = dot + 1;
+    }
+}
+
+/* --http-listen's host (the relay reads it once, at start). */
+static char http_host[CV_ADDR_STRLEN];
+
 static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, size_t hostlen,
-                 char *admin, size_t adminlen)
+                 char *admin, size_t adminlen, struct tls_args *tls)
 {
     int c;
     optind = 1;
+    tls->ncert = tls->nkey = 0;
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         struct sockaddr_storage ss;
         enum cv_log_level lvl;
@@ -170,6 +219,42 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
                                 "got '%s'\n", optarg);
                 return 2;
             }
+            break;
+        case 'c':
+        case 'k':
+            if ((c == 'c' ? tls->ncert : tls->nkey) >= MAX_CERTS) {
+                cv_cli_error("culvert relay: ", "at most %d --tls-cert/--tls-key pairs\n", MAX_CERTS);
+                return 2;
+            }
+            if (c == 'c')
+                tls->c[tls->ncert++].cert_file = optarg;
+            else
+                tls->c[tls->nkey++].key_file = optarg;
+            break;
+        case 'S':
+            if (cv_addr_split(optarg, tls->listen, sizeof tls->listen, &o->tls_listen_port) != 0) {
+                cv_cli_error("culvert relay: ", "--tls-listen wants HOST:PORT with a numeric host, "
+                             "got '%s'\n", optarg);
+                return 2;
+            }
+            o->tls_listen_host = tls->listen;
+            break;
+        case 'M':
+            if (!domain_ok(optarg)) {
+                cv_cli_error("culvert relay: ", "--domain wants a domain name such as "
+                                "tunnels.example.com (letters, digits, '-' and dots), got '%s'\n",
+                        optarg);
+                return 2;
+            }
+            o->domain = optarg;
+            break;
+        case 'W':
+            if (cv_addr_split(optarg, http_host, sizeof http_host, &o->http_port) != 0) {
+                cv_cli_error("culvert relay: ", "--http-listen wants HOST:PORT with a numeric host, "
+                                "got '%s'\n", optarg);
+                return 2;
+            }
+            o->http_host = http_host;
             break;
         case 'a': o->any_port = true; break;
         case 'T': o->token = optarg; break;
@@ -210,6 +295,27 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
         cv_cli_error("culvert relay: ", "unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
+    if (tls->ncert != tls->nkey) {
+        cv_cli_error("culvert relay: ", "--tls-cert and --tls-key come in pairs (got %zu "
+                     "certificates and %zu keys)\n", tls->ncert, tls->nkey);
+        return 2;
+    }
+    if (o->http_host != NULL && o->domain == NULL) {
+        cv_cli_error("culvert relay: ", "HTTP virtual hosts need both --domain BASE and "
+                        "--http-listen HOST:PORT (--http-listen was given alone)\n");
+        return 2;
+    }
+    if (o->tls_listen_host != NULL && o->domain == NULL) {
+        cv_cli_error("culvert relay: ", "the SNI router routes NAME.BASE: --tls-listen needs "
+                        "--domain BASE\n");
+        return 2;
+    }
+    if (o->domain != NULL && o->http_host == NULL && o->tls_listen_host == NULL) {
+        cv_cli_error("culvert relay: ", "--domain BASE needs a front door (--domain was given "
+                        "alone): --http-listen HOST:PORT (HTTP virtual hosts) and/or --tls-listen "
+                        "HOST:PORT (SNI router)\n");
+        return 2;
+    }
     return -1;
 }
 
@@ -219,6 +325,7 @@ struct relay_conf {
     struct cv_relay_opts o;
     char host[CV_ADDR_STRLEN];
     char admin[CV_ADDR_STRLEN];
+    struct tls_args tls;
     struct cv_cli_conf file;
     char **argv; /* merged: file flags, then the command line */
 };
@@ -236,7 +343,7 @@ static int check_entry(int argc, char **argv, void *ud)
     struct relay_conf scratch;
     cv_relay_opts_default(&scratch.o);
     return parse(argc, argv, &scratch.o, scratch.host, sizeof scratch.host, scratch.admin,
-                 sizeof scratch.admin) >= 0;
+                 sizeof scratch.admin, &scratch.tls) >= 0;
 }
 
 /* Builds the configuration. Returns NULL with *code set (the exit status;
@@ -261,7 +368,8 @@ static struct relay_conf *load(int argc, char **argv, int *code, char *err, size
     }
     int n;
     c->argv = cv_cli_conf_merge(&c->file, argc, argv, &n);
-    int rc = c->argv ? parse(n, c->argv, &c->o, c->host, sizeof c->host, c->admin, sizeof c->admin)
+    int rc = c->argv ? parse(n, c->argv, &c->o, c->host, sizeof c->host, c->admin, sizeof c->admin,
+                             &c->tls)
                      : 1;
     if (rc >= 0) {
         conf_free(c);
@@ -326,9 +434,10 @@ static void on_hup(uv_signal_t *h, int signum)
     if (strcmp(run->conf->host, nc->host) != 0 || o->port != n->port ||
         !same(o->admin_host ? run->conf->admin : NULL, n->admin_host ? nc->admin : NULL) ||
         o->admin_port != n->admin_port || !same(o->public_bind, n->public_bind) ||
-        o->ping_interval_ms != n->ping_interval_ms || o->pong_timeout_ms != n->pong_timeout_ms)
-        cv_log_warn("configuration reload: listen, admin, public-bind and ping settings take "
-                    "effect on restart only; the running values are kept");
+        o->ping_interval_ms != n->ping_interval_ms || o->pong_timeout_ms != n->pong_timeout_ms ||
+        !same(o->domain, n->domain) || o->http_port != n->http_port)
+        cv_log_warn("configuration reload: listen, admin, public-bind, ping, domain and "
+                    "http-listen settings take effect on restart only; the running values are kept");
     int rc = cv_relay_reload(run->relay, n);
     if (rc != 0) {
         cv_log_error("configuration reload refused, keeping the running one: %s", cv_strerror(rc));
@@ -355,6 +464,17 @@ int cv_cmd_relay(int argc, char **argv)
         return rc;
     }
     struct cv_relay_opts *o = &c->o;
+    /* Certificates are read once, at start (a reload keeps them). */
+    struct cv_tls_ctx *tls = NULL;
+    if (c->tls.ncert > 0) {
+        tls = cv_tls_ctx_new_server(c->tls.c, c->tls.ncert, err, sizeof err);
+        if (tls == NULL) {
+            fprintf(stderr, "culvert relay: TLS: %s\n", err);
+            conf_free(c);
+            return 2;
+        }
+        o->tls = tls;
+    }
     if (o->allow_anonymous)
         cv_log_warn("--allow-anonymous: peers without a token are admitted; anyone who reaches "
                     "%s:%u can register as any agent", c->host, o->port);
@@ -362,10 +482,11 @@ int cv_cmd_relay(int argc, char **argv)
     struct run run = {.conf = c, .argc = argc, .argv = argv};
     rc = cv_relay_start(loop, o, &run.relay);
     if (rc != 0) {
-        fprintf(stderr, "culvert relay: cannot start on %s:%u%s%s: %s\n", c->host, o->port,
+        fprintf(stderr, "culvert relay: cannot start on %s:%u%s%s%s: %s\n", c->host, o->port,
                 o->admin_host ? " (admin " : "", o->admin_host ? "listener included)" : "",
-                cv_strerror(rc));
+                o->http_host ? " (or the --http-listen address)" : "", cv_strerror(rc));
         conf_free(c);
+        cv_tls_ctx_free(tls);
         return 1;
     }
     /* Signals first: whoever reads the line below may signal at once. */
@@ -373,13 +494,21 @@ int cv_cmd_relay(int argc, char **argv)
     uv_signal_init(loop, &run.hup);
     run.hup.data = &run;
     uv_signal_start(&run.hup, on_hup, SIGHUP);
-    printf("culvert relay listening on %s:%u\n", c->host, cv_relay_port(run.relay));
+    printf("culvert relay listening on %s:%u%s\n", c->host, cv_relay_port(run.relay),
+           tls ? " (TLS: agents dial wss://)" : "");
+    if (o->tls_listen_host)
+        printf("culvert relay SNI router on %s:%u (tls names *.%s passed through)\n",
+               c->tls.listen, cv_relay_tls_port(run.relay), o->domain ? o->domain : "-");
     if (o->admin_host)
         printf("culvert relay admin API on http://%s:%u/\n", c->admin,
                cv_relay_admin_port(run.relay));
+    if (o->http_host)
+        printf("culvert relay HTTP virtual hosts http://NAME.%s on %s:%u\n", o->domain,
+               o->http_host, cv_relay_http_port(run.relay));
     fflush(stdout);
     uv_run(loop, UV_RUN_DEFAULT);
     uv_loop_close(loop);
     conf_free(run.conf);
+    cv_tls_ctx_free(tls);
     return 0;
 }

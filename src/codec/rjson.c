@@ -253,93 +253,100 @@ static int scan_key(struct scan *s, struct sink *k)
     return 0;
 }
 
+static int refuse(struct scan *s, const char *why)
+{
+    s->why = why;
+    return CV_EPROTO;
+}
+
+static int scan_scalar(struct scan *s)
+{
+    switch (s->p[s->i]) {
+    case '"': return scan_string(s);
+    case 't': return scan_literal(s, "true", 4);
+    case 'f': return scan_literal(s, "false", 5);
+    case 'n': return scan_literal(s, "null", 4);
+    case '-':
+    case '0' ... '9': return scan_number(s);
+    default: return refuse(s, "unexpected character");
+    }
+}
+
+/* One bit per open container: 1 = object. */
+static inline void set_bit(unsigned char *stack, size_t i, bool obj)
+{
+    if (obj)
+        stack[i / 8] |= (unsigned char)(1u << (i % 8));
+    else
+        stack[i / 8] &= (unsigned char)~(1u << (i % 8));
+}
+
+static inline bool get_bit(const unsigned char *stack, size_t i)
+{
+    return stack[i / 8] & (1u << (i % 8));
+}
+
+/* Checks one JSON text, compacting it into k. Iterative: containers nest
+ * on a bit stack, so depth costs 125 bytes, not recursion. */
+static int scan_text(struct scan *s, struct sink *k)
+{
+    unsigned char stack[(CV_RJ_MAX_DEPTH + 7) / 8];
+    size_t depth = 0;
+    int rc;
+
+    skip_ws(s, k);
+    if (s->i >= s->n)
+        return refuse(s, "empty");
+    for (;;) {
+        /* A value starts at s->i. */
+        if (s->i >= s->n)
+            return refuse(s, "truncated");
+        unsigned char c = s->p[s->i];
+        if (c == '{' || c == '[') {
+            if (depth == CV_RJ_MAX_DEPTH)
+                return refuse(s, "nested too deep");
+            set_bit(stack, depth++, c == '{');
+            s->i++;
+            skip_ws(s, k);
+            if (s->i >= s->n || s->p[s->i] != (c == '{' ? '}' : ']')) {
+                if (c == '{' && (rc = scan_key(s, k)) != 0)
+                    return rc;
+                continue; /* the first element's value */
+            }
+            s->i++; /* empty container */
+            depth--;
+        } else if ((rc = scan_scalar(s)) != 0) {
+            return rc;
+        }
+        /* After a value: close containers until a ',' announces the next. */
+        for (;;) {
+            skip_ws(s, k);
+            if (depth == 0)
+                return s->i == s->n ? 0 : refuse(s, "data after the value");
+            if (s->i >= s->n)
+                return refuse(s, "truncated");
+            bool obj = get_bit(stack, depth - 1);
+            c = s->p[s->i];
+            if (c == ',')
+                break;
+            if (c != (obj ? '}' : ']'))
+                return refuse(s, obj ? "expected ',' or '}'" : "expected ',' or ']'");
+            s->i++;
+            depth--;
+        }
+        s->i++;
+        skip_ws(s, k);
+        if (get_bit(stack, depth - 1) && (rc = scan_key(s, k)) != 0)
+            return rc;
+    }
+}
+
 int cv_rj_compact(const char *in, size_t len, char *out, size_t *out_len, const char **why)
 {
-    /* One bit per open container: 1 = object. */
-    unsigned char stack[(CV_RJ_MAX_DEPTH + 7) / 8];
     struct scan s = {(const unsigned char *)in, len, 0, NULL};
     struct sink k = {(unsigned char *)out, 0, 0};
-    size_t depth = 0;
-    int rc = 0;
+    int rc = scan_text(&s, &k);
 
-    skip_ws(&s, &k);
-    if (s.i >= s.n) {
-        s.why = "empty";
-        rc = CV_EPROTO;
-        goto out;
-    }
-value:
-    if (s.i >= s.n) {
-        s.why = "truncated";
-        rc = CV_EPROTO;
-        goto out;
-    }
-    switch (s.p[s.i]) {
-    case '{':
-    case '[': {
-        bool obj = s.p[s.i] == '{';
-        if (depth == CV_RJ_MAX_DEPTH) {
-            s.why = "nested too deep";
-            rc = CV_EPROTO;
-            goto out;
-        }
-        if (obj)
-            stack[depth / 8] |= (unsigned char)(1u << (depth % 8));
-        else
-            stack[depth / 8] &= (unsigned char)~(1u << (depth % 8));
-        depth++;
-        s.i++;
-        skip_ws(&s, &k);
-        if (s.i < s.n && s.p[s.i] == (obj ? '}' : ']')) {
-            s.i++;
-            depth--;
-            goto after;
-        }
-        if (obj && (rc = scan_key(&s, &k)) != 0)
-            goto out;
-        goto value;
-    }
-    case '"': rc = scan_string(&s); break;
-    case 't': rc = scan_literal(&s, "true", 4); break;
-    case 'f': rc = scan_literal(&s, "false", 5); break;
-    case 'n': rc = scan_literal(&s, "null", 4); break;
-    case '-':
-    case '0' ... '9': rc = scan_number(&s); break;
-    default: s.why = "unexpected character"; rc = CV_EPROTO;
-    }
-    if (rc != 0)
-        goto out;
-after:
-    skip_ws(&s, &k);
-    if (depth == 0) {
-        if (s.i != s.n) {
-            s.why = "data after the value";
-            rc = CV_EPROTO;
-        }
-        goto out;
-    }
-    if (s.i >= s.n) {
-        s.why = "truncated";
-        rc = CV_EPROTO;
-        goto out;
-    }
-    bool obj = stack[(depth - 1) / 8] & (1u << ((depth - 1) % 8));
-    unsigned char c = s.p[s.i];
-    if (c == ',') {
-        s.i++;
-        skip_ws(&s, &k);
-        if (obj && (rc = scan_key(&s, &k)) != 0)
-            goto out;
-        goto value;
-    }
-    if (c == (obj ? '}' : ']')) {
-        s.i++;
-        depth--;
-        goto after;
-    }
-    s.why = obj ? "expected ',' or '}'" : "expected ',' or ']'";
-    rc = CV_EPROTO;
-out:
     if (rc != 0) {
         if (why != NULL)
             *why = s.why;

@@ -98,9 +98,10 @@ int cv_rj_select_input(const char *compact, size_t len, const char **text, size_
  * referenced twice is one shared json_t (as JS shares the object; copy it
  * with json_deep_copy before mutating one place), a cycle is refused, and
  * shared subtrees count toward the depth wherever they appear. Numbers
- * are all reals (JS numbers), -0 kept. Not representable in jansson, so
- * refused with a reason: numbers beyond ±1.8e308 (JSON.parse gives
- * ±Infinity), lone surrogate escapes ("\ud800"), "\u0000" in keys.
+ * are all reals (JS numbers), -0 kept; a number beyond ±1.8e308 (±Infinity
+ * to JSON.parse) becomes a NonFiniteNumber record. Not representable in
+ * jansson's UTF-8 strings, so refused with a reason: lone surrogate
+ * escapes ("\ud800", which JSON.parse accepts) and "\u0000" in keys.
  * Returns the tree (caller owns one reference) or NULL with a reason in
  * why[0..whylen) (why may be NULL). Not on the pass-through hot path. */
 json_t *cv_rj_decode(const char *in, size_t len, char *why, size_t whylen);

@@ -251,12 +251,12 @@ static void idle_touch(struct cv_gw_req *r)
 {
     struct cv_gateway *gw = r->gw;
     dl_del(r, GW_IDLE);
-    r->due[GW_IDLE] = uv_now(gw->loop) + GW_STREAM_IDLE_MS;
+    r->due[GW_IDLE] = uv_now(gw->loop) + gw->stream_idle_ms;
     r->in[GW_IDLE] = true;
     bool was_empty = gw->lists[GW_IDLE].head == NULL;
     list_add(&gw->lists[GW_IDLE], r, GW_IDLE);
     if (was_empty)
-        uv_timer_start(&gw->timers[GW_IDLE], on_idle, GW_STREAM_IDLE_MS, 0);
+        uv_timer_start(&gw->timers[GW_IDLE], on_idle, gw->stream_idle_ms, 0);
 }
 
 /* Pops every expired call of list which, calling expire on each; re-arms. */
@@ -295,8 +295,8 @@ static void expire_deadline(struct cv_gw_req *r)
 
 static void expire_idle(struct cv_gw_req *r)
 {
-    cv_log_info("gateway: %s: stream idle for %d s, truncating (rid %s)", r->id,
-                GW_STREAM_IDLE_MS / 1000, r->rid);
+    cv_log_info("gateway: %s: stream idle for %" PRIu64 " ms, truncating (rid %s)", r->id,
+                r->gw->stream_idle_ms, r->rid);
     cancel_backend(r, CV_GW_CANCEL_TIMEOUT);
     if (r->h != NULL)
         cv_http1_respond_abort(r->h);
@@ -467,9 +467,16 @@ static int build_context(struct cv_gw_req *r)
         rc = cv_gwr_json_str(&b, r->rid, strlen(r->rid));
     if (rc == 0)
         rc = APPEND(&b, ",\"remote\":");
+    /* The peer's address without its port, as Node's remoteAddress. */
     const char *peer = cv_http1_req_peer(r->h);
+    const char *colon = strrchr(peer, ':');
+    size_t plen = colon ? (size_t)(colon - peer) : strlen(peer);
+    if (plen >= 2 && peer[0] == '[' && peer[plen - 1] == ']') {
+        peer++;
+        plen -= 2;
+    }
     if (rc == 0)
-        rc = cv_gwr_json_str(&b, peer, strlen(peer));
+        rc = cv_gwr_json_str(&b, peer, plen);
     if (rc == 0 && r->runner_ctx != NULL) {
         rc = APPEND(&b, ",\"runnerContext\":");
         if (rc == 0)
@@ -1051,6 +1058,7 @@ void cv_gateway_opts_init(struct cv_gateway_opts *o)
     o->cors.max_age = -1;
     o->deadline_ms = 30000;
     o->max_json_body = 2u * 1024 * 1024;
+    o->stream_idle_ms = GW_STREAM_IDLE_MS;
 }
 
 void cv_gateway_pool_opts_init(struct cv_gateway_pool_opts *o)
@@ -1266,6 +1274,7 @@ static int setup(struct cv_gateway *gw, const struct cv_gateway_opts *o)
     gw->deadline_ms = o->deadline_ms;
     gw->max_json = o->max_json_body ? o->max_json_body : 2u * 1024 * 1024;
     gw->max_octet = o->max_octet_body;
+    gw->stream_idle_ms = o->stream_idle_ms ? o->stream_idle_ms : GW_STREAM_IDLE_MS;
     gw->route_cap = 2 * GW_HEAD_MAX + 8;
     gw->route_buf = malloc(gw->route_cap);
     if (gw->route_buf == NULL)

@@ -84,7 +84,7 @@ struct cv_gateway {
     size_t cors_actual_len, pre_a_len, pre_b_len;
     char *discovery;
     size_t discovery_len;
-    uint64_t deadline_ms, max_json, max_octet;
+    uint64_t deadline_ms, max_json, max_octet, stream_idle_ms;
     struct cv_gw_native *native;
     struct cv_gw_backend *pools[GW_MAX_POOLS];
     size_t npools;

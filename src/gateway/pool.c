@@ -72,7 +72,7 @@ static int cmp_str(const void *a, const void *b)
 
 static bool in_list(char **list, size_t n, const char *id)
 {
-    return bsearch(&id, list, n, sizeof(*list), cmp_str) != NULL;
+    return n > 0 && bsearch(&id, list, n, sizeof(*list), cmp_str) != NULL;
 }
 
 static bool has(struct cv_gw_backend *b, enum cv_gw_kind kind, const char *id)
@@ -112,9 +112,12 @@ static void on_hello(struct worker *w, const char *text, size_t len)
         worker_restart(w, "sent an invalid hello");
         return;
     }
-    qsort(h.tasks, h.ntasks, sizeof(*h.tasks), cmp_str);
-    qsort(h.events, h.nevents, sizeof(*h.events), cmp_str);
-    qsort(h.parallel, h.nparallel, sizeof(*h.parallel), cmp_str);
+    if (h.ntasks > 1)
+        qsort(h.tasks, h.ntasks, sizeof(*h.tasks), cmp_str);
+    if (h.nevents > 1)
+        qsort(h.events, h.nevents, sizeof(*h.events), cmp_str);
+    if (h.nparallel > 1)
+        qsort(h.parallel, h.nparallel, sizeof(*h.parallel), cmp_str);
     w->max_in_flight = h.max_in_flight;
     w->window = h.window;
     w->f_cancel = h.f_cancel;

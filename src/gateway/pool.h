@@ -15,7 +15,7 @@
 #include "core/idmap.h"
 #include "gateway/backend.h"
 
-/* Timings (§13.4); tests shorten them through CULVERT_GW_POOL_TIMEOUTS. */
+/* Timings (§13.4); tests shorten them through CULVERT_GW_POOL_TUNING. */
 struct pool_timing {
     uint64_t hello_ms;   /* first line must be the hello (10 s) */
     uint64_t ping_ms;    /* ping a worker idle this long (10 s) */
@@ -107,6 +107,7 @@ struct pool {
     uv_timer_t qtimer;
     /* Batched writes: workers with queued lines, flushed once per loop turn. */
     uv_check_t flush;
+    uv_prepare_t flush_prep;
     struct worker *flush_list;
     /* The latest hello: the catalog for has/is_parallel/streams. */
     bool hello_seen;

@@ -160,9 +160,11 @@ static void flush(struct worker *w)
     w->writing = true;
 }
 
-static void on_check(uv_check_t *h)
+/* Lines queued during the I/O callbacks of a loop turn go out in its
+ * check phase; lines queued by timers (pings, the queue, respawns) go out
+ * in the prepare phase just before the loop would block in poll. */
+static void flush_all(struct pool *p)
 {
-    struct pool *p = h->data;
     while (p->flush_list != NULL) {
         struct worker *w = p->flush_list;
         p->flush_list = w->flush_next;
@@ -171,6 +173,17 @@ static void on_check(uv_check_t *h)
         flush(w);
     }
     uv_check_stop(&p->flush);
+    uv_prepare_stop(&p->flush_prep);
+}
+
+static void on_check(uv_check_t *h)
+{
+    flush_all(h->data);
+}
+
+static void on_prepare(uv_prepare_t *h)
+{
+    flush_all(h->data);
 }
 
 void worker_send(struct worker *w)
@@ -184,8 +197,10 @@ void worker_send(struct worker *w)
         return;
     w->flush_queued = true;
     w->flush_next = p->flush_list;
-    if (p->flush_list == NULL)
+    if (p->flush_list == NULL) {
         uv_check_start(&p->flush, on_check);
+        uv_prepare_start(&p->flush_prep, on_prepare);
+    }
     p->flush_list = w;
 }
 
@@ -596,22 +611,29 @@ static uint64_t env_ms(const char *spec, const char *key, uint64_t def)
 
 int pool_workers_start(struct pool *p)
 {
-    /* Test hook: CULVERT_GW_POOL_TIMEOUTS="hello=ms,ping=ms,pong=ms,silence=ms,kill=ms,
-     * backoff=ms" shortens the §13.4 timings so that the failure paths can be
-     * tested in seconds. */
-    const char *spec = getenv("CULVERT_GW_POOL_TIMEOUTS");
+    /* Tuning for tests: CULVERT_GW_POOL_TUNING="hello=ms,ping=ms,pong=ms,
+     * silence=ms,kill=ms,backoff=ms,queue=n,maxrequests=n" shortens the
+     * §13.4 timings (and sets the queue size and recycling, which the CLI
+     * does not expose) so that every failure path can be tested in
+     * seconds. Unset in production. */
+    const char *spec = getenv("CULVERT_GW_POOL_TUNING");
     p->tm.hello_ms = env_ms(spec, "hello", 10000);
     p->tm.ping_ms = env_ms(spec, "ping", 10000);
     p->tm.pong_ms = env_ms(spec, "pong", 5000);
     p->tm.silence_ms = env_ms(spec, "silence", 5000);
     p->tm.kill_ms = env_ms(spec, "kill", 2000);
     p->tm.backoff_min_ms = env_ms(spec, "backoff", 100);
+    p->queue_max = (unsigned)env_ms(spec, "queue", p->queue_max);
+    p->max_requests = env_ms(spec, "maxrequests", p->max_requests);
+    if (spec != NULL)
+        cv_log_warn("gateway: CULVERT_GW_POOL_TUNING=%s (test tuning)", spec);
     p->tm.backoff_max_ms = 10000;
     p->tm.healthy_ms = 60000;
 
     uv_check_init(p->loop, &p->flush);
-    p->flush.data = p;
-    p->handles++;
+    uv_prepare_init(p->loop, &p->flush_prep);
+    p->flush.data = p->flush_prep.data = p;
+    p->handles += 2;
     for (unsigned i = 0; i < p->nworkers; i++) {
         struct worker *w = &p->workers[i];
         w->pool = p;
@@ -688,6 +710,7 @@ void pool_teardown(struct pool *p)
     }
     p->flush.data = p;
     uv_close((uv_handle_t *)&p->flush, on_pool_handle_closed);
+    uv_close((uv_handle_t *)&p->flush_prep, on_pool_handle_closed);
     uv_close((uv_handle_t *)&p->qtimer, on_pool_handle_closed);
     uv_close((uv_handle_t *)&p->stimer, on_pool_handle_closed);
 }

@@ -212,6 +212,23 @@ static void flush(struct conn *c)
 {
     if (c->writing || c->tx.len == 0 || c->closing || c->dying)
         return;
+    /* A direct write first: when the socket takes it all (the usual case
+     * for small responses) libuv neither re-arms the fd in epoll nor runs a
+     * completion callback, which saves a syscall and a loop turn per
+     * response. The rest, if any, goes through uv_write. */
+    uv_buf_t d = uv_buf_init((char *)cv_buf_head(&c->tx), (unsigned)c->tx.len);
+    int n = uv_try_write((uv_stream_t *)&c->tcp, &d, 1);
+    if (n < 0 && n != UV_EAGAIN) {
+        close_soon(c, n);
+        return;
+    }
+    if (n > 0)
+        cv_buf_consume(&c->tx, (size_t)n);
+    if (c->tx.len == 0) {
+        if (c->above_high && pending(c) <= c->opts.tx_low)
+            kick(c); /* on_drain from pump(), never inside the caller */
+        return;
+    }
     struct cv_buf t = c->txing;
     c->txing = c->tx;
     c->tx = t;
@@ -234,6 +251,79 @@ static int queue(struct conn *c, const void *p, size_t n)
     return 0;
 }
 
+/* Node's http.STATUS_CODES, for the Node-compatible paths (preformatted
+ * heads, bare errors): clients of the gateway compare against a Node
+ * server, which also sends "unknown" for codes it has no name for. */
+static const char *node_reason(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 102: return "Processing";
+    case 103: return "Early Hints";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 203: return "Non-Authoritative Information";
+    case 204: return "No Content";
+    case 205: return "Reset Content";
+    case 206: return "Partial Content";
+    case 207: return "Multi-Status";
+    case 208: return "Already Reported";
+    case 226: return "IM Used";
+    case 300: return "Multiple Choices";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 304: return "Not Modified";
+    case 305: return "Use Proxy";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 402: return "Payment Required";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 406: return "Not Acceptable";
+    case 407: return "Proxy Authentication Required";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 410: return "Gone";
+    case 411: return "Length Required";
+    case 412: return "Precondition Failed";
+    case 413: return "Payload Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 416: return "Range Not Satisfiable";
+    case 417: return "Expectation Failed";
+    case 418: return "I'm a Teapot";
+    case 421: return "Misdirected Request";
+    case 422: return "Unprocessable Entity";
+    case 423: return "Locked";
+    case 424: return "Failed Dependency";
+    case 425: return "Too Early";
+    case 426: return "Upgrade Required";
+    case 428: return "Precondition Required";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 451: return "Unavailable For Legal Reasons";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    case 506: return "Variant Also Negotiates";
+    case 507: return "Insufficient Storage";
+    case 508: return "Loop Detected";
+    case 509: return "Bandwidth Limit Exceeded";
+    case 510: return "Not Extended";
+    case 511: return "Network Authentication Required";
+    default: return "unknown";
+    }
+}
+
 /* Queues a complete error response that ends the connection. */
 static void queue_error(struct conn *c, int status, const char *msg)
 {
@@ -242,7 +332,7 @@ static void queue_error(struct conn *c, int status, const char *msg)
     if (c->opts.bare_errors) {
         /* Node's answer to a parse error: no body, no Content-Length. */
         int n = snprintf(head, sizeof head, "HTTP/1.1 %d %s\r\nConnection: close\r\n\r\n", status,
-                         cv_http_reason(status));
+                         node_reason(status));
         queue(c, head, (size_t)n);
         return;
     }
@@ -672,6 +762,13 @@ static void pump(struct conn *c)
     if (c->in_pump || c->closing)
         return;
     c->in_pump = true;
+    if (c->above_high && !c->writing && pending(c) <= c->opts.tx_low) {
+        /* A direct write (flush) drained the queue. */
+        c->above_high = false;
+        struct cv_http1_req *r = c->req;
+        if (r && !r->done && c->cbs.on_drain)
+            c->cbs.on_drain(r);
+    }
     bool more = true;
     while (more && !c->closing && !c->dying) {
         switch (c->state) {
@@ -1136,7 +1233,7 @@ int cv_http1_respond_head(struct cv_http1_req *req, int status, const char *bloc
     req->resp_len = content_length >= 0 ? content_length : -1;
     framing(req, status);
     char line[160];
-    int n = snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", status, cv_http_reason(status));
+    int n = snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", status, node_reason(status));
     char tail[128];
     int t;
     if (c->close_after)

@@ -21,6 +21,7 @@ struct cv_http_server {
     uint16_t port;
     uint64_t handshake_ms;
     struct cv_ratelimit *rl; /* NULL: no per-address limit */
+    struct cv_tls_ctx *tls;  /* borrowed; NULL: plain HTTP */
     uint64_t limited;
 };
 
@@ -92,13 +93,18 @@ static void on_connection(uv_stream_t *s, int status)
         cv_log_warn("accept failed: %s", uv_strerror(status));
         return;
     }
-    int rc = cv_ws__accept(s, on_head, srv, &srv->pending, srv->handshake_ms);
+    int rc = cv_ws__accept(s, on_head, srv, &srv->pending, srv->handshake_ms, srv->tls);
     if (rc < 0) {
         cv_log_warn("accept failed: %s", cv_strerror(rc));
         return;
     }
     if (srv->rl != NULL)
         rate_check(srv, srv->pending); /* the newest connection heads the list */
+}
+
+void cv_http_server_set_tls(struct cv_http_server *srv, struct cv_tls_ctx *tls)
+{
+    srv->tls = tls;
 }
 
 int cv_http_server_start(uv_loop_t *loop, const char *host, uint16_t port, cv_http_req_cb cb,

@@ -14,7 +14,15 @@
  * handle), and before the loop next blocks in poll (a uv_prepare handle,
  * for what timers and close callbacks queued): many small messages leave
  * in one write, with no added latency and nothing left waiting.
- * While a uv_write of `infl` is in flight, new frames accumulate in `pend`. */
+ * While a uv_write of `infl` is in flight, new frames accumulate in `pend`.
+ *
+ * TLS (wss://, and the relay's --tls-cert listener): `tls` is set and the
+ * same buffers change meaning below the framing. Reads land in a shared
+ * ciphertext buffer, are fed to the TLS engine (net/tls.c, memory BIOs) and
+ * the plaintext is decrypted into shared_rx (or the partial-frame rx) and
+ * parsed exactly as above. `pend` holds plaintext; flush encrypts it into
+ * `infl`, which is what gets written. Plain connections only pay a
+ * `ws->tls` test in flush, on_alloc and on_read, and skip nothing. */
 #include "net/ws.h"
 
 #include <stdio.h>
@@ -25,7 +33,9 @@
 #include "core/buf.h"
 #include "core/err.h"
 #include "core/limits.h"
+#include "core/log.h"
 #include "net/addr.h"
+#include "net/tls.h"
 #include "net/ws_server.h"
 
 #define SHARED_RX (1024 * 1024)
@@ -33,6 +43,9 @@
 #define DIRECT_WRITE 16384
 #define CLOSE_GRACE_MS 5000
 #define FAIL_GRACE_MS 1000
+/* Plaintext encrypted per SSL_write, so the write BIO stays small. */
+#define TLS_SLICE (64 * 1024)
+#define TLS_RX (64 * 1024)
 
 enum state {
     ST_RESOLVE,   /* client: resolving the host */
@@ -59,10 +72,13 @@ struct cv_ws {
     bool nomask;     /* client: native framing, frames go unmasked */
     bool dirty;      /* on the flusher's list */
     bool counted;    /* holds a reference on the flusher */
+    bool tls_open;   /* the TLS handshake is complete */
+    bool tls_shut;   /* close_notify queued */
+    struct cv_tls *tls; /* owned; NULL: plain TCP */
     struct cv_ws *dnext, *dprev;
     uint64_t deadline, last_rx, last_ping, ping_sent;
     uint16_t code;
-    char reason[124];
+    char reason[200];
     struct cv_ws_opts opts;
     struct cv_ws_cbs cbs;
     void *data; /* borrowed */
@@ -82,6 +98,8 @@ struct cv_ws {
 };
 
 static uint8_t shared_rx[SHARED_RX];
+/* Ciphertext as read from the socket, fed to the TLS engine at once. */
+static uint8_t tls_rx[TLS_RX];
 
 /* End-of-iteration writer: one per process (every role runs on one loop).
  * It lives while WebSockets do: the last one to go closes it. */
@@ -98,6 +116,8 @@ static uint64_t rng_state[2];
 
 static void process_rx(struct cv_ws *ws);
 static void do_close(struct cv_ws *ws);
+static void tls_flush(struct cv_ws *ws);
+static void tls_pump(struct cv_ws *ws);
 
 /* xorshift128+ seeded from getrandom(2): masks need to be unpredictable to
  * a page script, not cryptographically strong, and a system call per frame
@@ -223,6 +243,7 @@ static void release(struct cv_ws *ws)
     cv_buf_fini(&ws->msg);
     cv_buf_fini(&ws->pend);
     cv_buf_fini(&ws->infl);
+    cv_tls_free(ws->tls);
     free(ws->url);
     free(ws);
 }
@@ -260,6 +281,15 @@ static void maybe_drain(struct cv_ws *ws)
 {
     size_t pending = cv_ws_tx_pending(ws);
     if (pending == 0 && ws->flush_close) {
+        if (ws->tls != NULL && ws->tls_open && !ws->tls_shut) {
+            /* A TLS peer must see close_notify, else the end looks like a
+             * truncation attack. */
+            ws->tls_shut = true;
+            cv_tls_shutdown(ws->tls);
+            tls_flush(ws);
+            if (ws->state == ST_CLOSED || cv_ws_tx_pending(ws) > 0)
+                return; /* on_write comes back here */
+        }
         do_close(ws);
         return;
     }
@@ -336,6 +366,10 @@ static void flush_later(struct cv_ws *ws)
 
 static void flush(struct cv_ws *ws)
 {
+    if (ws->tls != NULL) {
+        tls_flush(ws);
+        return;
+    }
     if (ws->writing || ws->pend.len == 0 || ws->state == ST_CLOSED)
         return;
     /* Try the write now: when the kernel takes it all (the usual case for
@@ -381,7 +415,8 @@ static void queue_raw(struct cv_ws *ws, const void *p1, size_t n1, const void *p
 {
     size_t total = n1 + n2 + n3, skip = 0;
     ws->tx_bytes += total;
-    if (total >= DIRECT_WRITE && !ws->writing && ws->pend.len == 0 && ws->state != ST_CLOSED) {
+    if (total >= DIRECT_WRITE && !ws->writing && ws->pend.len == 0 && ws->state != ST_CLOSED &&
+        ws->tls == NULL) {
         uv_buf_t b[3] = {uv_buf_init((char *)p1, (unsigned)n1), uv_buf_init((char *)p2, (unsigned)n2),
                          uv_buf_init((char *)p3, (unsigned)n3)};
         int r = uv_try_write((uv_stream_t *)&ws->tcp, b, 3);
@@ -646,8 +681,10 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
     (void)hint;
     struct cv_ws *ws = h->data;
-    if (ws->rx.len == 0) {
-        *buf = uv_buf_init((char *)shared_rx, sizeof shared_rx);
+    if (ws->rx.len == 0 || ws->tls != NULL) {
+        /* TLS: ciphertext goes to its own shared buffer; rx holds plaintext. */
+        *buf = ws->tls ? uv_buf_init((char *)tls_rx, sizeof tls_rx)
+                       : uv_buf_init((char *)shared_rx, sizeof shared_rx);
         return;
     }
     size_t want = 64 * 1024;
@@ -663,7 +700,10 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 static void on_read_eof(struct cv_ws *ws, ssize_t nread)
 {
     if (ws->state == ST_CLIENT_HS) {
-        fail_open(ws, CV_EPROTO, "connection closed during handshake");
+        fail_open(ws, CV_EPROTO,
+                  ws->tls && !ws->tls_open ? "connection closed during the TLS handshake (is the "
+                                             "relay listening with TLS?)"
+                                           : "connection closed during handshake");
         return;
     }
     if (!ws->close_rcvd)
@@ -683,6 +723,13 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     ws->last_rx = uv_now(ws->loop);
     ws->rx_bytes += (uint64_t)nread;
+    if (ws->tls != NULL) {
+        if (cv_tls_feed(ws->tls, buf->base, (size_t)nread) != 0)
+            fail(ws, CV_WS_INTERNAL, "out of memory");
+        else
+            tls_pump(ws);
+        return;
+    }
     if ((uint8_t *)buf->base != shared_rx) {
         cv_buf_commit(&ws->rx, (size_t)nread);
         process_rx(ws);
@@ -693,6 +740,147 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     if (cv_buf_append(&ws->rx, shared_rx + used, (size_t)nread - used) != 0)
         fail(ws, CV_WS_TOO_BIG, "receive buffer limit");
+}
+
+/* ---- TLS ---------------------------------------------------------------- */
+
+/* Moves the ciphertext the engine produced into infl. */
+static void tls_take(struct cv_ws *ws)
+{
+    size_t n = cv_tls_pending(ws->tls);
+    if (n == 0 || cv_buf_reserve(&ws->infl, n) != 0)
+        return;
+    cv_buf_commit(&ws->infl, cv_tls_take(ws->tls, cv_buf_tail(&ws->infl), n));
+}
+
+static void tls_failed(struct cv_ws *ws, const char *what)
+{
+    char why[200];
+    snprintf(why, sizeof why, "%s: %s", what, cv_tls_error(ws->tls));
+    if (ws->client && !ws->opened) {
+        fail_open(ws, CV_EPROTO, why);
+        return;
+    }
+    if (!ws->client && !ws->tls_open)
+        cv_log_debug("%s: %s", ws->peer, why);
+    set_reason(ws, CV_WS_ABNORMAL, why);
+    do_close(ws);
+}
+
+/* Encrypts pend (once the handshake is done) into infl and writes infl.
+ * Plaintext waits in pend while a write is in flight, like frames do. */
+static void tls_flush(struct cv_ws *ws)
+{
+    if (ws->writing || ws->state == ST_CLOSED)
+        return;
+    if (ws->tls_open && !ws->tls_shut && ws->pend.len > 0) {
+        size_t off = 0;
+        while (off < ws->pend.len) {
+            size_t n = ws->pend.len - off < TLS_SLICE ? ws->pend.len - off : TLS_SLICE;
+            if (cv_tls_write(ws->tls, cv_buf_head(&ws->pend) + off, n) != 0) {
+                tls_failed(ws, "TLS write failed");
+                return;
+            }
+            off += n;
+            tls_take(ws);
+        }
+        cv_buf_consume(&ws->pend, off);
+    }
+    tls_take(ws);
+    if (ws->infl.len == 0)
+        return;
+    uv_buf_t now = uv_buf_init((char *)cv_buf_head(&ws->infl), (unsigned)ws->infl.len);
+    int w = uv_try_write((uv_stream_t *)&ws->tcp, &now, 1);
+    if (w > 0)
+        cv_buf_consume(&ws->infl, (size_t)w);
+    else if (w != UV_EAGAIN && w != UV_ENOSYS) {
+        set_reason(ws, CV_WS_ABNORMAL, uv_strerror(w));
+        do_close(ws);
+        return;
+    }
+    if (ws->infl.len == 0)
+        return;
+    uv_buf_t b = uv_buf_init((char *)cv_buf_head(&ws->infl), (unsigned)ws->infl.len);
+    ws->wreq.data = ws;
+    int rc = uv_write(&ws->wreq, (uv_stream_t *)&ws->tcp, &b, 1, on_write);
+    if (rc < 0) {
+        set_reason(ws, CV_WS_ABNORMAL, uv_strerror(rc));
+        do_close(ws);
+        return;
+    }
+    ws->writing = true;
+}
+
+/* Reads plaintext into the tail of rx (a partial frame waits there). */
+static int tls_read_rx(struct cv_ws *ws)
+{
+    size_t want = 64 * 1024;
+    if (ws->need > ws->rx.len && ws->need - ws->rx.len > want)
+        want = ws->need - ws->rx.len;
+    if (cv_buf_reserve(&ws->rx, want) != 0 && cv_buf_reserve(&ws->rx, 1) != 0) {
+        fail(ws, CV_WS_TOO_BIG, "receive buffer limit");
+        return CV_ETOOBIG;
+    }
+    int r = cv_tls_read(ws->tls, cv_buf_tail(&ws->rx), cv_buf_tailroom(&ws->rx));
+    if (r > 0)
+        cv_buf_commit(&ws->rx, (size_t)r);
+    return r;
+}
+
+/* Plaintext from shared_rx, parsed in place like a plain read. */
+static int tls_read_shared(struct cv_ws *ws)
+{
+    int r = cv_tls_read(ws->tls, shared_rx, sizeof shared_rx);
+    if (r <= 0)
+        return r;
+    size_t used = parse_some(ws, shared_rx, (size_t)r);
+    if (ws->state != ST_CLOSED && used < (size_t)r &&
+        cv_buf_append(&ws->rx, shared_rx + used, (size_t)r - used) != 0)
+        fail(ws, CV_WS_TOO_BIG, "receive buffer limit");
+    return r;
+}
+
+/* Drives the handshake, then decrypts and parses as long as the connection
+ * takes input; what stays in the engine waits for cv_ws_resume. */
+static void tls_pump(struct cv_ws *ws)
+{
+    if (!ws->tls_open) {
+        int rc = cv_tls_handshake(ws->tls);
+        if (rc == CV_EAGAIN) {
+            tls_flush(ws);
+            return;
+        }
+        if (rc != 0) {
+            tls_failed(ws, "TLS handshake failed");
+            return;
+        }
+        ws->tls_open = true;
+        tls_flush(ws); /* the handshake's last flight, a client's request */
+    }
+    int r = 0;
+    while (ws->state != ST_CLOSED && can_process(ws)) {
+        if (ws->rx.len > 0) {
+            process_rx(ws);
+            if (ws->state == ST_CLOSED || !can_process(ws))
+                break;
+            r = ws->rx.len > 0 ? tls_read_rx(ws) : 1;
+        } else {
+            r = tls_read_shared(ws);
+        }
+        if (r <= 0)
+            break;
+    }
+    if (ws->state == ST_CLOSED || r == CV_ETOOBIG)
+        return;
+    if (r == UV_EOF) {
+        on_read_eof(ws, UV_EOF);
+        return;
+    }
+    if (r < 0 && r != CV_EAGAIN) {
+        tls_failed(ws, "TLS error");
+        return;
+    }
+    tls_flush(ws); /* reading may have produced output (tickets, key updates) */
 }
 
 static void start_reading(struct cv_ws *ws)
@@ -712,7 +900,9 @@ void cv_ws_pause(struct cv_ws *ws)
 static void on_kick(uv_timer_t *t)
 {
     struct cv_ws *ws = t->data;
-    if (ws->rx.len > 0 && ws->state != ST_CLOSED)
+    if (ws->tls != NULL && ws->state != ST_CLOSED)
+        tls_pump(ws); /* rx, then what the TLS engine still holds */
+    else if (ws->rx.len > 0 && ws->state != ST_CLOSED)
         process_rx(ws);
 }
 
@@ -724,7 +914,7 @@ void cv_ws_resume(struct cv_ws *ws)
     if (!can_process(ws))
         return;
     start_reading(ws);
-    if (ws->rx.len > 0)
+    if (ws->rx.len > 0 || ws->tls != NULL)
         uv_timer_start(&ws->kick, on_kick, 0, 0);
 }
 
@@ -966,6 +1156,8 @@ static void on_connect(uv_connect_t *req, int status)
         return;
     }
     start_reading(ws);
+    if (ws->tls != NULL)
+        tls_pump(ws); /* ClientHello; the request waits in pend until the handshake is done */
 }
 
 static void start_connect(struct cv_ws *ws, const struct sockaddr *sa)
@@ -1013,17 +1205,28 @@ int cv_ws_connect(uv_loop_t *loop, const char *url, const struct cv_ws_opts *opt
     if (u == NULL)
         return CV_ENOMEM;
     int rc = cv_url_parse(url, u);
-    if (rc == 0 && u->tls)
-        rc = CV_EINVAL;
     if (rc != 0) {
         free(u);
         return rc;
     }
+    struct cv_tls *tls = NULL;
+    if (u->tls) {
+        char err[200];
+        struct cv_tls_ctx *ctx = opts && opts->tls ? opts->tls : cv_tls_client_default(err, sizeof err);
+        if (ctx == NULL)
+            cv_log_error("wss://: %s", err);
+        if (ctx == NULL || (tls = cv_tls_new_client(ctx, u->host)) == NULL) {
+            free(u);
+            return ctx == NULL ? CV_EINVAL : CV_ENOMEM;
+        }
+    }
     struct cv_ws *ws = ws_new(loop, opts);
     if (ws == NULL) {
+        cv_tls_free(tls);
         free(u);
         return CV_ENOMEM;
     }
+    ws->tls = tls;
     ws->client = true;
     ws->url = u;
     ws->cbs = *cbs;
@@ -1080,11 +1283,15 @@ static int on_server_head(struct cv_ws *ws, const uint8_t *p, size_t n)
 }
 
 int cv_ws__accept(uv_stream_t *listener, cv_ws__head_cb cb, void *srv, struct cv_ws **pending,
-                  uint64_t handshake_ms)
+                  uint64_t handshake_ms, struct cv_tls_ctx *tls)
 {
     struct cv_ws *ws = ws_new(listener->loop, NULL);
     if (ws == NULL)
         return CV_ENOMEM;
+    if (tls != NULL && (ws->tls = cv_tls_new_server(tls)) == NULL) {
+        do_close(ws);
+        return CV_ENOMEM;
+    }
     int rc = uv_accept(listener, (uv_stream_t *)&ws->tcp);
     if (rc < 0) {
         do_close(ws);

@@ -19,6 +19,7 @@
 #include "codec/ws.h"
 
 struct cv_ws;
+struct cv_tls_ctx;
 
 /* Client only: the handshake finished. status 0, or an error (then close_cb
  * follows with the reason and the object is freed). */
@@ -51,6 +52,8 @@ struct cv_ws_opts {
     const char *user_agent;    /* client: NULL sends no User-Agent (spec §2) */
     const char *subprotocol;   /* client: offered; server: accepted if offered; NULL: none */
     const char *bearer;        /* client: sends Authorization: Bearer <bearer>; NULL: none */
+    struct cv_tls_ctx *tls;    /* client, wss://: context (borrowed); NULL: the process-wide
+                                  one of net/tls.h (cv_tls_client_setup, else system CAs) */
 };
 
 /* Fills opts with defaults (16 MiB messages, no pings, 1 MiB/256 KiB marks,
@@ -59,9 +62,12 @@ void cv_ws_opts_default(struct cv_ws_opts *opts);
 
 /* Starts a client connection to a ws:// URL. Sends exactly the handshake of
  * specs/kohaku-tunnel.md §2 (Host, Connection, Upgrade, Version, Key).
+ * wss:// runs it over TLS (net/tls.h): SNI and certificate checks against
+ * the URL's host; a failed handshake reaches on_open with a reason such as
+ * "TLS handshake failed: certificate verify failed: ...".
  * On success *out is set and on_open fires later. Returns 0, CV_EINVAL for a
- * bad or wss:// URL (not supported yet), or a libuv error; on failure no
- * callback fires. */
+ * bad URL (or a wss:// URL without a usable TLS context), or a libuv error;
+ * on failure no callback fires. */
 int cv_ws_connect(uv_loop_t *loop, const char *url, const struct cv_ws_opts *opts,
                   const struct cv_ws_cbs *cbs, void *data, struct cv_ws **out);
 

@@ -19,9 +19,11 @@ typedef void (*cv_ws__head_cb)(struct cv_ws *ws, const struct cv_http_head *head
  * else the connection is closed without an answer.
  * While in the head phase the connection is linked into *pending (a list
  * owned by the server, newest first) so the server can abandon it when it
- * stops. Returns 0 or a libuv error (nothing left allocated). */
+ * stops. tls: a server context (borrowed) to speak TLS first (the
+ * handshake counts toward handshake_ms), or NULL for plain TCP.
+ * Returns 0 or a libuv error (nothing left allocated). */
 int cv_ws__accept(uv_stream_t *listener, cv_ws__head_cb cb, void *srv, struct cv_ws **pending,
-                  uint64_t handshake_ms);
+                  uint64_t handshake_ms, struct cv_tls_ctx *tls);
 /* The peer's address. Returns 0 or a libuv error. */
 int cv_ws__peer_addr(struct cv_ws *ws, struct sockaddr_storage *ss);
 /* Sends raw bytes (a whole HTTP response) and closes once they are written. */

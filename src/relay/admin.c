@@ -114,13 +114,19 @@ static json_t *streams_json(struct cv_relay *r)
 }
 
 struct gauges {
-    uint64_t agents_native, agents_compat, sessions, streams, exposures;
+    uint64_t agents_native, agents_compat, sessions, streams, exposures, names;
 };
 
 static void count_exposure(void *ud, uint8_t proto, uint16_t l, uint16_t p)
 {
     (void)proto, (void)l, (void)p;
     ((struct gauges *)ud)->exposures++;
+}
+
+static void count_name(void *ud, const struct named *n)
+{
+    (void)n;
+    ((struct gauges *)ud)->names++;
 }
 
 static void gauges(struct cv_relay *r, struct gauges *g)
@@ -133,6 +139,7 @@ static void gauges(struct cv_relay *r, struct gauges *g)
             g->agents_compat++;
         g->streams += t->conns.count;
         exposures_each(t, count_exposure, g);
+        names_each(t, count_name, g);
     }
     for (struct session *s = r->sessions; s; s = s->next)
         g->sessions++;
@@ -185,6 +192,17 @@ static void metrics_text(struct cv_relay *r, struct cv_buf *b)
     cv_prom_metric(b, "culvert_relay_rate_limited_total", "counter",
                    "Connections refused by the per-address rate limit.",
                    r->srv ? cv_http_server_rate_limited(r->srv) : 0);
+    cv_prom_metric(b, "culvert_relay_names", "gauge",
+                   "Names (http and tls) held for agents now.", g.names);
+    cv_prom_metric(b, "culvert_relay_vhost_requests_total", "counter",
+                   "Requests forwarded by the HTTP virtual hosts.", st->vhost_requests);
+    cv_prom_head(b, "culvert_relay_vhost_answers_total", "counter",
+                 "Answers the HTTP virtual hosts gave themselves (unknown host, agent gone, ...).");
+    for (size_t i = 0; i < RELAY_VHOST_STATUSES; i++) {
+        char lbl[32];
+        snprintf(lbl, sizeof lbl, "status=\"%d\"", relay_vhost_statuses[i]);
+        cv_prom_value(b, "culvert_relay_vhost_answers_total", lbl, st->vhost_answers[i]);
+    }
     cv_prom_head(b, "culvert_relay_bytes_total", "counter",
                  "Payload bytes carried, by direction relative to the agents.");
     cv_prom_value(b, "culvert_relay_bytes_total", "direction=\"to_agents\"", st->bytes_to_agents);

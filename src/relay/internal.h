@@ -94,6 +94,10 @@ struct session {
 /* Handshake latency buckets (seconds, upper bounds) for /metrics. */
 #define RELAY_HS_BUCKETS 12
 
+/* Statuses the virtual hosts answer themselves (vhost_answers index). */
+#define RELAY_VHOST_STATUSES 8
+extern const int relay_vhost_statuses[RELAY_VHOST_STATUSES];
+
 /* Counters for the admin API and /metrics (monotonic unless noted). */
 struct relay_stats {
     uint64_t agents_total;      /* agent registrations accepted */
@@ -107,6 +111,8 @@ struct relay_stats {
     uint64_t hs_count;          /* WebSocket handshakes completed */
     double hs_sum;              /* seconds */
     uint64_t hs_bucket[RELAY_HS_BUCKETS]; /* not cumulative: one count per bucket */
+    uint64_t vhost_requests;    /* request heads forwarded by the HTTP virtual hosts */
+    uint64_t vhost_answers[RELAY_VHOST_STATUSES]; /* the relay's own answers, by status */
 };
 
 struct relay_admin;
@@ -143,8 +149,10 @@ struct cv_relay {
     int64_t started;           /* unix time */
     struct named *names;       /* named exposures, held and gone */
     size_t names_gone;         /* entries with t NULL (bounded) */
-    struct vhost *vhost;       /* HTTP virtual hosts; NULL unless opts.domain */
-    uint16_t tls_front_port;   /* port routing tls names by SNI; 0: none (tls.c sets it) */
+    struct vhost *vhost;       /* HTTP virtual hosts; NULL unless opts.http_host */
+    char domain[256];          /* opts.domain, lowercased (opts.domain points here) */
+    uint16_t tls_front_port;   /* port routing tls names by SNI; 0: none (tlsfront.c sets it) */
+    struct tlsfront *tlsfront; /* the SNI router; NULL unless opts.tls_listen_host */
 };
 
 /* stream.c */
@@ -181,6 +189,11 @@ void exposures_each(struct tunnel *t,
 bool visitor_write(struct conn *c, const uint8_t *p, size_t n);
 /* The conn is going away: close the visitor side too. */
 void visitor_detach(struct conn *c);
+/* Makes a TCP visitor for c (FRONT_TCP, from named_connect) on the
+ * connected socket fd (owned from now on, closed on failure) and sends
+ * first[0..n) (bytes already read from it, within the initial credit) to
+ * the agent before anything else. */
+void visitor_adopt(struct conn *c, int fd, const uint8_t *first, size_t n);
 /* Agent credit arrived or its queue drained: resume stalled visitors. */
 void visitors_resume(struct tunnel *t);
 
@@ -206,9 +219,15 @@ struct conn *named_connect(struct named *n, uint8_t kind);
 /* Calls fn for each name t holds (admin API). */
 void names_each(struct tunnel *t, void (*fn)(void *ud, const struct named *n), void *ud);
 
+/* tlsfront.c: the SNI router (--tls-listen). */
+int tlsfront_start(struct cv_relay *r);
+void tlsfront_stop(struct cv_relay *r);
+
 /* vhost.c */
 int vhost_start(struct cv_relay *r);
 void vhost_stop(struct cv_relay *r);
+/* The per-address rate in r->opts changed (reload). */
+int vhost_set_limits(struct cv_relay *r);
 /* Hooks stream.c and public.c call for FRONT_HTTP conns. */
 bool vhost_write(struct conn *c, const uint8_t *p, size_t n);
 void vhost_detach(struct conn *c);

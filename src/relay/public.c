@@ -305,6 +305,42 @@ static void on_visitor(uv_stream_t *l, int status)
         stall(v);
 }
 
+void visitor_adopt(struct conn *c, int fd, const uint8_t *first, size_t n)
+{
+    struct cv_relay *r = c->r;
+    struct visitor *v = calloc(1, sizeof *v);
+    if (v == NULL) {
+        close(fd);
+        close_at_agent(c);
+        conn_free(c);
+        return;
+    }
+    v->r = r;
+    uv_tcp_init(r->loop, &v->tcp);
+    v->tcp.data = v;
+    r->closing_handles++; /* counted until its close callback */
+    cv_buf_init(&v->out, CV_FLOW_WINDOW_MAX + 1024 * 1024);
+    cv_buf_init(&v->infl, SIZE_MAX);
+    if (uv_tcp_open(&v->tcp, fd) != 0) {
+        close(fd);
+        close_at_agent(c);
+        conn_free(c);
+        visitor_close(v);
+        return;
+    }
+    uv_tcp_nodelay(&v->tcp, 1);
+    c->v = v;
+    v->c = c;
+    if (n > 0)
+        front_data(c, first, n);
+    if (c->dead)
+        return; /* conn_free detached and closed v */
+    if (can_read(v))
+        start_reading(v);
+    else
+        stall(v);
+}
+
 /* ---- UDP visitors -------------------------------------------------------- */
 
 static struct visitor *flow_find(struct exposure *x, const struct sockaddr *sa)

@@ -374,11 +374,23 @@ int cv_relay_start(uv_loop_t *loop, const struct cv_relay_opts *opts, struct cv_
 {
     if ((opts->token == NULL || opts->token[0] == 0) && !opts->allow_anonymous)
         return CV_EINVAL;
+    if (opts->http_host && (opts->domain == NULL || opts->domain[0] == 0))
+        return CV_EINVAL; /* virtual hosts need a BASE */
     struct cv_relay *r = calloc(1, sizeof *r);
     if (r == NULL)
         return CV_ENOMEM;
     r->loop = loop;
     r->opts = *opts;
+    if (opts->domain) {
+        /* Owned and lowercased: names compare against it for every visitor. */
+        size_t i = 0;
+        for (; opts->domain[i] && i + 1 < sizeof r->domain; i++) {
+            char ch = opts->domain[i];
+            r->domain[i] = (char)(ch >= 'A' && ch <= 'Z' ? ch - 'A' + 'a' : ch);
+        }
+        r->domain[i] = 0;
+        r->opts.domain = r->domain;
+    }
     if (r->opts.token && r->opts.token[0] == 0)
         r->opts.token = NULL;
     int rc = cv_http_server_start(loop, opts->host, opts->port, on_request, r, &r->srv);
@@ -386,6 +398,8 @@ int cv_relay_start(uv_loop_t *loop, const struct cv_relay_opts *opts, struct cv_
         free(r);
         return rc;
     }
+    if (opts->tls != NULL)
+        cv_http_server_set_tls(r->srv, opts->tls);
     struct cv_http_server_limits lim = {.handshake_ms = opts->handshake_ms,
                                         .rate_per_ip = opts->conn_rate,
                                         .burst_per_ip = opts->conn_burst};
@@ -397,10 +411,21 @@ int cv_relay_start(uv_loop_t *loop, const struct cv_relay_opts *opts, struct cv_
     uv_timer_init(loop, &r->reaper);
     r->reaper.data = r;
     r->started = (int64_t)time(NULL);
-    if (opts->admin_host && (rc = relay_admin_start(r)) != 0) {
+    if ((opts->admin_host && (rc = relay_admin_start(r)) != 0) ||
+        (opts->domain && (rc = vhost_start(r)) != 0)) {
+        relay_admin_stop(r);
         r->stopping = true;
         cv_http_server_close(r->srv);
         r->srv = NULL;
+        relay_maybe_free(r);
+        return rc;
+    }
+    if ((rc = tlsfront_start(r)) != 0) {
+        r->stopping = true;
+        cv_http_server_close(r->srv);
+        r->srv = NULL;
+        relay_admin_stop(r);
+        vhost_stop(r);
         relay_maybe_free(r);
         return rc;
     }
@@ -418,6 +443,14 @@ int cv_relay_reload(struct cv_relay *r, const struct cv_relay_opts *o)
     int rc = cv_http_server_set_limits(r->srv, &lim);
     if (rc != 0)
         return rc;
+    double rate = r->opts.conn_rate, burst = r->opts.conn_burst;
+    r->opts.conn_rate = o->conn_rate;
+    r->opts.conn_burst = o->conn_burst;
+    if ((rate != o->conn_rate || burst != o->conn_burst) && (rc = vhost_set_limits(r)) != 0) {
+        r->opts.conn_rate = rate;
+        r->opts.conn_burst = burst;
+        return rc;
+    }
     r->opts.token = o->token && o->token[0] ? o->token : NULL;
     r->opts.allow_anonymous = o->allow_anonymous;
     r->opts.allow_lo = o->allow_lo;
@@ -440,6 +473,8 @@ void cv_relay_stop(struct cv_relay *r)
     cv_http_server_close(r->srv);
     r->srv = NULL;
     relay_admin_stop(r);
+    tlsfront_stop(r);
+    vhost_stop(r);
     for (struct tunnel *t = r->tunnels; t; t = t->next)
         cv_ws_close(t->ws, CV_WS_GOING_AWAY, "relay shutting down");
     for (struct session *s = r->sessions; s; s = s->next)
@@ -447,8 +482,4 @@ void cv_relay_stop(struct cv_relay *r)
     relay_maybe_free(r);
 }
 
-uint16_t cv_relay_http_port(const struct cv_relay *r)
-{
-    (void)r;
-    return 0;
-}
+uint16_t cv_relay_tls_port(const struct cv_relay *r) { return r->tls_front_port; }

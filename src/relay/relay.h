@@ -10,6 +10,7 @@
 #include <uv.h>
 
 struct cv_relay;
+struct cv_tls_ctx;
 
 struct cv_relay_opts {
     const char *host;          /* listen address (numeric) */
@@ -30,6 +31,9 @@ struct cv_relay_opts {
     const char *domain;        /* BASE of named exposures (NAME.BASE); NULL: none */
     const char *http_host;     /* HTTP virtual-host listener; needs domain */
     uint16_t http_port;        /* 0: ephemeral */
+    struct cv_tls_ctx *tls;    /* borrowed: the listener speaks TLS (wss://); NULL: plain */
+    const char *tls_listen_host; /* SNI router for `tls` names (passed through); NULL: none */
+    uint16_t tls_listen_port;    /* 0: ephemeral */
 };
 
 /* Fills opts with the defaults (127.0.0.1:8001, 20 s / 20 s, URL port only,
@@ -53,6 +57,8 @@ uint16_t cv_relay_port(const struct cv_relay *r);
 uint16_t cv_relay_admin_port(const struct cv_relay *r);
 /* The HTTP virtual-host listener's bound port (0 if there is none). */
 uint16_t cv_relay_http_port(const struct cv_relay *r);
+/* The SNI router's bound port (0 if there is none). */
+uint16_t cv_relay_tls_port(const struct cv_relay *r);
 /* Stops listening and closes every tunnel and session; r is freed once they
  * are gone (the loop must keep running until then). */
 void cv_relay_stop(struct cv_relay *r);

@@ -927,3 +927,128 @@ def test_multipart_stream_reply(gw):
     assert (st, b, h["content-type"]) == (200, b"chunk1\nchunk2\n", "application/octet-stream")
     st, h, b, _ = upload(port, mp_body(manifest({"a": 2, "b": 5})), task="app.tasks.add")
     assert (st, b) == (200, b'{"ok":true,"result":7}')
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Shutdown
+
+
+def test_sigterm_drains_in_flight_calls(gw):
+    p, port = gw()
+    s, rd = raw(port)
+    s.sendall(req("POST", "/__runner/task/app.tasks.slow", b'{"ms":800}'))
+    time.sleep(0.2)
+    p.p.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    # no new connections once draining
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    st, h, b, _ = rd.response()
+    assert (st, b) == (200, b'{"ok":true,"result":"done"}')
+    assert p.wait_exit(10) == 0
+    s.close()
+
+
+def test_graph_body_native(gw):
+    _, port = gw()
+    graph = {"__graph": True, "version": 1, "root": {"__ref": "obj_1"},
+             "nodes": {"obj_1": {"kind": "object", "value": {"input": {"__ref": "obj_2"}}},
+                       "obj_2": {"kind": "object", "value": {"n": 1, "tags": {"__ref": "arr_1"}}},
+                       "arr_1": {"kind": "array", "value": [1, 2]}}}
+    st, h, b = post(port, "task/app.tasks.echo", graph)
+    assert (st, env(b)) == (200, {"ok": True, "result": {"n": 1, "tags": [1, 2]}})
+
+
+def test_cli_nothing_exposed(culvert):
+    p = culvert.procs.start([CULVERT_BIN, "gateway", "--listen", "127.0.0.1:0", "--token", TOKEN], name="gateway")
+    port = int(p.wait_line(r"listening on http://127\.0\.0\.1:(\d+)", timeout=10).group(1))
+    st, h, b, _ = call(port, "GET", "/__runner/discovery", None)
+    assert (st, b) == (200, b'{"ok":true,"result":{"allowList":{"enabled":false,"tasks":[],"events":[]}}}')
+    assert post(port, "task/app.tasks.add", {})[::2] == (403, err("FORBIDDEN", "Exposure not enabled"))
+    _, port2 = None, None
+    p.p.send_signal(signal.SIGINT)
+    assert p.wait_exit(15) == 0
+    q = culvert.procs.start([CULVERT_BIN, "gateway", "--listen", "127.0.0.1:0", "--token", TOKEN,
+                             "--no-discovery", "--base-path", "/api/"], name="gateway2")
+    port2 = int(q.wait_line(r"listening on http://127\.0\.0\.1:(\d+)", timeout=10).group(1))
+    assert call(port2, "GET", "/api/discovery", None)[::2] == (404, err("NOT_FOUND", "Not Found"))
+    assert "x-runner-request-id" not in call(port2, "GET", "/__runner/discovery", None)[1]
+    q.p.send_signal(signal.SIGTERM)
+    assert q.wait_exit(15) == 0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Streams from a worker pool through the core: truncation and the stream-idle timer
+
+STREAM_WORKER = r'''
+import base64, json, sys
+def out(m):
+    sys.stdout.write(json.dumps(m) + "\n"); sys.stdout.flush()
+out({"type": "hello", "protocol": "cwp/1", "pid": 1, "tasks": ["s.ok", "s.trunc", "s.stall"], "events": [],
+     "features": ["streams", "cancel"]})
+for line in sys.stdin:
+    m = json.loads(line)
+    t, i = m.get("type"), m.get("id")
+    if t == "task":
+        out({"id": i, "ok": True, "stream": {"status": 201, "contentType": "text/csv",
+                                              "headers": {"x-custom": "yes", "set-cookie": "a=b", "Connection": "x"}}})
+        out({"type": "data", "id": i, "stream": "out", "b64": base64.b64encode(b"a,b\n").decode()})
+        if m["taskId"] == "s.ok":
+            out({"type": "end", "id": i, "stream": "out"})
+        elif m["taskId"] == "s.trunc":
+            out({"type": "end", "id": i, "stream": "out", "error": {"message": "x", "code": "STREAM_ERROR"}})
+    elif t in ("ping", "shutdown"):
+        out({"id": i, "ok": True})
+        if t == "shutdown":
+            break
+'''
+
+
+def test_pool_stream_truncation_and_idle(culvert, tmp_path):
+    w = tmp_path / "w.py"
+    w.write_text(STREAM_WORKER)
+    p = culvert.procs.start([CULVERT_BIN, "gateway", "--listen", "127.0.0.1:0", "--token", TOKEN, "--allow-task",
+                             "s.ok", "--allow-task", "s.trunc", "--allow-task", "s.stall", "--stream-idle", "500",
+                             "--worker", "/usr/bin/python3 '%s'" % w, "--workers", "1"], name="gateway")
+    port = int(p.wait_line(r"listening on http://127\.0\.0\.1:(\d+)", timeout=10).group(1))
+    p.wait_line(r"worker 0 ready", stream="err", timeout=10)
+    octet = {"content-type": "application/octet-stream"}
+    s, rd = raw(port)
+    s.sendall(req("POST", "/__runner/task/s.ok", b"", headers=octet))
+    st, h, b, hdrs = rd.response()
+    assert (st, b, h["content-type"], h["x-custom"]) == (201, b"a,b\n", "text/csv", "yes")
+    assert "set-cookie" not in h and h["connection"] == "keep-alive"
+    assert [k for k, _ in hdrs][:3] == ["x-runner-request-id", "Access-Control-Allow-Origin", "content-type"]
+    # an error after the head: the chunked body ends without its last chunk
+    s.sendall(req("POST", "/__runner/task/s.trunc", b"", headers=octet))
+    st, hdrs, _ = rd.head()
+    assert st == 201
+    assert rd.line() == b"4" and rd.exact(6) == b"a,b\n\r\n"
+    assert rd.at_eof(timeout=5)
+    s.close()
+    # silent stream: cut after the idle time
+    s, rd = raw(port)
+    t0 = time.monotonic()
+    s.sendall(req("POST", "/__runner/task/s.stall", b"", headers=octet))
+    assert rd.head()[0] == 201
+    assert rd.line() == b"4" and rd.exact(6) == b"a,b\n\r\n"
+    assert rd.at_eof(timeout=5)
+    assert 0.4 < time.monotonic() - t0 < 3
+    s.close()
+    p.wait_line(r"stream idle", stream="err", timeout=5)
+    p.p.send_signal(signal.SIGTERM)
+    assert p.wait_exit(20) == 0
+
+
+def test_status_lines_as_node(gw):
+    _, port = gw()
+    for body, hdrs, line in ((None, {"content-length": "3000000"}, b"HTTP/1.1 413 Payload Too Large"),
+                             (b"{}", {}, b"HTTP/1.1 200 OK")):
+        s, rd = raw(port)
+        s.sendall(req("POST", "/__runner/task/app.tasks.noop", body, headers=hdrs))
+        assert rd.line() == line
+        s.close()
+    s, rd = raw(port)
+    s.sendall(req("POST", "/__runner/task/app.tasks.fail", b"{}"))
+    assert rd.line() == b"HTTP/1.1 409 Conflict"
+    s.close()

@@ -113,6 +113,27 @@ export async function startTarget(name) {
     exited.then(({ code, sig }) => reject(new Error(`${name} exited (${code ?? sig}) before listening:\n${out}`)));
   }), 20000 * SLOW, `${name} to listen`);
   const origin = `http://127.0.0.1:${port}`;
+  // Listening is not ready: the pool's Node workers may still be loading
+  // (seconds on a busy machine, past the 5 s queue timeout). Wait until a
+  // call succeeds.
+  const until = Date.now() + 60000 * SLOW;
+  for (;;) {
+    let status = 0;
+    try {
+      const r = await fetch(`${origin}/__runner/task/app.tasks.add`, {
+        method: "POST",
+        headers: { "content-type": "application/json; charset=utf-8", "x-runner-token": TOKEN },
+        body: '{"input":{"a":1,"b":2}}',
+      });
+      status = r.status;
+      await r.text();
+    } catch {
+      status = 0;
+    }
+    if (status === 200) break;
+    if (Date.now() > until) throw new Error(`${name} not ready (last status ${status}):\n${out}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
   return {
     name,
     origin,

@@ -8,6 +8,7 @@
 import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { PassThrough, Readable } from "node:stream";
 import {
   TARGETS, TOKEN, STEP, SLOW, GHOST, REQUIRE, runner, startTarget, raw, post, readAll, pattern, withTimeout,
@@ -68,10 +69,16 @@ for (const [name, target] of Object.entries(TARGETS)) {
       if (name !== "runner") assert.equal(r.code, 0, `${name} exit ${r.code ?? r.sig}:\n${t.output().slice(-4000)}`);
     });
 
-    test("task over fetch, smart and mixed clients", T, async () => {
+    test("task over fetch, smart, mixed clients and globals.tunnels.http", T, async () => {
       for (const k of ["fetch", "smart", "mixed"]) {
         assert.equal(await c[k].task("app.tasks.add", { a: 5, b: 3 }), 8, k);
       }
+      const tunnel = runner.globals.tunnels.http.createClient({
+        url: t.baseUrl, auth: { token: TOKEN }, serializer: new Serializer(),
+      });
+      assert.equal(await tunnel.task("app.tasks.add", { a: 2, b: 40 }), 42);
+      assert.equal(await tunnel.event("app.events.notify", { message: "x" }), undefined);
+      assert.deepEqual(await tunnel.eventWithResult("app.events.notify", { n: 1 }), { n: 1, touched: true });
       const r = await post(t, "/__runner/task/app.tasks.add", '{"input":{"a":5,"b":3}}');
       assert.equal(r.status, 200);
       assert.equal(r.text, '{"ok":true,"result":8}');
@@ -102,6 +109,22 @@ for (const [name, target] of Object.entries(TARGETS)) {
       assert.equal(r.text, '{"ok":true}');
       const p = await post(t, "/__runner/event/app.events.par", '{"payload":1,"returnPayload":true}');
       assert.equal(p.status, 400);
+    });
+
+    test("CORS preflight and headers on errors", T, async () => {
+      const p = await raw(t, "/__runner/task/app.tasks.add", {
+        method: "OPTIONS",
+        headers: { origin: "http://example.test", "access-control-request-method": "POST",
+          "access-control-request-headers": "content-type,x-runner-token" },
+      });
+      assert.equal(p.status, 204);
+      assert.equal(p.headers.get("access-control-allow-origin"), "*");
+      assert.match(p.headers.get("access-control-allow-methods"), /\bPOST\b/);
+      assert.equal(p.headers.get("access-control-allow-headers"), "content-type,x-runner-token");
+      const e = await raw(t, "/__runner/task/app.tasks.add", { method: "POST", body: "{}" });
+      assert.equal(e.status, 401);
+      assert.equal(e.headers.get("access-control-allow-origin"), "*");
+      assert.ok(e.headers.get("x-runner-request-id"));
     });
 
     test("discovery lists the allow-list", T, async () => {
@@ -291,6 +314,34 @@ for (const [name, target] of Object.entries(TARGETS)) {
       assert.equal(r.text, '{"ok":false,"error":{"message":"Internal Error","code":"INTERNAL_ERROR"}}');
       await rejects(c.fetch.task("app.tasks.boom"), tunnelError("INTERNAL_ERROR", "Internal Error"));
       await rejects(c.smart.task("app.tasks.boom"), tunnelError("INTERNAL_ERROR", "Internal Error"));
+    });
+
+    test("pool: killed workers fail their calls with 502 and are respawned", {
+      ...T, skip: name !== "pool" && "pool only",
+    }, async () => {
+      const kids = () => readFileSync(`/proc/${t.proc.pid}/task/${t.proc.pid}/children`, "utf8")
+        .trim().split(/\s+/).filter(Boolean).map(Number);
+      const before = kids();
+      assert.equal(before.length, 2, `worker pids ${before}`);
+      // Settled handlers attached at once: both reject about together.
+      const calls = [c.fetch.task("app.tasks.slow", { ms: 20000 }), c.smart.task("app.tasks.slow", { ms: 20000 })]
+        .map((p) => p.then(() => assert.fail("a call on a killed worker succeeded"), (e) => e));
+      // Let both calls reach the workers (dispatch takes milliseconds).
+      await new Promise((r) => setTimeout(r, 1500 * SLOW));
+      for (const pid of before) process.kill(pid, "SIGKILL");
+      for (const err of await Promise.all(calls)) tunnelError("WORKER_EXITED", "Worker exited")(err);
+      // Respawned (after a backoff) and serving again.
+      const until = Date.now() + 60000 * SLOW;
+      for (;;) {
+        try {
+          assert.equal(await c.fetch.task("app.tasks.add", { a: 2, b: 3 }), 5);
+          break;
+        } catch (err) {
+          if (Date.now() > until) throw err;
+          await new Promise((r) => setTimeout(r, 200));
+        }
+      }
+      assert.ok(kids().every((pid) => !before.includes(pid)));
     });
 
     test("a client timeout does not disturb later calls", T, async () => {

@@ -314,6 +314,9 @@ test("auth: the app's authValidator tasks decide", T, async () => {
   const { w, hello } = await started(path.join(HERE, "fixtures", "big_worker.mjs"));
   try {
     assert.deepEqual(hello.features, ["cancel", "streams", "auth"]);
+    // No tunnel allow-list in this app: every registered id but Runner's own.
+    assert.deepEqual(hello.tasks, ["fx.tasks.big", "fx.tasks.wait", "fx.tasks.keyCheck", "fx.tasks.double"]);
+    assert.deepEqual(hello.events, []);
     const ctx = (headers) => ({ method: "POST", path: "/__runner/task/fx.tasks.big", query: {}, headers, requestId: "a1", remote: "127.0.0.1:1" });
     w.send({ type: "auth", id: 1, rid: "a1", context: ctx({ "x-fixture-key": "open" }) });
     w.send({ type: "auth", id: 2, rid: "a2", context: ctx({ "x-fixture-key": "shut" }) });
@@ -324,8 +327,22 @@ test("auth: the app's authValidator tasks decide", T, async () => {
   }
 });
 
-test("shutdown: reply, then exit 0; stdin EOF also exits 0", T, async () => {
+test("custom serializer types of the app decode and encode", T, async () => {
+  const { w } = await started(path.join(HERE, "fixtures", "big_worker.mjs"));
+  try {
+    w.send('{"type":"task","id":1,"taskId":"fx.tasks.double","mode":"json","input":{"__type":"Distance","value":{"value":1.5,"unit":"m"}}}');
+    assert.equal(JSON.stringify(await w.reply(1)), '{"id":1,"ok":true,"result":{"__type":"Distance","value":{"value":3,"unit":"m"}}}');
+  } finally {
+    await w.close();
+  }
+});
+
+test("shutdown: reply, then exit 0; stdin EOF also exits 0; SIGINT ignored", T, async () => {
   const { w } = await started();
+  // SIGINT (a terminal's Ctrl-C) is left to the gateway.
+  w.proc.kill("SIGINT");
+  w.send({ type: "ping", id: 3 });
+  assert.deepEqual(await w.reply(3), { id: 3, ok: true });
   w.send({ type: "task", id: 1, taskId: "app.tasks.slow", mode: "json", input: { ms: 200 }, context: {} });
   w.send({ type: "shutdown", id: 2, graceMs: 5000 });
   // In-flight work finishes first, then the acknowledgement.

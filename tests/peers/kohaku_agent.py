@@ -67,6 +67,7 @@ class KohakuAgent:
         dial_host="127.0.0.1",
         record=True,
         verbose=False,
+        ssl=None,
     ):
         self.url = runner_url.rstrip("/") + "/ws/tunnel/" + container_id
         self.container_id = container_id
@@ -75,6 +76,7 @@ class KohakuAgent:
         self.dial_host = dial_host
         self.record = record
         self.verbose = verbose
+        self.ssl = ssl  # an ssl.SSLContext for wss:// (None: websockets' default)
         self.ws = None
         self.table = {}
         self.rx = asyncio.Queue()
@@ -157,6 +159,7 @@ class KohakuAgent:
                     ping_interval=None,
                     open_timeout=10,
                     max_queue=None,
+                    **({"ssl": self.ssl} if self.ssl is not None else {}),
                 )
             except asyncio.CancelledError:
                 raise
@@ -367,6 +370,7 @@ def main(argv=None):
     ap.add_argument("--reconnect-delay", type=float, default=float(os.environ.get("RECONNECT_DELAY", 5)))
     ap.add_argument("--max-reconnect", type=int, default=int(os.environ.get("MAX_RECONNECT", 0)))
     ap.add_argument("--log-level", default="info")
+    ap.add_argument("--ca-file", help="wss://: trust the CA certificates in this PEM file")
     a = ap.parse_args(argv)
     if not a.runner_url or not a.container_id:
         ap.error("--runner-url and --container-id are required")
@@ -379,6 +383,7 @@ def main(argv=None):
             max_reconnect=a.max_reconnect,
             record=False,
             verbose=True,
+            ssl=__import__("ssl").create_default_context(cafile=a.ca_file) if a.ca_file else None,
         )
         await agent.start()
         await agent._task

@@ -21,6 +21,7 @@ Environment:
 
 Tasks (by taskId; input is the decoded "input"):
   app.tasks.add {a,b} -> a+b          app.tasks.echo -> input
+  app.tasks.raw -> a result with numbers JSON.parse would not round-trip
   app.tasks.whoami -> {pid,index,rid,mode,context,deadlineMs}
   app.tasks.slow {ms} -> "slept" after ms (the loop keeps turning)
   app.tasks.never -> no reply, loop keeps turning
@@ -35,12 +36,13 @@ Tasks (by taskId; input is the decoded "input"):
   app.tasks.bad {v} -> a reply with a bad shape (v picks which)
   app.tasks.die -> exits (status 3) mid-request
   app.tasks.closeout -> closes stdout, keeps running
+  app.tasks.closein -> closes stdin and blocks (the next write is EPIPE)
   app.tasks.huge -> a line over 16 MiB
   app.tasks.stream {chunks,size} -> stream reply (201, text/csv, x-custom)
   app.tasks.upload -> octet: counts the body, acks as it reads -> {bytes,sha256}
   app.tasks.duplex -> octet: stream reply at once, echoes the body back
   app.tasks.files -> multipart: {input, files: {id: {meta, bytes}}}
-  app.tasks.big {bytes} -> streams that many bytes, honouring the window
+  app.tasks.big {bytes} (or header x-big-bytes) -> streams that many bytes, honouring the window
 Events: app.events.notify (returns payload), app.events.par (parallel),
   app.events.fail (error).
 """
@@ -155,6 +157,7 @@ def big_pump(i):
         st["left"] -= n
         st["unacked"] += n
         st["sent"] += n
+    log("big", sent=st["sent"], unacked=st["unacked"])
     if st["left"] == 0 and not st.get("ended"):
         st["ended"] = True
         end(i, "out")
@@ -167,8 +170,12 @@ def run_task(m):
     tid = m.get("taskId")
     inp = m.get("input")
     calls[i] = {"task": tid, "msg": m, "bytes": 0, "sha": hashlib.sha256(), "files": {}}
+    log("task", id=i, taskId=tid, inflight=len(calls))
     if tid == "app.tasks.add":
         ok(i, inp["a"] + inp["b"])
+    elif tid == "app.tasks.raw":
+        send_raw(b'{"id":%d,"ok":true,"result":{"n":1.50e+3,"big":12345678901234567890,"s":"\\u00e9 x"}}\n' % i)
+        calls.pop(i, None)
     elif tid == "app.tasks.echo":
         ok(i, inp)
     elif tid == "app.tasks.whoami":
@@ -228,6 +235,12 @@ def run_task(m):
     elif tid == "app.tasks.closeout":
         log("closeout")
         os.close(1)
+    elif tid == "app.tasks.closein":
+        # Stops reading for good: the gateway's next write gets EPIPE.
+        log("closein")
+        os.close(0)
+        while True:
+            time.sleep(3600)
     elif tid == "app.tasks.huge":
         send_raw(b'{"id":%d,"ok":true,"result":"' % i + b"x" * (17 * 1024 * 1024) + b'"}\n')
     elif tid == "app.tasks.stream":
@@ -246,7 +259,9 @@ def run_task(m):
         calls.pop(i, None)
     elif tid == "app.tasks.big":
         send({"id": i, "ok": True, "stream": {"contentType": "application/octet-stream"}})
-        big[i] = {"left": int((inp or {}).get("bytes", 1 << 20)), "unacked": 0, "sent": 0}
+        hdrs = (m.get("context") or {}).get("headers") or {}
+        size = hdrs.get("x-big-bytes") or (inp or {}).get("bytes") or (1 << 20)
+        big[i] = {"left": int(size), "unacked": 0, "sent": 0}
         big_pump(i)
     elif tid == "app.tasks.duplex":
         send({"id": i, "ok": True, "stream": {"status": 200, "contentType": "application/octet-stream"}})
@@ -305,11 +320,23 @@ def on_frame(m):
         elif c["task"] == "app.tasks.upload" and s == "body":
             ok(i, {"bytes": c["bytes"], "sha256": c["sha"].hexdigest(), "error": m.get("error")})
         elif c["task"] == "app.tasks.files":
-            c["ended"] = c.get("ended", 0) + 1
-            if all(f.get("done") for f in c["files"].values()) or True:
+            if s in c["files"]:
                 c["files"][s]["done"] = True
-                if all(f.get("done") for f in c["files"].values()) and c["ended"] >= (c["msg"].get("input") or {}).get("nfiles", 1):
-                    ok(i, {"input": c["msg"].get("input"), "files": {k: {"meta": f["meta"], "bytes": f["bytes"]} for k, f in c["files"].items()}})
+            want = set(sentinels(c["msg"].get("input")))
+            if want and all(c["files"].get(k, {}).get("done") for k in want):
+                ok(i, {"input": c["msg"].get("input"),
+                       "files": {k: {"meta": f["meta"], "bytes": f["bytes"]} for k, f in c["files"].items()}})
+
+
+def sentinels(v):
+    if isinstance(v, dict):
+        if v.get("$runnerFile") == "File" and isinstance(v.get("id"), str):
+            yield v["id"]
+        for x in v.values():
+            yield from sentinels(x)
+    elif isinstance(v, list):
+        for x in v:
+            yield from sentinels(x)
 
 
 def on_line(line):
@@ -364,11 +391,11 @@ def main():
                      "maxInFlight": int(os.environ.get("GW_WORKER_MAX_INFLIGHT", "64")),
                      "features": [f for f in feats.split(",") if f], "window": WINDOW}
             if os.environ.get("GW_WORKER_LISTS", "1") != "0":
-                hello["tasks"] = ["app.tasks.add", "app.tasks.echo", "app.tasks.whoami", "app.tasks.slow",
+                hello["tasks"] = ["app.tasks.add", "app.tasks.raw", "app.tasks.echo", "app.tasks.whoami", "app.tasks.slow",
                                   "app.tasks.never", "app.tasks.hang", "app.tasks.late", "app.tasks.fail",
                                   "app.tasks.throw", "app.tasks.notfound", "app.tasks.garbage",
                                   "app.tasks.nonobject", "app.tasks.worker0", "app.tasks.bad", "app.tasks.die",
-                                  "app.tasks.closeout", "app.tasks.huge", "app.tasks.stream",
+                                  "app.tasks.closeout", "app.tasks.closein", "app.tasks.huge", "app.tasks.stream",
                                   "app.tasks.streamfail", "app.tasks.big", "app.tasks.duplex",
                                   "app.tasks.upload", "app.tasks.files"]
                 hello["events"] = ["app.events.notify", "app.events.par", "app.events.fail"]

@@ -166,12 +166,14 @@ class Worker {
   }
 
   // Ids this worker serves: explicit options, else the app's allow-list
-  // (ids that exist), else every registered non-system id.
+  // (ids that exist), else every registered id that is not Runner's own.
   served(explicit, map, unwrap, allowSet, systemTagId) {
     if (explicit) return new Set(explicit.filter((id) => map.has(id)));
     if (this.allow.enabled) return new Set([...allowSet].filter((id) => map.has(id)));
     const ids = new Set();
     for (const [id, e] of map) {
+      // Runner's own items (globals.*, platform.*) are never served.
+      if (id.startsWith("globals.") || id.startsWith("platform.")) continue;
       if (!unwrap(e).tags?.some((t) => t?.id === systemTagId)) ids.add(id);
     }
     return ids;
@@ -847,5 +849,9 @@ export async function serveWorker(app, options = {}) {
     worker.exit(0);
   });
   process.on("SIGTERM", () => worker.onShutdown({ id: 0, graceMs: 2000 }));
+  // Ctrl-C in a terminal reaches the whole process group: leave the drain
+  // to the gateway (it sends shutdown, or closes stdin), so calls in
+  // flight still finish.
+  process.on("SIGINT", () => {});
   return worker;
 }
