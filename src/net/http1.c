@@ -72,7 +72,7 @@ struct conn {
 struct cv_http1_req {
     struct conn *c;           /* borrowed */
     struct cv_http_head head; /* slices into raw */
-    char *raw;                /* owned: the head bytes, then the path */
+    char *raw;                /* the head bytes, then the path (same allocation) */
     const char *path, *query; /* into raw */
     void *data;               /* borrowed, the handler's */
     struct cv_chunked ck;
@@ -355,8 +355,6 @@ static void on_handle_closed(uv_handle_t *h)
     cv_buf_fini(&c->rx);
     cv_buf_fini(&c->tx);
     cv_buf_fini(&c->txing);
-    if (c->req)
-        free(c->req->raw);
     free(c->req);
     free(c);
 }
@@ -497,16 +495,14 @@ static void rebase(const char **s, const char *from, char *to)
 }
 
 /* Copies the head out of rx (which the body will overwrite) and points the
- * slices at the copy. */
+ * slices at the copy, which follows the request in one allocation. */
 static struct cv_http1_req *req_new(struct conn *c, const struct cv_http_head *h, size_t len)
 {
-    struct cv_http1_req *r = calloc(1, sizeof *r);
-    char *raw = malloc(len + h->target_len + 1);
-    if (r == NULL || raw == NULL) {
-        free(r);
-        free(raw);
+    struct cv_http1_req *r = malloc(sizeof *r + len + h->target_len + 1);
+    if (r == NULL)
         return NULL;
-    }
+    memset(r, 0, sizeof *r);
+    char *raw = (char *)(r + 1);
     const char *from = (const char *)cv_buf_head(&c->rx);
     memcpy(raw, from, len);
     r->c = c;
@@ -744,7 +740,6 @@ static bool step_wait(struct conn *c)
     c->cbs.on_done(r, 0);
     if (c->closing)
         return false;
-    free(r->raw);
     free(r);
     c->req = NULL;
     if (!keep) {
