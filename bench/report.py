@@ -72,10 +72,11 @@ NAMES = {
     "direct": "direct",
     "native": "culvert native (public port)",
     "kr": "culvert KohakuRiver (forward)",
+    "wss": "culvert native, agent on wss://",
     "rathole": "rathole tcp",
     "bore": "bore",
 }
-ORDER = ["direct", "native", "kr", "rathole", "bore"]
+ORDER = ["direct", "native", "wss", "kr", "rathole", "bore"]
 
 
 def load(raw):
