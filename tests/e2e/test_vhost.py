@@ -697,3 +697,25 @@ def test_concurrent_visitors_on_two_names(culvert, origins):
     for t in threads:
         t.join(25)
     assert errors == []
+
+
+def test_head_trickled_byte_by_byte(culvert, origins):
+    relay = vhost_relay(culvert)
+    o = origins("tr")
+    expose(culvert, relay, "agent-tr", o.port, "tr")
+    s = connect(relay)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    req = b"GET /trickle HTTP/1.1\r\nHost: tr.test.local\r\nX-Pad: " + b"p" * 300 + b"\r\n\r\n"
+    for i in range(len(req)):
+        s.send(req[i:i + 1])
+        if i % 50 == 0:
+            time.sleep(0.005)
+    st, _, body, _ = read_response(s)
+    assert (st, body) == (200, b"tr /trickle")
+    # Keep-alive: the next head, also in pieces, on the same connection.
+    for piece in (b"GET /second HTTP/1.1\r", b"\nHost: tr.test.local\r\n", b"\r", b"\n"):
+        s.send(piece)
+        time.sleep(0.01)
+    st, _, body, _ = read_response(s)
+    assert body == b"tr /second"
+    s.close()
