@@ -72,7 +72,7 @@ struct conn {
 struct cv_http1_req {
     struct conn *c;           /* borrowed */
     struct cv_http_head head; /* slices into raw */
-    char *raw;                /* owned: the head bytes, then the path */
+    char *raw;                /* the head bytes, then the path (same allocation) */
     const char *path, *query; /* into raw */
     void *data;               /* borrowed, the handler's */
     struct cv_chunked ck;
@@ -251,6 +251,79 @@ static int queue(struct conn *c, const void *p, size_t n)
     return 0;
 }
 
+/* Node's http.STATUS_CODES, for the Node-compatible paths (preformatted
+ * heads, bare errors): clients of the gateway compare against a Node
+ * server, which also sends "unknown" for codes it has no name for. */
+static const char *node_reason(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 102: return "Processing";
+    case 103: return "Early Hints";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 203: return "Non-Authoritative Information";
+    case 204: return "No Content";
+    case 205: return "Reset Content";
+    case 206: return "Partial Content";
+    case 207: return "Multi-Status";
+    case 208: return "Already Reported";
+    case 226: return "IM Used";
+    case 300: return "Multiple Choices";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 304: return "Not Modified";
+    case 305: return "Use Proxy";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 402: return "Payment Required";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 406: return "Not Acceptable";
+    case 407: return "Proxy Authentication Required";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 410: return "Gone";
+    case 411: return "Length Required";
+    case 412: return "Precondition Failed";
+    case 413: return "Payload Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 416: return "Range Not Satisfiable";
+    case 417: return "Expectation Failed";
+    case 418: return "I'm a Teapot";
+    case 421: return "Misdirected Request";
+    case 422: return "Unprocessable Entity";
+    case 423: return "Locked";
+    case 424: return "Failed Dependency";
+    case 425: return "Too Early";
+    case 426: return "Upgrade Required";
+    case 428: return "Precondition Required";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 451: return "Unavailable For Legal Reasons";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    case 506: return "Variant Also Negotiates";
+    case 507: return "Insufficient Storage";
+    case 508: return "Loop Detected";
+    case 509: return "Bandwidth Limit Exceeded";
+    case 510: return "Not Extended";
+    case 511: return "Network Authentication Required";
+    default: return "unknown";
+    }
+}
+
 /* Queues a complete error response that ends the connection. */
 static void queue_error(struct conn *c, int status, const char *msg)
 {
@@ -259,7 +332,7 @@ static void queue_error(struct conn *c, int status, const char *msg)
     if (c->opts.bare_errors) {
         /* Node's answer to a parse error: no body, no Content-Length. */
         int n = snprintf(head, sizeof head, "HTTP/1.1 %d %s\r\nConnection: close\r\n\r\n", status,
-                         cv_http_reason(status));
+                         node_reason(status));
         queue(c, head, (size_t)n);
         return;
     }
@@ -282,8 +355,6 @@ static void on_handle_closed(uv_handle_t *h)
     cv_buf_fini(&c->rx);
     cv_buf_fini(&c->tx);
     cv_buf_fini(&c->txing);
-    if (c->req)
-        free(c->req->raw);
     free(c->req);
     free(c);
 }
@@ -424,16 +495,14 @@ static void rebase(const char **s, const char *from, char *to)
 }
 
 /* Copies the head out of rx (which the body will overwrite) and points the
- * slices at the copy. */
+ * slices at the copy, which follows the request in one allocation. */
 static struct cv_http1_req *req_new(struct conn *c, const struct cv_http_head *h, size_t len)
 {
-    struct cv_http1_req *r = calloc(1, sizeof *r);
-    char *raw = malloc(len + h->target_len + 1);
-    if (r == NULL || raw == NULL) {
-        free(r);
-        free(raw);
+    struct cv_http1_req *r = malloc(sizeof *r + len + h->target_len + 1);
+    if (r == NULL)
         return NULL;
-    }
+    memset(r, 0, sizeof *r);
+    char *raw = (char *)(r + 1);
     const char *from = (const char *)cv_buf_head(&c->rx);
     memcpy(raw, from, len);
     r->c = c;
@@ -671,7 +740,6 @@ static bool step_wait(struct conn *c)
     c->cbs.on_done(r, 0);
     if (c->closing)
         return false;
-    free(r->raw);
     free(r);
     c->req = NULL;
     if (!keep) {
@@ -1160,7 +1228,7 @@ int cv_http1_respond_head(struct cv_http1_req *req, int status, const char *bloc
     req->resp_len = content_length >= 0 ? content_length : -1;
     framing(req, status);
     char line[160];
-    int n = snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", status, cv_http_reason(status));
+    int n = snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", status, node_reason(status));
     char tail[128];
     int t;
     if (c->close_after)

@@ -149,9 +149,11 @@ int cv_http1_respond_end(struct cv_http1_req *req);
  * sees a truncated body. Returns 0, CV_EINVAL (not started or ended) or
  * CV_ECLOSED. */
 int cv_http1_respond_abort(struct cv_http1_req *req);
-/* Starts a response from a preformatted header block (each line
- * "Name: value\r\n", written as given: the caller controls names, casing
- * and order and must have validated them). The server appends, in this
+/* Starts a response from a preformatted header block, with the status text
+ * Node would send (e.g. "Payload Too Large", "unknown" for unnamed codes).
+ * Each line of the block is "Name: value\r\n", written as given (the
+ * caller controls names, casing and order and must have validated them).
+ * The server appends, in this
  * order, "Date" (cached per second), "Connection: keep-alive|close",
  * "Keep-Alive: timeout=N" (kept connections, opts.keep_alive_s) and, when
  * content_length < 0 on HTTP/1.1, "Transfer-Encoding: chunked". A

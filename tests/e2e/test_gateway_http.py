@@ -1038,3 +1038,17 @@ def test_pool_stream_truncation_and_idle(culvert, tmp_path):
     p.wait_line(r"stream idle", stream="err", timeout=5)
     p.p.send_signal(signal.SIGTERM)
     assert p.wait_exit(20) == 0
+
+
+def test_status_lines_as_node(gw):
+    _, port = gw()
+    for body, hdrs, line in ((None, {"content-length": "3000000"}, b"HTTP/1.1 413 Payload Too Large"),
+                             (b"{}", {}, b"HTTP/1.1 200 OK")):
+        s, rd = raw(port)
+        s.sendall(req("POST", "/__runner/task/app.tasks.noop", body, headers=hdrs))
+        assert rd.line() == line
+        s.close()
+    s, rd = raw(port)
+    s.sendall(req("POST", "/__runner/task/app.tasks.fail", b"{}"))
+    assert rd.line() == b"HTTP/1.1 409 Conflict"
+    s.close()
