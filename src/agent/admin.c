@@ -94,32 +94,20 @@ static void metrics_text(const struct cv_agent *a, struct cv_buf *b)
                    exposed);
 }
 
+static const char *not_ready(void *ud)
+{
+    const struct cv_agent *a = ud;
+    return a->established ? NULL : "not connected to the relay";
+}
+
+static json_t *status_get(void *ud) { return status_json(ud); }
+static void metrics_get(void *ud, struct cv_buf *b) { metrics_text(ud, b); }
+
 static void on_request(struct cv_http_server *srv, struct cv_http_req *req)
 {
-    struct cv_agent *a = cv_http_server_data(srv);
-    const char *path = cv_http_req_path(req);
-    if (cv_admin_refuse_non_get(req))
-        return;
-    if (strcmp(path, "/healthz") == 0) {
-        cv_http_req_respond(req, 200, "text/plain", "ok\n", 3);
-    } else if (strcmp(path, "/readyz") == 0) {
-        if (a->established)
-            cv_http_req_respond(req, 200, "text/plain", "ready\n", 6);
-        else
-            cv_http_req_respond(req, 503, "text/plain", "not connected to the relay\n", 27);
-    } else if (strcmp(path, "/metrics") == 0) {
-        struct cv_buf b;
-        cv_buf_init(&b, 1 << 20);
-        metrics_text(a, &b);
-        cv_admin_metrics(req, &b);
-        cv_buf_fini(&b);
-    } else if (strcmp(path, "/api/status") == 0) {
-        cv_admin_json(req, 200, status_json(a));
-    } else {
-        cv_admin_json(req, 404,
-                      json_pack("{s:s,s:[s,s,s,s]}", "error", "not found", "endpoints", "/healthz",
-                                "/readyz", "/metrics", "/api/status"));
-    }
+    static const struct cv_admin_api apis[] = {{"/api/status", status_get}};
+    static const struct cv_admin_site site = {not_ready, metrics_get, apis, 1};
+    cv_admin_serve(req, &site, cv_http_server_data(srv));
 }
 
 int agent_admin_start(struct cv_agent *a)

@@ -1,5 +1,6 @@
 #include "core/ratelimit.h"
 
+#include <netinet/in.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +48,17 @@ void cv_ratelimit_free(struct cv_ratelimit *rl)
         return;
     free(rl->slots);
     free(rl);
+}
+
+void cv_ratelimit_key(const struct sockaddr_storage *ss, uint8_t key[16])
+{
+    memset(key, 0, 16);
+    if (ss->ss_family == AF_INET6) {
+        memcpy(key, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
+    } else if (ss->ss_family == AF_INET) {
+        key[10] = key[11] = 0xff;
+        memcpy(key + 12, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+    }
 }
 
 static uint32_t hash(const uint8_t key[16])

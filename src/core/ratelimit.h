@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 struct cv_ratelimit;
 
@@ -16,6 +17,9 @@ struct cv_ratelimit;
  * two (>= 4). Returns NULL on a bad argument or out of memory. */
 struct cv_ratelimit *cv_ratelimit_new(double rate, double burst, size_t slots);
 void cv_ratelimit_free(struct cv_ratelimit *rl);
+
+/* The key of a client address: IPv6 as is, IPv4 mapped (::ffff:a.b.c.d). */
+void cv_ratelimit_key(const struct sockaddr_storage *ss, uint8_t key[16]);
 
 /* Takes one token for key (16 bytes: an IPv6 address, or an IPv4 address
  * mapped into one) at time now_ms (monotonic). Returns 0 if it was

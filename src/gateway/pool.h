@@ -84,6 +84,7 @@ struct worker {
     bool restart_due;         /* restart from the timer (not inside a callback) */
     const char *restart_why;  /* static */
     bool recycle;             /* respawn at once once stopped (no failure) */
+    bool stderr_skip;         /* dropping the rest of an over-long stderr line */
     unsigned stderr_lines;    /* rate limit window count */
     unsigned stderr_dropped;
     uint64_t stderr_window;

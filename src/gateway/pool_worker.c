@@ -300,8 +300,9 @@ static void on_err_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     struct worker *w = s->data;
     (void)buf;
     if (n < 0) {
-        if (w->errline.len > 0)
+        if (w->errline.len > 0 && !w->stderr_skip)
             log_stderr(w, (char *)cv_buf_head(&w->errline), w->errline.len, false);
+        w->stderr_skip = false;
         cv_buf_reset(&w->errline);
         close_pipe(w, &w->err, &w->err_open);
         return;
@@ -309,16 +310,21 @@ static void on_err_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     cv_buf_commit(&w->errline, (size_t)n);
     for (;;) {
         char *h = (char *)cv_buf_head(&w->errline);
-        char *nl = memchr(h, '\n', w->errline.len);
+        char *nl = w->errline.len ? memchr(h, '\n', w->errline.len) : NULL;
         if (nl == NULL) {
+            /* A line longer than STDERR_LINE: log its start, drop the rest. */
             if (w->errline.len >= STDERR_LINE) {
-                log_stderr(w, h, w->errline.len, true);
+                if (!w->stderr_skip)
+                    log_stderr(w, h, STDERR_LINE, true);
+                w->stderr_skip = true;
                 cv_buf_reset(&w->errline);
             }
             return;
         }
         size_t l = (size_t)(nl - h);
-        log_stderr(w, h, l > 0 && h[l - 1] == '\r' ? l - 1 : l, false);
+        if (!w->stderr_skip)
+            log_stderr(w, h, l > 0 && h[l - 1] == '\r' ? l - 1 : l, false);
+        w->stderr_skip = false;
         cv_buf_consume(&w->errline, l + 1);
     }
 }

@@ -66,3 +66,39 @@ void cv_admin_warn_exposed(const char *who, const char *host)
                     "read its state and counters",
                     who, host);
 }
+
+void cv_admin_serve(struct cv_http_req *req, const struct cv_admin_site *site, void *ud)
+{
+    const char *path = cv_http_req_path(req);
+    if (cv_admin_refuse_non_get(req))
+        return;
+    if (strcmp(path, "/healthz") == 0) {
+        cv_http_req_respond(req, 200, "text/plain", "ok\n", 3);
+        return;
+    }
+    if (strcmp(path, "/readyz") == 0) {
+        const char *why = site->not_ready(ud);
+        char text[160];
+        int n = snprintf(text, sizeof text, "%s\n", why ? why : "ready");
+        cv_http_req_respond(req, why ? 503 : 200, "text/plain", text, (size_t)n);
+        return;
+    }
+    if (strcmp(path, "/metrics") == 0) {
+        struct cv_buf b;
+        cv_buf_init(&b, 1 << 20);
+        site->metrics(ud, &b);
+        cv_admin_metrics(req, &b);
+        cv_buf_fini(&b);
+        return;
+    }
+    for (size_t i = 0; i < site->napis; i++) {
+        if (strcmp(path, site->apis[i].path) == 0) {
+            cv_admin_json(req, 200, site->apis[i].get(ud));
+            return;
+        }
+    }
+    json_t *list = json_pack("[s,s,s]", "/healthz", "/readyz", "/metrics");
+    for (size_t i = 0; i < site->napis; i++)
+        json_array_append_new(list, json_string(site->apis[i].path));
+    cv_admin_json(req, 404, json_pack("{s:s,s:o}", "error", "not found", "endpoints", list));
+}

@@ -52,25 +52,13 @@ static void on_head(struct cv_ws *ws, const struct cv_http_head *head, void *srv
         cv_http_req_respond(&req, 500, "text/plain", "no handler answered\n", 20);
 }
 
-/* Maps an address to a 16-byte key: IPv6 as is, IPv4 as ::ffff:a.b.c.d. */
-static void addr_key(const struct sockaddr_storage *ss, uint8_t key[16])
-{
-    memset(key, 0, 16);
-    if (ss->ss_family == AF_INET6) {
-        memcpy(key, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
-    } else if (ss->ss_family == AF_INET) {
-        key[10] = key[11] = 0xff;
-        memcpy(key + 12, &((const struct sockaddr_in *)ss)->sin_addr, 4);
-    }
-}
-
 static void rate_check(struct cv_http_server *srv, struct cv_ws *ws)
 {
     struct sockaddr_storage ss;
     if (cv_ws__peer_addr(ws, &ss) != 0)
         return;
     uint8_t key[16];
-    addr_key(&ss, key);
+    cv_ratelimit_key(&ss, key);
     uint64_t wait = cv_ratelimit_take(srv->rl, key, uv_now(srv->tcp.loop));
     if (wait == 0)
         return;

@@ -226,39 +226,26 @@ static void metrics_text(struct cv_relay *r, struct cv_buf *b)
                    (uint64_t)r->started);
 }
 
+static const char *not_ready(void *ud)
+{
+    return ((const struct cv_relay *)ud)->stopping ? "stopping" : NULL;
+}
+
+static json_t *agents_get(void *ud) { return agents_json(ud); }
+static json_t *sessions_get(void *ud) { return sessions_json(ud); }
+static json_t *streams_get(void *ud) { return streams_json(ud); }
+static json_t *stats_get(void *ud) { return stats_json(ud); }
+static void metrics_get(void *ud, struct cv_buf *b) { metrics_text(ud, b); }
+
 static void on_request(struct cv_http_server *srv, struct cv_http_req *req)
 {
-    struct cv_relay *r = cv_http_server_data(srv);
-    const char *path = cv_http_req_path(req);
-    if (cv_admin_refuse_non_get(req))
-        return;
-    if (strcmp(path, "/healthz") == 0) {
-        cv_http_req_respond(req, 200, "text/plain", "ok\n", 3);
-    } else if (strcmp(path, "/readyz") == 0) {
-        if (r->stopping)
-            cv_http_req_respond(req, 503, "text/plain", "stopping\n", 9);
-        else
-            cv_http_req_respond(req, 200, "text/plain", "ready\n", 6);
-    } else if (strcmp(path, "/metrics") == 0) {
-        struct cv_buf b;
-        cv_buf_init(&b, 1 << 20);
-        metrics_text(r, &b);
-        cv_admin_metrics(req, &b);
-        cv_buf_fini(&b);
-    } else if (strcmp(path, "/api/agents") == 0) {
-        cv_admin_json(req, 200, agents_json(r));
-    } else if (strcmp(path, "/api/sessions") == 0) {
-        cv_admin_json(req, 200, sessions_json(r));
-    } else if (strcmp(path, "/api/streams") == 0) {
-        cv_admin_json(req, 200, streams_json(r));
-    } else if (strcmp(path, "/api/stats") == 0) {
-        cv_admin_json(req, 200, stats_json(r));
-    } else {
-        cv_admin_json(req, 404,
-                     json_pack("{s:s,s:[s,s,s,s,s,s,s]}", "error", "not found", "endpoints",
-                               "/healthz", "/readyz", "/metrics", "/api/agents", "/api/sessions",
-                               "/api/streams", "/api/stats"));
-    }
+    static const struct cv_admin_api apis[] = {{"/api/agents", agents_get},
+                                               {"/api/sessions", sessions_get},
+                                               {"/api/streams", streams_get},
+                                               {"/api/stats", stats_get}};
+    static const struct cv_admin_site site = {not_ready, metrics_get, apis,
+                                              sizeof apis / sizeof apis[0]};
+    cv_admin_serve(req, &site, cv_http_server_data(srv));
 }
 
 int relay_admin_start(struct cv_relay *r)

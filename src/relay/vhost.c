@@ -777,17 +777,6 @@ static void on_tick(uv_timer_t *tm)
 
 /* ---- accepting ---------------------------------------------------------------- */
 
-static void addr_key(const struct sockaddr_storage *ss, uint8_t key[16])
-{
-    memset(key, 0, 16);
-    if (ss->ss_family == AF_INET6) {
-        memcpy(key, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
-    } else if (ss->ss_family == AF_INET) {
-        key[10] = key[11] = 0xff;
-        memcpy(key + 12, &((const struct sockaddr_in *)ss)->sin_addr, 4);
-    }
-}
-
 static void on_connection(uv_stream_t *l, int status)
 {
     struct vhost *vh = l->data;
@@ -827,7 +816,7 @@ static void on_connection(uv_stream_t *l, int status)
             inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, hv->ip, sizeof hv->ip);
         if (vh->rl) {
             uint8_t key[16];
-            addr_key(&ss, key);
+            cv_ratelimit_key(&ss, key);
             uint64_t wait = cv_ratelimit_take(vh->rl, key, uv_now(l->loop));
             if (wait > 0) {
                 /* Retry-After is not expressible through answer(): write it here. */

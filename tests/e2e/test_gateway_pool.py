@@ -32,7 +32,7 @@ TASKS = [
     "app.tasks.add", "app.tasks.raw", "app.tasks.echo", "app.tasks.whoami", "app.tasks.slow", "app.tasks.never",
     "app.tasks.hang", "app.tasks.late", "app.tasks.fail", "app.tasks.throw", "app.tasks.notfound",
     "app.tasks.garbage", "app.tasks.nonobject", "app.tasks.worker0", "app.tasks.bad", "app.tasks.die",
-    "app.tasks.closeout", "app.tasks.closein", "app.tasks.huge", "app.tasks.stream", "app.tasks.streamfail", "app.tasks.big",
+    "app.tasks.closeout", "app.tasks.closein", "app.tasks.spam", "app.tasks.huge", "app.tasks.stream", "app.tasks.streamfail", "app.tasks.big",
     "app.tasks.duplex", "app.tasks.upload", "app.tasks.files", "app.tasks.missing", "app.tasks.invalid",
     "app.tasks.unauth",
 ]
@@ -412,6 +412,21 @@ def test_spawn_failure_backs_off_and_queue_times_out(gw):
     n = len(g.spawned_pids())
     # 100, 200, 400, 800 ms ... : a handful of spawns in ~2.2 s, not hundreds.
     assert 2 <= n <= 7, n
+
+
+def test_stderr_logged_by_line_tagged_and_rate_limited(gw):
+    g = gw()
+    ready(g)
+    st, _, body = g.task("app.tasks.spam", {"lines": 500})
+    assert st == 200
+    g.proc.wait_line(r"worker 0: spam line 0$", stream="err")
+    g.proc.wait_line(r"worker 0: x{4096} \[\.\.\.\]$", stream="err")  # long lines are cut
+    assert g.proc.count(r"worker 0: x+$", stream="err") == 0  # ... and their rest dropped
+    time.sleep(1.2)
+    st, _, body = g.task("app.tasks.spam", {"lines": 1})  # the next window reports the drops
+    g.proc.wait_line(r"worker 0: \d+ stderr lines dropped \(rate limit\)", stream="err")
+    logged = g.proc.count(r"worker 0: spam line", stream="err")
+    assert 90 <= logged <= 210, logged
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ Tasks (by taskId; input is the decoded "input"):
   app.tasks.bad {v} -> a reply with a bad shape (v picks which)
   app.tasks.die -> exits (status 3) mid-request
   app.tasks.closeout -> closes stdout, keeps running
+  app.tasks.spam {lines} -> a 10000-byte stderr line, then that many short ones
   app.tasks.closein -> closes stdin and blocks (the next write is EPIPE)
   app.tasks.huge -> a line over 16 MiB
   app.tasks.stream {chunks,size} -> stream reply (201, text/csv, x-custom)
@@ -235,6 +236,12 @@ def run_task(m):
     elif tid == "app.tasks.closeout":
         log("closeout")
         os.close(1)
+    elif tid == "app.tasks.spam":
+        n = (inp or {}).get("lines", 500)
+        sys.stderr.write("x" * 10000 + "\n")
+        sys.stderr.write("".join("spam line %d\n" % k for k in range(n)))
+        sys.stderr.flush()
+        ok(i, n)
     elif tid == "app.tasks.closein":
         # Stops reading for good: the gateway's next write gets EPIPE.
         log("closein")
@@ -395,7 +402,7 @@ def main():
                                   "app.tasks.never", "app.tasks.hang", "app.tasks.late", "app.tasks.fail",
                                   "app.tasks.throw", "app.tasks.notfound", "app.tasks.garbage",
                                   "app.tasks.nonobject", "app.tasks.worker0", "app.tasks.bad", "app.tasks.die",
-                                  "app.tasks.closeout", "app.tasks.closein", "app.tasks.huge", "app.tasks.stream",
+                                  "app.tasks.closeout", "app.tasks.closein", "app.tasks.spam", "app.tasks.huge", "app.tasks.stream",
                                   "app.tasks.streamfail", "app.tasks.big", "app.tasks.duplex",
                                   "app.tasks.upload", "app.tasks.files"]
                 hello["events"] = ["app.events.notify", "app.events.par", "app.events.fail"]
