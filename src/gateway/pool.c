@@ -27,6 +27,7 @@ struct istream {
     size_t error_len;
     struct cv_buf pending; /* bytes from the core not yet sent (beyond the window) */
     uint64_t unacked;      /* sent to the worker, not yet acknowledged */
+    uint64_t pending_bytes_dropped; /* after break_stream */
     bool file, open_sent, ended, end_sent;
 };
 
@@ -356,7 +357,8 @@ static void pump(struct preq *pr)
         return;
     for (struct istream *s = pr->streams; s != NULL; s = s->next) {
         if (s->file && !s->open_sent) {
-            if (cv_cwp_put_file(&w->tx, pr->id, s->name, s->meta, s->meta_len) != 0)
+            if (cv_cwp_put_file(&w->tx, pr->id, s->name, s->meta ? s->meta : "{}",
+                                s->meta ? s->meta_len : 2) != 0)
                 break;
             s->open_sent = sent = true;
         }
@@ -382,23 +384,44 @@ static void pump(struct preq *pr)
         worker_send(w);
 }
 
+/* A stream we cannot buffer (out of memory) ends with an error for the
+ * worker instead of silently losing bytes; what the core handed over is
+ * released so that it does not wait for it. */
+static const char stream_error[] = "{\"message\":\"Internal Error\",\"code\":\"STREAM_ERROR\"}";
+
+static void break_stream(struct preq *pr, struct istream *s, size_t dropped)
+{
+    cv_log_error("gateway: call %s: out of memory on stream %s; ending it with an error",
+                 pr->call.rid, s->name);
+    s->ended = true;
+    free(s->error);
+    s->error = NULL;
+    s->error_len = 0;
+    if ((s->error = strdup(stream_error)) != NULL)
+        s->error_len = sizeof(stream_error) - 1;
+    s->pending_bytes_dropped += dropped;
+    if (dropped > 0)
+        cv_gw_req_consumed(pr->req, dropped);
+}
+
 static void file_open(struct cv_gw_backend *b, struct cv_gw_req *req, const char *stream,
                       const char *meta, size_t len)
 {
     struct preq *pr = cv_gw_req_data(req);
     struct istream *s = find_stream(pr, stream);
     (void)b;
-    if (s == NULL && (s = add_stream(pr, stream, true)) == NULL)
+    if (s == NULL && (s = add_stream(pr, stream, true)) == NULL) {
+        cv_log_error("gateway: call %s: out of memory for file %s", pr->call.rid, stream);
         return;
+    }
     free(s->meta);
     s->file = true;
-    s->meta = malloc(len ? len : 1);
-    if (s->meta != NULL)
+    s->meta_len = len;
+    if ((s->meta = malloc(len ? len : 1)) == NULL) {
+        s->meta_len = 0;
+        break_stream(pr, s, 0);
+    } else {
         memcpy(s->meta, meta, len);
-    s->meta_len = s->meta != NULL ? len : 0;
-    if (s->meta == NULL) {
-        s->meta = strdup("{}");
-        s->meta_len = s->meta ? 2 : 0;
     }
     pump(pr);
 }
@@ -411,13 +434,16 @@ static void stream_data(struct cv_gw_backend *b, struct cv_gw_req *req, const ch
     (void)b;
     if (s == NULL && (s = add_stream(pr, stream, false)) == NULL) {
         cv_log_error("gateway: call %s: out of memory for stream %s", pr->call.rid, stream);
+        cv_gw_req_consumed(req, n);
         return;
     }
-    if (cv_buf_append(&s->pending, p, n) != 0) {
-        cv_log_error("gateway: call %s: stream %s over its buffer; bytes dropped", pr->call.rid,
-                     stream);
+    if (s->pending_bytes_dropped > 0 || (s->ended && s->error != NULL)) {
+        s->pending_bytes_dropped += n;
+        cv_gw_req_consumed(req, n);
         return;
     }
+    if (cv_buf_append(&s->pending, p, n) != 0)
+        break_stream(pr, s, n);
     pump(pr);
 }
 
@@ -430,7 +456,7 @@ static void stream_end(struct cv_gw_backend *b, struct cv_gw_req *req, const cha
     if (s == NULL && (s = add_stream(pr, stream, false)) == NULL)
         return;
     s->ended = true;
-    if (error_json != NULL) {
+    if (error_json != NULL && s->error == NULL) {
         s->error_len = strlen(error_json);
         s->error = strdup(error_json);
         if (s->error == NULL)
@@ -568,7 +594,6 @@ static void bad_reply(struct preq *pr, const char *why)
 /* Starts a streamed response from a reply's "stream" object. */
 static void stream_reply(struct preq *pr, const char *t, const struct cv_cwp_msg *m)
 {
-    struct pool *p = pr->pool;
     size_t nh = 0, pos, cap = 0;
     struct cv_cwp_slice k, v;
     if (m->headers.present) {
@@ -619,7 +644,6 @@ static void stream_reply(struct preq *pr, const char *t, const struct cv_cwp_msg
     int rc = cv_gw_req_stream_start(pr->req, m->stream_status, ctype, hv, n / 2);
     free(hv);
     free(store);
-    (void)p;
     if (rc != 0) {
         bad_reply(pr, "a stream reply to a call that cannot stream");
         return;
