@@ -494,6 +494,25 @@ def test_queue_full_503_at_once(gw):
     assert all(h[0] == 200 for h in holders), holders
 
 
+def test_queue_wait_expires_503(gw):
+    g = gw(workers=1, env={"GW_WORKER_MAX_INFLIGHT": "1"}, extra=["--queue-timeout", "600"])
+    ready(g)
+    holder = []
+    t = threading.Thread(target=lambda: holder.append(g.task("app.tasks.slow", {"ms": 2500})))
+    t.start()
+    g.wait_for(lambda: [e for e in g.events("task") if e["taskId"] == "app.tasks.slow"], what="first call")
+    t0 = time.monotonic()
+    st, _, body = g.task("app.tasks.add", {"a": 1, "b": 1})
+    waited = time.monotonic() - t0
+    assert st == 503
+    assert envelope(body)["error"] == {"message": "No worker available", "code": "WORKER_UNAVAILABLE"}
+    assert 0.5 <= waited < 2.0, waited
+    t.join(10)
+    assert holder[0][0] == 200
+    # The expired call never reached the worker.
+    assert not [e for e in g.events("task") if e["taskId"] == "app.tasks.add"]
+
+
 # --------------------------------------------------------------------------------------------------------
 # Streams
 # --------------------------------------------------------------------------------------------------------
