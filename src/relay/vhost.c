@@ -673,6 +673,21 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
     *buf = uv_buf_init((char *)rxbuf, (unsigned)(n ? n : 1));
 }
 
+/* Does p[0..n) contain CR LF CR LF? */
+static bool has_head_end(const uint8_t *p, size_t n)
+{
+    const uint8_t *end = p + n;
+    while (end - p >= 4) {
+        const uint8_t *q = memchr(p, '\r', (size_t)(end - p) - 3);
+        if (q == NULL)
+            return false;
+        if (q[1] == '\n' && q[2] == '\r' && q[3] == '\n')
+            return true;
+        p = q + 1;
+    }
+    return false;
+}
+
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 {
     struct hvisitor *hv = s->data;
@@ -703,11 +718,18 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
             return;
         }
     } else {
+        size_t old = hv->in.len;
         if (cv_buf_append(&hv->in, p, (size_t)n) != 0) {
             hv_abort(hv);
             return;
         }
-        pump(hv);
+        /* A head trickled in small pieces is parsed again only once its end
+         * may have arrived (or it reached the limit): parsing after every
+         * piece would cost O(n^2) for a 16 KiB head. */
+        size_t from = old >= 3 ? old - 3 : 0;
+        if (hv->state != HV_HEAD || hv->in.len >= CV_LIMIT_HTTP_HEAD ||
+            has_head_end(cv_buf_head(&hv->in) + from, hv->in.len - from))
+            pump(hv);
     }
     update_reading(hv);
 }
