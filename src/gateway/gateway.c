@@ -601,6 +601,12 @@ void gw_start(struct cv_gw_req *r)
  * envelope of a call. */
 void gw_answer(struct cv_gw_req *r, int status, const void *body, size_t len)
 {
+    if (r->streaming && r->h != NULL) {
+        /* A value after a stream head (a backend bug): cut the stream. */
+        dl_del(r, GW_IDLE);
+        cv_http1_respond_abort(r->h);
+        return;
+    }
     if (r->answered || r->h == NULL)
         return;
     if (gw_upload_hold(r, status, body, len))
@@ -614,13 +620,17 @@ void gw_fail_call(struct cv_gw_req *r, int status, const char *code, const char 
 {
     cancel_backend(r, CV_GW_CANCEL_CLIENT);
     dl_del(r, GW_DL);
-    if (r->answered || r->h == NULL)
+    if (r->h == NULL)
         return;
-    r->answered = true;
     if (r->streaming) {
+        /* The head is out: the client sees a truncated body. */
+        dl_del(r, GW_IDLE);
         cv_http1_respond_abort(r->h);
         return;
     }
+    if (r->answered)
+        return;
+    r->answered = true;
     reply_error(r->gw, r->h, r->rid, status, code, msg);
 }
 

@@ -1095,3 +1095,16 @@ def test_pool_context_object(culvert, tmp_path):
     assert ctx["runnerContext"] == '{"k":"v"}'
     p.p.send_signal(signal.SIGTERM)
     assert p.wait_exit(20) == 0
+
+
+def test_duplex_octet_cap_truncates(gw):
+    _, port = gw("--max-octet", "5")
+    s, rd = raw(port)
+    s.sendall(req("POST", "/__runner/task/app.tasks.duplex", None,
+                  headers={"content-type": "application/octet-stream", "Transfer-Encoding": "chunked"}))
+    s.sendall(b"3\r\nabc\r\n")
+    assert rd.head()[0] == 200
+    assert rd.line() == b"3" and rd.exact(5) == b"ABC\r\n"
+    s.sendall(b"3\r\ndef\r\n")  # over the cap after the head: the stream is cut
+    assert rd.at_eof(timeout=5)
+    s.close()
