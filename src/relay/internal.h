@@ -216,6 +216,8 @@ struct named *relay_find_name(struct cv_relay *r, uint8_t kind, const char *name
  * c->a_tx.credit, the agent's data through visitor_write(), credit back
  * with front_consumed(). */
 struct conn *named_connect(struct named *n, uint8_t kind);
+/* Where visitors reach n: http://NAME.BASE[:PORT]/ or NAME.BASE:PORT. */
+void named_url(struct cv_relay *r, const struct named *n, char *out, size_t cap);
 /* Calls fn for each name t holds (admin API). */
 void names_each(struct tunnel *t, void (*fn)(void *ud, const struct named *n), void *ud);
 
