@@ -767,8 +767,9 @@ void pool_on_line(struct worker *w, char *line, size_t len)
                           &clen, &m);
     cv_buf_reset(&p->fixed);
     if (rc != 0) {
-        cv_log_warn("gateway: worker %u: dropped a line that is not a JSON object (%s): %.*s",
-                    w->index, m.why, (int)(len > 512 ? 512 : len), line);
+        if (worker_log_ok(w))
+            cv_log_warn("gateway: worker %u: dropped a line that is not a JSON object (%s): %.*s",
+                        w->index, m.why, (int)(len > 512 ? 512 : len), line);
         line_done(p);
         return;
     }
@@ -788,7 +789,9 @@ static void on_line(struct worker *w, const char *t, size_t clen, struct cv_cwp_
             cv_log_debug("gateway: worker %u: repeated hello ignored", w->index);
         return;
     case CV_CWP_WORKER:
-        cv_log_warn("gateway: worker %u says: %.*s", w->index, (int)(clen > 512 ? 512 : clen), t);
+        if (worker_log_ok(w))
+            cv_log_warn("gateway: worker %u says: %.*s", w->index, (int)(clen > 512 ? 512 : clen),
+                        t);
         return;
     case CV_CWP_OTHER:
         cv_log_debug("gateway: worker %u: unknown message type ignored", w->index);

@@ -142,6 +142,9 @@ void worker_arm(struct worker *w);
 void pool_stop_workers(struct pool *p);
 void pool_teardown(struct pool *p);
 bool worker_can_take(const struct worker *w);
+/* Rate limit shared by a worker's stderr lines and its dropped stdout
+ * lines: true if one more may be logged now (STDERR_RATE a second). */
+bool worker_log_ok(struct worker *w);
 
 /* pool.c */
 void pool_on_line(struct worker *w, char *line, size_t len);

@@ -427,7 +427,7 @@ def test_stderr_logged_by_line_tagged_and_rate_limited(gw):
     assert g.proc.count(r"worker 0: x+$", stream="err") == 0  # ... and their rest dropped
     time.sleep(1.2)
     st, _, body = g.task("app.tasks.spam", {"lines": 1})  # the next window reports the drops
-    g.proc.wait_line(r"worker 0: \d+ stderr lines dropped \(rate limit\)", stream="err")
+    g.proc.wait_line(r"worker 0: \d+ log lines dropped \(rate limit\)", stream="err")
     logged = g.proc.count(r"worker 0: spam line", stream="err")
     assert 90 <= logged <= 210, logged
 
