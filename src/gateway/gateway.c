@@ -400,6 +400,72 @@ static void call_free(struct cv_gw_req *r)
     free(r);
 }
 
+static int hexdig(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* application/x-www-form-urlencoded decoding as URLSearchParams does it:
+ * '+' is a space, a bad escape stays as written. Returns the length. */
+static size_t form_decode(const char *s, size_t n, char *out)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        int h = s[i] == '%' && i + 2 < n ? hexdig(s[i + 1]) : -1;
+        int l = h >= 0 ? hexdig(s[i + 2]) : -1;
+        if (l >= 0) {
+            out[o++] = (char)(h * 16 + l);
+            i += 2;
+        } else {
+            out[o++] = s[i] == '+' ? ' ' : s[i];
+        }
+    }
+    return o;
+}
+
+/* The query as a JSON object of strings (a repeated name: the last one
+ * wins when the worker parses it); pairs that are not UTF-8 are left out. */
+static int query_json(struct cv_buf *b, const char *q)
+{
+    int rc = APPEND(b, "{");
+    bool first = true;
+    size_t n = strlen(q);
+    char *tmp = malloc(n + 1);
+    if (tmp == NULL)
+        return CV_ENOMEM;
+    for (const char *p = q; rc == 0 && *p;) {
+        const char *amp = strchr(p, '&');
+        size_t len = amp ? (size_t)(amp - p) : strlen(p);
+        const char *eq = memchr(p, '=', len);
+        size_t kl = eq ? (size_t)(eq - p) : len;
+        if (len > 0) {
+            size_t k = form_decode(p, kl, tmp);
+            size_t v = eq ? form_decode(eq + 1, len - kl - 1, tmp + k) : 0;
+            if (cv_gwr_utf8_ok((const uint8_t *)tmp, k + v)) {
+                rc = first ? 0 : APPEND(b, ",");
+                first = false;
+                if (rc == 0)
+                    rc = cv_gwr_json_str(b, tmp, k);
+                if (rc == 0)
+                    rc = APPEND(b, ":");
+                if (rc == 0)
+                    rc = cv_gwr_json_str(b, tmp + k, v);
+            }
+        }
+        p += len + (amp ? 1 : 0);
+    }
+    free(tmp);
+    if (rc == 0)
+        rc = APPEND(b, "}");
+    return rc;
+}
+
 /* The cwp/1 context object (§13.4), for worker backends only. */
 static int build_context(struct cv_gw_req *r)
 {
@@ -414,7 +480,11 @@ static int build_context(struct cv_gw_req *r)
                  ? cv_gwr_json_str(&b, path, strlen(path))
                  : APPEND(&b, "\"\"");
     if (rc == 0)
-        rc = APPEND(&b, ",\"query\":{},\"headers\":{");
+        rc = APPEND(&b, ",\"query\":");
+    if (rc == 0)
+        rc = query_json(&b, cv_http1_req_query(r->h));
+    if (rc == 0)
+        rc = APPEND(&b, ",\"headers\":{");
     bool first = true;
     for (size_t i = 0; rc == 0 && i < hd->nheaders; i++) {
         const struct cv_http_header *x = &hd->headers[i];
@@ -531,6 +601,12 @@ void gw_start(struct cv_gw_req *r)
  * envelope of a call. */
 void gw_answer(struct cv_gw_req *r, int status, const void *body, size_t len)
 {
+    if (r->streaming && r->h != NULL) {
+        /* A value after a stream head (a backend bug): cut the stream. */
+        dl_del(r, GW_IDLE);
+        cv_http1_respond_abort(r->h);
+        return;
+    }
     if (r->answered || r->h == NULL)
         return;
     if (gw_upload_hold(r, status, body, len))
@@ -544,13 +620,17 @@ void gw_fail_call(struct cv_gw_req *r, int status, const char *code, const char 
 {
     cancel_backend(r, CV_GW_CANCEL_CLIENT);
     dl_del(r, GW_DL);
-    if (r->answered || r->h == NULL)
+    if (r->h == NULL)
         return;
-    r->answered = true;
     if (r->streaming) {
+        /* The head is out: the client sees a truncated body. */
+        dl_del(r, GW_IDLE);
         cv_http1_respond_abort(r->h);
         return;
     }
+    if (r->answered)
+        return;
+    r->answered = true;
     reply_error(r->gw, r->h, r->rid, status, code, msg);
 }
 

@@ -113,8 +113,13 @@ struct pool {
     /* The latest hello: the catalog for has/is_parallel/streams. */
     bool hello_seen;
     struct cv_cwp_hello hello;
-    /* Scratch for building error objects and decoding data frames. */
+    /* Scratch for building error objects and decoding data frames; the
+     * compact copy of the line being handled; a line with invalid UTF-8
+     * repaired (U+FFFD). */
     struct cv_buf scratch;
+    char *line;                /* owned */
+    size_t linecap;
+    struct cv_buf fixed;
     uint8_t *dec;              /* owned, CV_CWP_MAX_DATA + 4 */
     /* Shutdown. */
     bool closing;
@@ -137,6 +142,9 @@ void worker_arm(struct worker *w);
 void pool_stop_workers(struct pool *p);
 void pool_teardown(struct pool *p);
 bool worker_can_take(const struct worker *w);
+/* Rate limit shared by a worker's stderr lines and its dropped stdout
+ * lines: true if one more may be logged now (STDERR_RATE a second). */
+bool worker_log_ok(struct worker *w);
 
 /* pool.c */
 void pool_on_line(struct worker *w, char *line, size_t len);

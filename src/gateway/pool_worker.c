@@ -14,7 +14,8 @@
 
 extern char **environ;
 
-/* stderr: lines logged per worker per second, and the longest line kept. */
+/* Log lines per worker per second (its stderr, plus the stdout lines it
+ * should not have sent), and the longest stderr line kept. */
 #define STDERR_RATE 100
 #define STDERR_LINE 4096
 /* Bytes asked of the stdout buffer per read. */
@@ -265,12 +266,12 @@ static void on_out_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     worker_down(w, n == UV_EOF ? "closed its stdout" : uv_strerror((int)n), true);
 }
 
-static void log_stderr(struct worker *w, const char *line, size_t len, bool cut)
+bool worker_log_ok(struct worker *w)
 {
     uint64_t now = now_ms(w);
     if (now - w->stderr_window >= 1000) {
         if (w->stderr_dropped > 0)
-            cv_log_warn("gateway: worker %u: %u stderr lines dropped (rate limit)", w->index,
+            cv_log_warn("gateway: worker %u: %u log lines dropped (rate limit)", w->index,
                         w->stderr_dropped);
         w->stderr_window = now;
         w->stderr_lines = 0;
@@ -278,10 +279,16 @@ static void log_stderr(struct worker *w, const char *line, size_t len, bool cut)
     }
     if (w->stderr_lines >= STDERR_RATE) {
         w->stderr_dropped++;
-        return;
+        return false;
     }
     w->stderr_lines++;
-    cv_log_info("worker %u: %.*s%s", w->index, (int)len, line, cut ? " [...]" : "");
+    return true;
+}
+
+static void log_stderr(struct worker *w, const char *line, size_t len, bool cut)
+{
+    if (worker_log_ok(w))
+        cv_log_info("worker %u: %.*s%s", w->index, (int)len, line, cut ? " [...]" : "");
 }
 
 static void on_err_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)

@@ -47,7 +47,10 @@ void relay_stats_handshake(struct relay_stats *st, uint64_t ns)
 
 static const char *front_name(uint8_t kind)
 {
-    return kind == FRONT_SESSION ? "session" : kind == FRONT_TCP ? "tcp-port" : "udp-port";
+    static const char *const names[] = {
+        [FRONT_SESSION] = "session", [FRONT_TCP] = "tcp-port", [FRONT_UDP] = "udp-port",
+        [FRONT_HTTP] = "http-vhost"};
+    return kind <= FRONT_HTTP ? names[kind] : "?";
 }
 
 static const char *proto_name(uint8_t proto) { return proto == CV_KH_UDP ? "udp" : "tcp"; }
@@ -59,11 +62,20 @@ static void add_exposure(void *ud, uint8_t proto, uint16_t local_port, uint16_t 
                                         (json_int_t)public_port));
 }
 
+struct names_ctx {
+    struct cv_relay *r;
+    json_t *arr;
+};
+
 static void add_name(void *ud, const struct named *n)
 {
-    json_array_append_new(ud, json_pack("{s:s,s:i,s:s}", "proto",
-                                        n->kind == CV_KH_TLS ? "tls" : "http", "local_port",
-                                        (json_int_t)n->local_port, "name", n->name));
+    struct names_ctx *x = ud;
+    char url[512];
+    named_url(x->r, n, url, sizeof url);
+    json_array_append_new(x->arr, json_pack("{s:s,s:i,s:s,s:s}", "proto",
+                                            n->kind == CV_KH_TLS ? "tls" : "http", "local_port",
+                                            (json_int_t)n->local_port, "name", n->name, "url",
+                                            url));
 }
 
 static json_t *agents_json(struct cv_relay *r)
@@ -72,7 +84,8 @@ static json_t *agents_json(struct cv_relay *r)
     for (struct tunnel *t = r->tunnels; t; t = t->next) {
         json_t *xs = json_array();
         exposures_each(t, add_exposure, xs);
-        names_each(t, add_name, xs);
+        struct names_ctx nx = {r, xs};
+        names_each(t, add_name, &nx);
         json_array_append_new(
             arr, json_pack("{s:s,s:s,s:s,s:b,s:I,s:I,s:I,s:I,s:o}", "id", t->id, "peer",
                            cv_ws_peer(t->ws), "mode", t->native ? "native" : "kohakuriver",

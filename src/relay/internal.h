@@ -151,6 +151,10 @@ struct cv_relay {
     size_t names_gone;         /* entries with t NULL (bounded) */
     struct vhost *vhost;       /* HTTP virtual hosts; NULL unless opts.http_host */
     char domain[256];          /* opts.domain, lowercased (opts.domain points here) */
+    /* Owned copies of the address strings in opts (opts points here): the
+     * caller's strings may go away, e.g. on a config reload. */
+    char own_host[64], own_public_bind[64], own_admin_host[64], own_http_host[64],
+        own_tls_listen_host[64];
     uint16_t tls_front_port;   /* port routing tls names by SNI; 0: none (tlsfront.c sets it) */
     struct tlsfront *tlsfront; /* the SNI router; NULL unless opts.tls_listen_host */
 };
@@ -216,6 +220,8 @@ struct named *relay_find_name(struct cv_relay *r, uint8_t kind, const char *name
  * c->a_tx.credit, the agent's data through visitor_write(), credit back
  * with front_consumed(). */
 struct conn *named_connect(struct named *n, uint8_t kind);
+/* Where visitors reach n: http://NAME.BASE[:PORT]/ or NAME.BASE:PORT. */
+void named_url(struct cv_relay *r, const struct named *n, char *out, size_t cap);
 /* Calls fn for each name t holds (admin API). */
 void names_each(struct tunnel *t, void (*fn)(void *ud, const struct named *n), void *ud);
 

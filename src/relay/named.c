@@ -73,6 +73,11 @@ static void format_url(struct cv_relay *r, uint8_t kind, const char *name, char 
         snprintf(out, cap, "%s.%s:%u", name, r->opts.domain, port);
 }
 
+void named_url(struct cv_relay *r, const struct named *n, char *out, size_t cap)
+{
+    format_url(r, n->kind, n->name, out, cap);
+}
+
 void named_request(struct tunnel *t, const struct cv_kh_msg *m)
 {
     struct cv_relay *r = t->r;

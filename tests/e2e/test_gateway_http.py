@@ -1052,3 +1052,59 @@ def test_status_lines_as_node(gw):
     s.sendall(req("POST", "/__runner/task/app.tasks.fail", b"{}"))
     assert rd.line() == b"HTTP/1.1 409 Conflict"
     s.close()
+
+
+CONTEXT_WORKER = r'''
+import json, sys
+def out(m):
+    sys.stdout.write(json.dumps(m) + "\n"); sys.stdout.flush()
+out({"type": "hello", "protocol": "cwp/1", "pid": 1, "tasks": ["ctx"], "events": []})
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("type") == "task":
+        out({"id": m["id"], "ok": True, "result": {"context": m["context"], "input": m["input"], "rid": m["rid"]}})
+    elif m.get("type") in ("ping", "shutdown"):
+        out({"id": m["id"], "ok": True})
+        if m["type"] == "shutdown":
+            break
+'''
+
+
+def test_pool_context_object(culvert, tmp_path):
+    w = tmp_path / "w.py"
+    w.write_text(CONTEXT_WORKER)
+    p = culvert.procs.start([CULVERT_BIN, "gateway", "--listen", "127.0.0.1:0", "--token", TOKEN, "--allow-task",
+                             "ctx", "--worker", "/usr/bin/python3 %s" % w, "--workers", "1"], name="gateway")
+    port = int(p.wait_line(r"listening on http://127\.0\.0\.1:(\d+)", timeout=10).group(1))
+    p.wait_line(r"worker 0 ready", stream="err", timeout=10)
+    s, rd = raw(port)
+    s.sendall(b"POST /__runner/task/ctx?q=1&a+b=c%20d&q=2 HTTP/1.1\r\nHost: h:1\r\nx-runner-token: secret\r\n"
+              b"X-Multi: a\r\nx-multi: b\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n"
+              b"x-runner-request-id: ctx-1\r\nx-runner-context: {\"k\":\"v\"}\r\n\r\n"
+              b"11\r\n{\"input\": [1, 2]}\r\n0\r\n\r\n")
+    st, h, b, _ = rd.response()
+    s.close()
+    r = env(b)["result"]
+    ctx = r["context"]
+    assert (st, r["input"], r["rid"]) == (200, [1, 2], "ctx-1")
+    assert (ctx["method"], ctx["path"], ctx["requestId"], ctx["remote"]) == ("POST", "/__runner/task/ctx", "ctx-1",
+                                                                              "127.0.0.1")
+    assert ctx["query"] == {"q": "2", "a b": "c d"}
+    assert ctx["headers"] == {"host": "h:1", "x-multi": "a, b", "x-runner-request-id": "ctx-1",
+                              "x-runner-context": '{"k":"v"}'}
+    assert ctx["runnerContext"] == '{"k":"v"}'
+    p.p.send_signal(signal.SIGTERM)
+    assert p.wait_exit(20) == 0
+
+
+def test_duplex_octet_cap_truncates(gw):
+    _, port = gw("--max-octet", "5")
+    s, rd = raw(port)
+    s.sendall(req("POST", "/__runner/task/app.tasks.duplex", None,
+                  headers={"content-type": "application/octet-stream", "Transfer-Encoding": "chunked"}))
+    s.sendall(b"3\r\nabc\r\n")
+    assert rd.head()[0] == 200
+    assert rd.line() == b"3" and rd.exact(5) == b"ABC\r\n"
+    s.sendall(b"3\r\ndef\r\n")  # over the cap after the head: the stream is cut
+    assert rd.at_eof(timeout=5)
+    s.close()

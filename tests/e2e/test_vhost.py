@@ -489,17 +489,25 @@ def test_name_conflict_release_and_reclaim(culvert, origins):
 
     from conftest import http_get
     agents = {x["id"]: x for x in json.loads(http_get(admin + "/api/agents")[1])["agents"]}
-    assert {"proto": "http", "local_port": a.port, "name": "shared"} in agents["agent-1"]["exposures"]
+    assert {"proto": "http", "local_port": a.port, "name": "shared",
+            "url": "http://shared.test.local:%d/" % relay.http_port} in agents["agent-1"]["exposures"]
     assert agents["agent-2"]["exposures"] == []
     am = first.wait_line(r"admin API on http://127\.0\.0\.1:(\d+)/", timeout=5)
     st = json.loads(http_get("http://127.0.0.1:%s/api/status" % am.group(1))[1])
     assert st["exposures"] == [{"proto": "http", "local_port": a.port, "name": "shared", "state": "exposed",
                                 "url": "http://shared.test.local:%d/" % relay.http_port}]
 
+    # A visitor connection is one stream through the agent, listed while it is open.
+    v = connect(relay)
+    v.sendall(b"GET /s HTTP/1.1\r\nHost: shared.test.local\r\n\r\n")
+    assert read_response(v)[2] == b"first /s"
+    streams = json.loads(http_get(admin + "/api/streams")[1])["streams"]
+    assert [x["front"] for x in streams] == ["http-vhost"] and streams[0]["agent"] == "agent-1"
+    v.close()
     st, body = http_get(admin + "/metrics")
     text = body.decode()
     assert "culvert_relay_names 1\n" in text
-    assert "culvert_relay_vhost_requests_total 1\n" in text
+    assert "culvert_relay_vhost_requests_total 2\n" in text
     assert 'culvert_relay_vhost_answers_total{status="404"} 0\n' in text
     request(relay, "unknown.test.local")
     assert 'culvert_relay_vhost_answers_total{status="404"} 1\n' in http_get(admin + "/metrics")[1].decode()
