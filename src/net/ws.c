@@ -1327,6 +1327,13 @@ int cv_ws__accept(uv_stream_t *listener, cv_ws__head_cb cb, void *srv, struct cv
 
 void cv_ws__respond(struct cv_ws *ws, const void *bytes, size_t n)
 {
+    if (ws->tls != NULL && !ws->tls_open) {
+        /* Refused before its TLS handshake (the per-address rate limit): a
+         * plaintext answer would be unreadable, so just close. */
+        unlink_pending(ws);
+        do_close(ws);
+        return;
+    }
     unlink_pending(ws);
     uv_read_stop((uv_stream_t *)&ws->tcp);
     ws->state = ST_CLOSING;

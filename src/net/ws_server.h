@@ -26,7 +26,8 @@ int cv_ws__accept(uv_stream_t *listener, cv_ws__head_cb cb, void *srv, struct cv
                   uint64_t handshake_ms, struct cv_tls_ctx *tls);
 /* The peer's address. Returns 0 or a libuv error. */
 int cv_ws__peer_addr(struct cv_ws *ws, struct sockaddr_storage *ss);
-/* Sends raw bytes (a whole HTTP response) and closes once they are written. */
+/* Sends raw bytes (a whole HTTP response) and closes once they are written
+ * (over TLS once its handshake is done; before it, just closes). */
 void cv_ws__respond(struct cv_ws *ws, const void *bytes, size_t n);
 /* Sends the 101 response with accept and turns ws into an open WebSocket.
  * subprotocol: the client offered opts->subprotocol, so the 101 accepts it. */

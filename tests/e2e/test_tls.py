@@ -561,3 +561,22 @@ def test_openssl_loaded_only_when_tls_is_used(culvert, pki, tcp_echo):
     relay = tls_relay(culvert, pki)
     wagent = culvert.agent(relay.wss, "tls-a2", extra=["--trust-ca", pki.path("ca.pem")])
     assert _maps_libssl(relay.proc.pid) and _maps_libssl(wagent.pid)
+
+
+def test_tls_listener_rate_limit_closes_at_once(culvert, pki):
+    """Past the per-address burst, a TLS client is closed at once (a plaintext 429 would be unreadable
+    inside TLS), and the relay keeps serving."""
+    relay = tls_relay(culvert, pki, extra=["--conn-rate", "1/3"])
+    ca = pki.path("ca.pem")
+    ok = refused = 0
+    t0 = time.monotonic()
+    for _ in range(8):
+        try:
+            peer_cert(relay.port, "localhost", ca)
+            ok += 1
+        except (ssl.SSLError, OSError):
+            refused += 1
+    assert ok >= 3 and refused >= 1, (ok, refused)
+    assert time.monotonic() - t0 < 4, "refused TLS connections should close at once, not at a deadline"
+    time.sleep(1.2)
+    peer_cert(relay.port, "localhost", ca)
