@@ -2,7 +2,8 @@
  * line without reading outside it; slices stay inside the compact text;
  * compacting is idempotent (the compact text parses to itself); a result
  * is one valid JSON value on its own; an error object rebuilt by
- * cv_cwp_put_error is a JSON object; base64 decoding stays in bounds. */
+ * cv_cwp_put_error is a JSON object; base64 decoding stays in bounds; a
+ * line refused for invalid UTF-8 parses past it once repaired. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +47,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (rc != 0) {
             if (rc != CV_EPROTO || m.why == NULL)
                 abort();
+            /* Repaired UTF-8 is never refused for its UTF-8 again. */
+            struct cv_buf fx;
+            cv_buf_init(&fx, size * 3 + 8);
+            int fr = cv_cwp_fix_utf8(line, size, &fx);
+            if (fr < 0 || (strcmp(m.why, "invalid UTF-8") == 0 && fr != 1))
+                abort();
+            if (fr == 1) {
+                char *o2 = malloc(fx.len ? fx.len : 1);
+                size_t l2;
+                struct cv_cwp_msg m3;
+                if (o2 == NULL)
+                    abort();
+                if (cv_cwp_parse((enum cv_cwp_proto)proto, (const char *)cv_buf_head(&fx), fx.len,
+                                 o2, &l2, &m3) != 0 &&
+                    strcmp(m3.why, "invalid UTF-8") == 0)
+                    abort();
+                free(o2);
+            }
+            cv_buf_fini(&fx);
             continue;
         }
         if (ol > size)

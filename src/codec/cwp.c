@@ -238,6 +238,41 @@ static int cmp_value(struct cmp *c, int depth)
     }
 }
 
+int cv_cwp_fix_utf8(const char *in, size_t len, struct cv_buf *out)
+{
+    const unsigned char *p = (const unsigned char *)in;
+    size_t i = 0, run = 0;
+    bool fixed = false;
+    while (i < len) {
+        if (p[i] < 0x80) {
+            i++;
+            continue;
+        }
+        size_t k = utf8_len(p + i, len - i);
+        if (k > 0) {
+            i += k;
+            continue;
+        }
+        if (!fixed) {
+            cv_buf_reset(out);
+            fixed = true;
+        }
+        /* One U+FFFD per maximal invalid byte, as the WHATWG decoder does
+         * for lone bytes (a close enough rendering for logs and results). */
+        int rc = cv_buf_append(out, in + run, i - run);
+        if (rc == 0)
+            rc = cv_buf_append(out, "\xef\xbf\xbd", 3);
+        if (rc != 0)
+            return rc;
+        i++;
+        run = i;
+    }
+    if (!fixed)
+        return 0;
+    int rc = cv_buf_append(out, in + run, len - run);
+    return rc != 0 ? rc : 1;
+}
+
 /* ---- Walking compact, validated text ---- */
 
 /* Index just past the value starting at t[i]. */

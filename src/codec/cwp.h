@@ -85,6 +85,13 @@ struct cv_cwp_msg {
 int cv_cwp_parse(enum cv_cwp_proto proto, const char *line, size_t len, char *out,
                  size_t *out_len, struct cv_cwp_msg *m);
 
+/* Copies in[0..len) to out with every invalid UTF-8 sequence replaced by
+ * U+FFFD (EF BF BD), as Node decodes a worker's output; a line refused
+ * by cv_cwp_parse for invalid UTF-8 parses after this. Returns 0 (nothing
+ * to replace: out untouched), 1 (out holds the fixed text), CV_ETOOBIG or
+ * CV_ENOMEM. */
+int cv_cwp_fix_utf8(const char *in, size_t len, struct cv_buf *out);
+
 /* Unescapes a JSON string token (with its quotes) from compact text into
  * dst (capacity cap, NUL-terminated). Returns the length, or CV_ETOOBIG
  * if it does not fit. */

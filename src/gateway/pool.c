@@ -724,18 +724,62 @@ static void on_ack(struct preq *pr, const char *t, const struct cv_cwp_msg *m)
     pump(pr);
 }
 
+/* The compact copy of a line: reused, released after an unusually long one. */
+static char *line_out(struct pool *p, size_t len)
+{
+    if (p->linecap < len || p->line == NULL) {
+        size_t cap = len < 4096 ? 4096 : len;
+        char *n = realloc(p->line, cap);
+        if (n == NULL)
+            return NULL;
+        p->line = n;
+        p->linecap = cap;
+    }
+    return p->line;
+}
+
+static void line_done(struct pool *p)
+{
+    if (p->linecap > 1024 * 1024) {
+        free(p->line);
+        p->line = NULL;
+        p->linecap = 0;
+    }
+}
+
+static void on_line(struct worker *w, const char *t, size_t clen, struct cv_cwp_msg *m);
+
 void pool_on_line(struct worker *w, char *line, size_t len)
 {
     struct pool *p = w->pool;
     struct cv_cwp_msg m;
     size_t clen;
-    /* Parsed in place: the compact text overwrites the line. */
-    if (cv_cwp_parse(p->proto, line, len, line, &clen, &m) != 0) {
-        cv_log_warn("gateway: worker %u: dropped a line that is not a JSON object (%s): %.*s",
-                    w->index, m.why, (int)(len > 512 ? 512 : len), line);
+    char *out = line_out(p, len);
+    if (out == NULL) {
+        cv_log_error("gateway: worker %u: out of memory for a %zu-byte line; dropped", w->index,
+                     len);
         return;
     }
-    const char *t = line;
+    int rc = cv_cwp_parse(p->proto, line, len, out, &clen, &m);
+    if (rc != 0 && m.why != NULL && strcmp(m.why, "invalid UTF-8") == 0 &&
+        cv_cwp_fix_utf8(line, len, &p->fixed) == 1 && (out = line_out(p, p->fixed.len)) != NULL)
+        rc = cv_cwp_parse(p->proto, (const char *)cv_buf_head(&p->fixed), p->fixed.len, out,
+                          &clen, &m);
+    cv_buf_reset(&p->fixed);
+    if (rc != 0) {
+        cv_log_warn("gateway: worker %u: dropped a line that is not a JSON object (%s): %.*s",
+                    w->index, m.why, (int)(len > 512 ? 512 : len), line);
+        line_done(p);
+        return;
+    }
+    on_line(w, out, clen, &m);
+    line_done(p);
+}
+
+static void on_line(struct worker *w, const char *t, size_t clen, struct cv_cwp_msg *mp)
+{
+    struct pool *p = w->pool;
+    struct cv_cwp_msg m = *mp;
     switch (m.type) {
     case CV_CWP_HELLO:
         if (w->state == W_HELLO && p->proto == CV_CWP_PROTO_CWP1)
@@ -860,6 +904,8 @@ void pool_free_memory(struct pool *p)
     free(p->argv);
     cv_cwp_hello_fini(&p->hello);
     cv_buf_fini(&p->scratch);
+    cv_buf_fini(&p->fixed);
+    free(p->line);
     free(p->dec);
     free(p);
 }
@@ -930,6 +976,7 @@ int cv_gw_pool_new(struct uv_loop_s *loop, const struct cv_gateway_pool_opts *o,
     p->queue_max = o->queue_max ? o->queue_max : 1024;
     p->max_requests = o->max_requests;
     cv_buf_init(&p->scratch, (size_t)CV_CWP_MAX_LINE * 2);
+    cv_buf_init(&p->fixed, (size_t)CV_CWP_MAX_LINE * 3 + 8);
     uv_timer_init(loop, &p->qtimer);
     uv_timer_init(loop, &p->stimer);
     p->qtimer.data = p->stimer.data = p;

@@ -113,8 +113,13 @@ struct pool {
     /* The latest hello: the catalog for has/is_parallel/streams. */
     bool hello_seen;
     struct cv_cwp_hello hello;
-    /* Scratch for building error objects and decoding data frames. */
+    /* Scratch for building error objects and decoding data frames; the
+     * compact copy of the line being handled; a line with invalid UTF-8
+     * repaired (U+FFFD). */
     struct cv_buf scratch;
+    char *line;                /* owned */
+    size_t linecap;
+    struct cv_buf fixed;
     uint8_t *dec;              /* owned, CV_CWP_MAX_DATA + 4 */
     /* Shutdown. */
     bool closing;

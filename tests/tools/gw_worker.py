@@ -22,6 +22,7 @@ Environment:
 Tasks (by taskId; input is the decoded "input"):
   app.tasks.add {a,b} -> a+b          app.tasks.echo -> input
   app.tasks.raw -> a result with numbers JSON.parse would not round-trip
+  app.tasks.badutf8 -> a result string with an invalid UTF-8 byte
   app.tasks.whoami -> {pid,index,rid,mode,context,deadlineMs}
   app.tasks.slow {ms} -> "slept" after ms (the loop keeps turning)
   app.tasks.never -> no reply, loop keeps turning
@@ -176,6 +177,9 @@ def run_task(m):
         ok(i, inp["a"] + inp["b"])
     elif tid == "app.tasks.raw":
         send_raw(b'{"id":%d,"ok":true,"result":{"n":1.50e+3,"big":12345678901234567890,"s":"\\u00e9 x"}}\n' % i)
+        calls.pop(i, None)
+    elif tid == "app.tasks.badutf8":
+        send_raw(b'{"id":%d,"ok":true,"result":"a\xffb"}\n' % i)
         calls.pop(i, None)
     elif tid == "app.tasks.echo":
         ok(i, inp)
@@ -398,7 +402,7 @@ def main():
                      "maxInFlight": int(os.environ.get("GW_WORKER_MAX_INFLIGHT", "64")),
                      "features": [f for f in feats.split(",") if f], "window": WINDOW}
             if os.environ.get("GW_WORKER_LISTS", "1") != "0":
-                hello["tasks"] = ["app.tasks.add", "app.tasks.raw", "app.tasks.echo", "app.tasks.whoami", "app.tasks.slow",
+                hello["tasks"] = ["app.tasks.add", "app.tasks.raw", "app.tasks.badutf8", "app.tasks.echo", "app.tasks.whoami", "app.tasks.slow",
                                   "app.tasks.never", "app.tasks.hang", "app.tasks.late", "app.tasks.fail",
                                   "app.tasks.throw", "app.tasks.notfound", "app.tasks.garbage",
                                   "app.tasks.nonobject", "app.tasks.worker0", "app.tasks.bad", "app.tasks.die",

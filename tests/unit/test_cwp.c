@@ -448,6 +448,32 @@ static void test_strings(void **state)
     assert_true(cv_cwp_str_eq("\"\\u006fut\"", (struct cv_cwp_slice){0, 10, true}, "out"));
 }
 
+static void test_fix_utf8(void **state)
+{
+    struct cv_buf b;
+    struct cv_cwp_msg m;
+    cv_buf_init(&b, 1 << 16);
+    const char *good = "{\"id\":1,\"ok\":true,\"result\":\"\xc3\xa9\"}";
+    assert_int_equal(cv_cwp_fix_utf8(good, strlen(good), &b), 0);
+    assert_int_equal(b.len, 0);
+    /* A lone byte, a truncated sequence, a surrogate: each bad byte becomes U+FFFD. */
+    const char *bad = "{\"id\":1,\"ok\":true,\"result\":\"a\xff" "b\xc3\"}";
+    assert_int_equal(parse(CV_CWP_PROTO_CWP1, bad, &m), CV_EPROTO);
+    assert_string_equal(m.why, "invalid UTF-8");
+    assert_int_equal(cv_cwp_fix_utf8(bad, strlen(bad), &b), 1);
+    const char *want = "{\"id\":1,\"ok\":true,\"result\":\"a\xef\xbf\xbd" "b\xef\xbf\xbd\"}";
+    assert_int_equal(b.len, strlen(want));
+    assert_memory_equal(cv_buf_head(&b), want, b.len);
+    assert_int_equal(cv_cwp_parse(CV_CWP_PROTO_CWP1, (const char *)cv_buf_head(&b), b.len, text,
+                                  &text_len, &m),
+                     0);
+    assert_slice(m.result, "\"a\xef\xbf\xbd" "b\xef\xbf\xbd\"");
+    cv_buf_reset(&b);
+    assert_int_equal(cv_cwp_fix_utf8("\xed\xa0\x80", 3, &b), 1);
+    assert_int_equal(b.len, 9);
+    cv_buf_fini(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -458,6 +484,7 @@ int main(void)
         cmocka_unit_test(test_hello),              cmocka_unit_test(test_build_calls),
         cmocka_unit_test(test_build_control),      cmocka_unit_test(test_build_limits),
         cmocka_unit_test(test_base64),             cmocka_unit_test(test_strings),
+        cmocka_unit_test(test_fix_utf8),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

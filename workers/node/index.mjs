@@ -816,13 +816,24 @@ class OutResponse extends Writable {
 // (passed to run()), tasks / events (ids to serve; default: the app's
 // allow-list, else every non-system id), maxInFlight, window.
 export async function serveWorker(app, options = {}) {
+  // Signal handlers first: a signal's default action would kill the
+  // process at once, even between the hello and the rest of the setup.
+  let worker = null;
+  process.on("SIGTERM", () => {
+    if (worker) worker.onShutdown({ id: 0, graceMs: 2000 });
+    else process.exit(0);
+  });
+  // Ctrl-C in a terminal reaches the whole process group: leave the drain
+  // to the gateway (it sends shutdown, or closes stdin), so calls in
+  // flight still finish.
+  process.on("SIGINT", () => {});
   const runner = options.runner ?? loadRunner();
   const runtime = await runner.run(app, {
     shutdownHooks: false,
     logs: { printThreshold: "warn" },
     ...(options.runOptions || {}),
   });
-  const worker = new Worker(runner, runtime, options);
+  worker = new Worker(runner, runtime, options);
   rawStdoutWrite(JSON.stringify(worker.hello()) + "\n");
 
   let pending = "";
@@ -848,10 +859,5 @@ export async function serveWorker(app, options = {}) {
     // The gateway went away: nobody can read replies any more.
     worker.exit(0);
   });
-  process.on("SIGTERM", () => worker.onShutdown({ id: 0, graceMs: 2000 }));
-  // Ctrl-C in a terminal reaches the whole process group: leave the drain
-  // to the gateway (it sends shutdown, or closes stdin), so calls in
-  // flight still finish.
-  process.on("SIGINT", () => {});
   return worker;
 }
