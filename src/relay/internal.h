@@ -151,6 +151,10 @@ struct cv_relay {
     size_t names_gone;         /* entries with t NULL (bounded) */
     struct vhost *vhost;       /* HTTP virtual hosts; NULL unless opts.http_host */
     char domain[256];          /* opts.domain, lowercased (opts.domain points here) */
+    /* Owned copies of the address strings in opts (opts points here): the
+     * caller's strings may go away, e.g. on a config reload. */
+    char own_host[64], own_public_bind[64], own_admin_host[64], own_http_host[64],
+        own_tls_listen_host[64];
     uint16_t tls_front_port;   /* port routing tls names by SNI; 0: none (tlsfront.c sets it) */
     struct tlsfront *tlsfront; /* the SNI router; NULL unless opts.tls_listen_host */
 };

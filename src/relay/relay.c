@@ -370,6 +370,20 @@ static void on_request(struct cv_http_server *srv, struct cv_http_req *req)
     route_ws(r, req, path, tok);
 }
 
+/* Copies *s into buf and points *s there (NULL stays NULL). False if it
+ * does not fit (numeric addresses always do). */
+static bool own_str(char *buf, size_t cap, const char **s)
+{
+    if (*s == NULL)
+        return true;
+    size_t n = strlen(*s);
+    if (n >= cap)
+        return false;
+    memcpy(buf, *s, n + 1);
+    *s = buf;
+    return true;
+}
+
 int cv_relay_start(uv_loop_t *loop, const struct cv_relay_opts *opts, struct cv_relay **out)
 {
     if ((opts->token == NULL || opts->token[0] == 0) && !opts->allow_anonymous)
@@ -381,6 +395,14 @@ int cv_relay_start(uv_loop_t *loop, const struct cv_relay_opts *opts, struct cv_
         return CV_ENOMEM;
     r->loop = loop;
     r->opts = *opts;
+    if (!own_str(r->own_host, sizeof r->own_host, &r->opts.host) ||
+        !own_str(r->own_public_bind, sizeof r->own_public_bind, &r->opts.public_bind) ||
+        !own_str(r->own_admin_host, sizeof r->own_admin_host, &r->opts.admin_host) ||
+        !own_str(r->own_http_host, sizeof r->own_http_host, &r->opts.http_host) ||
+        !own_str(r->own_tls_listen_host, sizeof r->own_tls_listen_host, &r->opts.tls_listen_host)) {
+        free(r);
+        return CV_EINVAL;
+    }
     if (opts->domain) {
         /* Owned and lowercased: names compare against it for every visitor. */
         size_t i = 0;

@@ -174,3 +174,18 @@ def test_agent_bad_config_at_start(culvert, tmp_path):
     conf = write(tmp_path / "agent.conf", "runner-url = ws://127.0.0.1:1\nreconnect-delay = soon\n")
     rc, out, err = culvert.run(["agent", "--config", conf, "-c", "x"])
     assert rc == 2 and "agent.conf:2: invalid value 'soon' for '--reconnect-delay" in err
+
+
+def test_reload_then_expose_uses_no_freed_strings(culvert, tcp_echo, tmp_path):
+    # public-bind comes from the file; after a reload the old file's strings are freed, and the
+    # relay must not read them (ASan catches a use after free on the EXPOSE below).
+    conf = write(tmp_path / "relay.conf", "listen = 127.0.0.1:0\ntoken = t1\npublic-bind = 127.0.0.1\n")
+    relay, url = relay_with(culvert, conf)
+    write(tmp_path / "relay.conf", "listen = 127.0.0.1:0\ntoken = t2\npublic-bind = 127.0.0.1\n")
+    relay.p.send_signal(signal.SIGHUP)
+    relay.wait_line("configuration reloaded", stream="err")
+    agent = culvert.agent(url, "svc", extra=["--token", "t2", "--expose", "tcp:%d" % tcp_echo.port])
+    pub = exposed_port(agent, tcp_echo.port)
+    s = socket.create_connection(("127.0.0.1", pub), timeout=5)
+    s.sendall(b"ping")
+    assert recv_exact(s, 4) == b"ping"
