@@ -185,7 +185,13 @@ static int dispatch(struct worker *w, struct preq *pr)
     int rc = cv_idmap_put(&w->inflight, (uint32_t)id, pr);
     if (rc != 0)
         return rc;
-    if ((rc = cv_cwp_put_call(&w->tx, p->proto, &c)) != 0) {
+    size_t before = w->tx.len;
+    if ((rc = cv_cwp_put_call(&w->tx, p->proto, &c)) == 0 && w->tx.len - before > CV_CWP_MAX_LINE) {
+        /* Over the line limit of either side: this call fails, the worker stays. */
+        w->tx.len = before;
+        rc = CV_ETOOBIG;
+    }
+    if (rc != 0) {
         cv_idmap_del(&w->inflight, (uint32_t)id);
         return rc;
     }
@@ -239,6 +245,10 @@ static void drain_queue(struct pool *p)
         if (rc == CV_EINVAL) {
             cv_gw_req_fail(pr->req, 415, "UNSUPPORTED_MODE",
                            "Streaming mode not supported by this backend");
+            free_preq(pr);
+        } else if (rc == CV_ETOOBIG) {
+            cv_log_warn("gateway: call %s: input over the 16 MiB worker line limit", pr->call.rid);
+            cv_gw_req_fail(pr->req, 413, "PAYLOAD_TOO_LARGE", "Payload too large");
             free_preq(pr);
         } else if (rc != 0) {
             cv_log_error("gateway: cannot send call %s to worker %u: %s", pr->call.rid, w->index,
@@ -295,11 +305,25 @@ static int start(struct cv_gw_backend *b, struct cv_gw_req *req, const struct cv
         struct worker *w = pick(p);
         if (w != NULL) {
             int rc = dispatch(w, pr);
-            if (rc != 0) {
+            if (rc == 0) {
+                cv_gw_req_set_data(req, pr);
+                return 0;
+            }
+            if (rc != CV_ETOOBIG) {
                 free_preq(pr);
                 return rc;
             }
+            /* Answered 413 from the queue on the next loop turn (start
+             * itself can only refuse with 503). */
             cv_gw_req_set_data(req, pr);
+            pr->next = p->qhead;
+            if (p->qhead != NULL)
+                p->qhead->prev = pr;
+            else
+                p->qtail = pr;
+            p->qhead = pr;
+            p->qlen++;
+            kick_queue(p);
             return 0;
         }
     }
