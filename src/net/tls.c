@@ -18,6 +18,7 @@
 #include <openssl/x509v3.h>
 #include <uv.h>
 
+#include "core/buf.h"
 #include "core/err.h"
 #include "net/addr.h"
 
@@ -36,6 +37,12 @@
     X(BIO_read)                                                                                    \
     X(BIO_s_mem)                                                                                   \
     X(BIO_write)                                                                                   \
+    X(BIO_meth_new)                                                                                \
+    X(BIO_meth_set_write)                                                                          \
+    X(BIO_meth_set_ctrl)                                                                           \
+    X(BIO_set_data)                                                                                \
+    X(BIO_get_data)                                                                                \
+    X(BIO_set_init)                                                                                \
     X(ERR_clear_error)                                                                             \
     X(ERR_error_string_n)                                                                          \
     X(ERR_peek_last_error)                                                                         \
@@ -88,6 +95,12 @@ OSSL_FUNCS(DECLARE)
 #define BIO_read (*p_BIO_read)
 #define BIO_s_mem (*p_BIO_s_mem)
 #define BIO_write (*p_BIO_write)
+#define BIO_meth_new (*p_BIO_meth_new)
+#define BIO_meth_set_write (*p_BIO_meth_set_write)
+#define BIO_meth_set_ctrl (*p_BIO_meth_set_ctrl)
+#define BIO_set_data (*p_BIO_set_data)
+#define BIO_get_data (*p_BIO_get_data)
+#define BIO_set_init (*p_BIO_set_init)
 #define ERR_clear_error (*p_ERR_clear_error)
 #define ERR_error_string_n (*p_ERR_error_string_n)
 #define ERR_peek_last_error (*p_ERR_peek_last_error)
@@ -130,6 +143,9 @@ OSSL_FUNCS(DECLARE)
 #define X509_verify_cert_error_string (*p_X509_verify_cert_error_string)
 
 static void *libssl; /* dlopen handle, kept for the life of the process */
+static BIO_METHOD *out_method; /* owned, for the life of the process */
+static int out_write(BIO *b, const char *p, int n);
+static long out_ctrl(BIO *b, int cmd, long num, void *ptr);
 
 /* Loads libssl and resolves every function above. Returns 0 or CV_EINVAL
  * with err set. */
@@ -153,6 +169,12 @@ static int tls_load(char *err, size_t errlen)
     }
     OSSL_FUNCS(RESOLVE)
 #undef RESOLVE
+    out_method = BIO_meth_new(BIO_TYPE_SOURCE_SINK, "culvert-out");
+    if (out_method == NULL || BIO_meth_set_write(out_method, out_write) != 1 ||
+        BIO_meth_set_ctrl(out_method, out_ctrl) != 1) {
+        snprintf(err, errlen, "cannot set up a TLS output BIO");
+        return CV_EINVAL;
+    }
     libssl = h;
     return 0;
 }
@@ -167,13 +189,28 @@ struct cv_tls_ctx {
 struct cv_tls {
     SSL *ssl;               /* owned */
     BIO *rbio;              /* owned by ssl */
-    BIO *wbio;              /* owned by ssl */
+    BIO *wbio;              /* owned by ssl: appends to out */
+    struct cv_buf out;      /* ciphertext for the socket */
     struct cv_tls_ctx *ctx; /* borrowed */
     bool shut;
     char err[200];
 };
 
 static struct cv_tls_ctx *client_ctx; /* owned: cv_tls_client_* */
+
+/* The write BIO: records go straight into t->out, one copy (a memory BIO
+ * would zero its buffer as it grows, copy in, and copy out again). */
+static int out_write(BIO *b, const char *p, int n)
+{
+    struct cv_tls *t = BIO_get_data(b);
+    return n >= 0 && cv_buf_append(&t->out, p, (size_t)n) == 0 ? n : -1;
+}
+
+static long out_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    (void)b, (void)num, (void)ptr;
+    return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
 
 /* Server-side AEAD suites with forward secrecy for TLS 1.2; TLS 1.3 keeps
  * OpenSSL's defaults (all of them qualify). */
@@ -425,7 +462,7 @@ static struct cv_tls *conn_new(struct cv_tls_ctx *ctx, bool server)
     t->ctx = ctx;
     t->ssl = SSL_new(ctx->ctx[0]);
     t->rbio = BIO_new(BIO_s_mem());
-    t->wbio = BIO_new(BIO_s_mem());
+    t->wbio = BIO_new(out_method);
     if (t->ssl == NULL || t->rbio == NULL || t->wbio == NULL) {
         SSL_free(t->ssl);
         BIO_free(t->rbio);
@@ -436,6 +473,9 @@ static struct cv_tls *conn_new(struct cv_tls_ctx *ctx, bool server)
     }
     /* An empty read BIO means "wait for more", not end of file. */
     BIO_set_mem_eof_return(t->rbio, -1);
+    cv_buf_init(&t->out, SIZE_MAX);
+    BIO_set_data(t->wbio, t);
+    BIO_set_init(t->wbio, 1);
     SSL_set_bio(t->ssl, t->rbio, t->wbio);
     if (server)
         SSL_set_accept_state(t->ssl);
@@ -476,6 +516,7 @@ void cv_tls_free(struct cv_tls *t)
     if (t == NULL)
         return;
     SSL_free(t->ssl); /* frees both BIOs */
+    cv_buf_fini(&t->out);
     free(t);
 }
 
@@ -551,17 +592,9 @@ int cv_tls_write(struct cv_tls *t, const void *p, size_t n)
     return 0;
 }
 
-size_t cv_tls_pending(const struct cv_tls *t)
+struct cv_buf *cv_tls_out(struct cv_tls *t)
 {
-    return BIO_ctrl_pending(t->wbio);
-}
-
-size_t cv_tls_take(struct cv_tls *t, void *buf, size_t cap)
-{
-    if (cap > (size_t)INT32_MAX)
-        cap = INT32_MAX;
-    int r = BIO_read(t->wbio, buf, (int)cap);
-    return r > 0 ? (size_t)r : 0;
+    return &t->out;
 }
 
 void cv_tls_shutdown(struct cv_tls *t)

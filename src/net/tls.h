@@ -2,7 +2,7 @@
  * TLS listeners. No I/O of its own: the owner feeds ciphertext it read from
  * the socket (cv_tls_feed), takes plaintext out (cv_tls_read), puts
  * plaintext in (cv_tls_write) and writes whatever ciphertext the engine
- * produced (cv_tls_take) to the socket. net/ws.c drives it over a libuv TCP
+ * produced (cv_tls_out) to the socket. net/ws.c drives it over a libuv TCP
  * stream.
  *
  * Contexts are created only when TLS is configured or a wss:// URL is
@@ -13,6 +13,8 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+
+struct cv_buf;
 
 struct cv_tls_ctx;
 struct cv_tls;
@@ -69,11 +71,11 @@ int cv_tls_read(struct cv_tls *t, void *buf, size_t cap);
 /* Encrypts n bytes (all of them: the write BIO grows). Returns 0 or CV_EPROTO.
  * Only after the handshake. */
 int cv_tls_write(struct cv_tls *t, const void *p, size_t n);
-/* Ciphertext waiting to be written to the socket. */
-size_t cv_tls_pending(const struct cv_tls *t);
-/* Moves up to cap bytes of it into buf; returns how many. */
-size_t cv_tls_take(struct cv_tls *t, void *buf, size_t cap);
-/* Queues close_notify (cv_tls_take then has it). Safe to call twice. */
+/* Ciphertext waiting to be written to the socket (no maximum): the caller
+ * consumes what it wrote, or swaps the buffer with an empty one of its own
+ * (cv_buf_init(b, SIZE_MAX)). */
+struct cv_buf *cv_tls_out(struct cv_tls *t);
+/* Queues close_notify (cv_tls_out then has it). Safe to call twice. */
 void cv_tls_shutdown(struct cv_tls *t);
 /* Why the last call failed, for log lines: "certificate verify failed:
  * REASON", "peer sent alert: REASON", ... (never NULL). */

@@ -744,13 +744,20 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 /* ---- TLS ---------------------------------------------------------------- */
 
-/* Moves the ciphertext the engine produced into infl. */
+/* Moves the ciphertext the engine produced into infl (a buffer swap when
+ * infl is empty, the usual case). */
 static void tls_take(struct cv_ws *ws)
 {
-    size_t n = cv_tls_pending(ws->tls);
-    if (n == 0 || cv_buf_reserve(&ws->infl, n) != 0)
+    struct cv_buf *out = cv_tls_out(ws->tls);
+    if (out->len == 0)
         return;
-    cv_buf_commit(&ws->infl, cv_tls_take(ws->tls, cv_buf_tail(&ws->infl), n));
+    if (ws->infl.len == 0) {
+        struct cv_buf t = ws->infl;
+        ws->infl = *out;
+        *out = t;
+    } else if (cv_buf_append(&ws->infl, cv_buf_head(out), out->len) == 0) {
+        cv_buf_consume(out, out->len);
+    }
 }
 
 static void tls_failed(struct cv_ws *ws, const char *what)
@@ -782,7 +789,6 @@ static void tls_flush(struct cv_ws *ws)
                 return;
             }
             off += n;
-            tls_take(ws);
         }
         cv_buf_consume(&ws->pend, off);
     }
