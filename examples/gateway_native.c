@@ -340,10 +340,10 @@ static void on_signal(uv_signal_t *s, int signum)
     cv_gateway_stop(g_gw, 10000, on_stopped, NULL);
 }
 
-static const char *const k_tasks[] = {
-    "app.tasks.add",    "app.tasks.whoami", "app.tasks.echo",  "app.tasks.noop",
-    "app.tasks.fail",   "app.tasks.boom",   "app.tasks.upload", "app.tasks.octet",
-    "app.tasks.stream", "app.tasks.duplex", "app.tasks.slow"};
+static const char *const k_tasks[] = {"app.tasks.add",    "app.tasks.whoami", "app.tasks.echo",
+                                      "app.tasks.noop",   "app.tasks.fail",   "app.tasks.boom",
+                                      "app.tasks.upload", "app.tasks.octet",  "app.tasks.stream",
+                                      "app.tasks.duplex", "app.tasks.slow"};
 static const char *const k_events[] = {"app.events.notify", "app.events.par"};
 
 static int usage(void)
@@ -376,7 +376,8 @@ int main(int argc, char **argv)
         i++;
         if (strcmp(k, "--listen") == 0) {
             const char *colon = strrchr(v, ':');
-            if (colon == NULL || (size_t)(colon - v) >= sizeof host || cv_port_parse(colon + 1, &port))
+            if (colon == NULL || (size_t)(colon - v) >= sizeof host ||
+                cv_port_parse(colon + 1, &port))
                 return usage();
             memcpy(host, v, (size_t)(colon - v));
             host[colon - v] = '\0';

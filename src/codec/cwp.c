@@ -221,20 +221,13 @@ static int cmp_value(struct cmp *c, int depth)
     if (c->r >= c->n)
         return fail(c, "missing value");
     switch (c->in[c->r]) {
-    case '{':
-        return cmp_container(c, depth, true);
-    case '[':
-        return cmp_container(c, depth, false);
-    case '"':
-        return cmp_string(c);
-    case 't':
-        return cmp_literal(c, "true", 4);
-    case 'f':
-        return cmp_literal(c, "false", 5);
-    case 'n':
-        return cmp_literal(c, "null", 4);
-    default:
-        return cmp_number(c);
+    case '{': return cmp_container(c, depth, true);
+    case '[': return cmp_container(c, depth, false);
+    case '"': return cmp_string(c);
+    case 't': return cmp_literal(c, "true", 4);
+    case 'f': return cmp_literal(c, "false", 5);
+    case 'n': return cmp_literal(c, "null", 4);
+    default: return cmp_number(c);
     }
 }
 
@@ -402,18 +395,32 @@ int cv_cwp_str(const char *text, struct cv_cwp_slice s, char *dst, size_t cap)
             char e = p[1];
             p += 2;
             switch (e) {
-            case 'b': tmp[0] = '\b'; k = 1; break;
-            case 'f': tmp[0] = '\f'; k = 1; break;
-            case 'n': tmp[0] = '\n'; k = 1; break;
-            case 'r': tmp[0] = '\r'; k = 1; break;
-            case 't': tmp[0] = '\t'; k = 1; break;
+            case 'b':
+                tmp[0] = '\b';
+                k = 1;
+                break;
+            case 'f':
+                tmp[0] = '\f';
+                k = 1;
+                break;
+            case 'n':
+                tmp[0] = '\n';
+                k = 1;
+                break;
+            case 'r':
+                tmp[0] = '\r';
+                k = 1;
+                break;
+            case 't':
+                tmp[0] = '\t';
+                k = 1;
+                break;
             case 'u': {
                 uint32_t cp = 0;
                 for (int i = 0; i < 4; i++)
                     cp = cp << 4 | (uint32_t)hexval(p[i]);
                 p += 4;
-                if (cp >= 0xd800 && cp <= 0xdbff && end - p >= 6 && p[0] == '\\' &&
-                    p[1] == 'u') {
+                if (cp >= 0xd800 && cp <= 0xdbff && end - p >= 6 && p[0] == '\\' && p[1] == 'u') {
                     uint32_t lo = 0;
                     for (int i = 0; i < 4; i++)
                         lo = lo << 4 | (uint32_t)hexval(p[2 + i]);
@@ -427,7 +434,10 @@ int cv_cwp_str(const char *text, struct cv_cwp_slice s, char *dst, size_t cap)
                 k = put_utf8(tmp, cp);
                 break;
             }
-            default: tmp[0] = e; k = 1; break;
+            default:
+                tmp[0] = e;
+                k = 1;
+                break;
             }
         }
         if (w + k >= cap)
@@ -470,8 +480,8 @@ static int err_status(const char *t, struct cv_cwp_slice s)
 
 #define KEY(name) cv_cwp_str_eq(t, mb.key, name)
 
-static void parse_error(enum cv_cwp_proto proto, const char *t, size_t n, struct cv_cwp_slice top_status,
-                        struct cv_cwp_msg *m)
+static void parse_error(enum cv_cwp_proto proto, const char *t, size_t n,
+                        struct cv_cwp_slice top_status, struct cv_cwp_msg *m)
 {
     struct cv_cwp_slice message = {0}, code = {0}, http_code = {0}, code_name = {0};
     struct member mb;
@@ -596,14 +606,13 @@ static void parse_frame(const char *t, size_t n, struct cv_cwp_slice bytes, stru
         m->bytes = (uint64_t)v;
         break;
     }
-    default:
-        break;
+    default: break;
     }
     (void)n;
 }
 
-int cv_cwp_parse(enum cv_cwp_proto proto, const char *line, size_t len, char *out,
-                 size_t *out_len, struct cv_cwp_msg *m)
+int cv_cwp_parse(enum cv_cwp_proto proto, const char *line, size_t len, char *out, size_t *out_len,
+                 struct cv_cwp_msg *m)
 {
     struct cmp c = {(const unsigned char *)line, len, 0, out, 0, NULL};
     memset(m, 0, sizeof(*m));
@@ -631,7 +640,7 @@ int cv_cwp_parse(enum cv_cwp_proto proto, const char *line, size_t len, char *ou
     struct member mb;
     struct cv_cwp_slice type = {0}, id = {0}, ok = {0}, status = {0}, stream = {0}, bytes = {0};
     while (next_member(t, n, &i, &mb)) {
-        /* Fast path on the first key byte: most lines have few members. */
+        /* Last duplicate wins, as in JSON.parse. */
         if (KEY("id"))
             id = mb.val;
         else if (KEY("ok"))
@@ -896,7 +905,8 @@ int cv_cwp_hello_parse(const char *compact, size_t len, struct cv_cwp_hello *h)
             goto out;
         size_t i;
         json_t *f;
-        json_array_foreach(v, i, f) {
+        json_array_foreach(v, i, f)
+        {
             const char *s = json_string_value(f);
             if (s == NULL)
                 goto out;
@@ -1083,8 +1093,7 @@ int cv_cwp_put_ping(struct cv_buf *b, uint64_t id)
     return w_end(&w);
 }
 
-int cv_cwp_put_shutdown(struct cv_buf *b, enum cv_cwp_proto proto, uint64_t id,
-                        uint64_t grace_ms)
+int cv_cwp_put_shutdown(struct cv_buf *b, enum cv_cwp_proto proto, uint64_t id, uint64_t grace_ms)
 {
     struct wr w;
     w_begin(&w, b);
@@ -1105,8 +1114,7 @@ static void w_frame(struct wr *w, struct cv_buf *b, const char *type, uint64_t i
     w_str(w, stream);
 }
 
-int cv_cwp_put_data(struct cv_buf *b, uint64_t id, const char *stream, const uint8_t *p,
-                    size_t n)
+int cv_cwp_put_data(struct cv_buf *b, uint64_t id, const char *stream, const uint8_t *p, size_t n)
 {
     struct wr w;
     if (n > CV_CWP_MAX_DATA)

@@ -54,17 +54,17 @@ struct cv_cwp_slice {
 
 struct cv_cwp_msg {
     enum cv_cwp_type type;
-    uint64_t id;             /* 0 for CV_CWP_WORKER and CV_CWP_HELLO */
-    const char *why;         /* CV_CWP_BAD: a short static reason */
+    uint64_t id;     /* 0 for CV_CWP_WORKER and CV_CWP_HELLO */
+    const char *why; /* CV_CWP_BAD: a short static reason */
     /* Replies. */
     bool ok;
-    struct cv_cwp_slice result;  /* ok: the "result" value, if present */
-    bool stream;                 /* ok with a "stream" object */
-    int stream_status;           /* its "status" (200 if absent) */
+    struct cv_cwp_slice result;       /* ok: the "result" value, if present */
+    bool stream;                      /* ok with a "stream" object */
+    int stream_status;                /* its "status" (200 if absent) */
     struct cv_cwp_slice content_type; /* its "contentType" string token (with quotes) */
-    struct cv_cwp_slice headers; /* its "headers" object */
-    int status;                  /* !ok: the HTTP status (§13.4, legacy rules) */
-    struct cv_cwp_slice error;   /* !ok: the "error" object */
+    struct cv_cwp_slice headers;      /* its "headers" object */
+    int status;                       /* !ok: the HTTP status (§13.4, legacy rules) */
+    struct cv_cwp_slice error;        /* !ok: the "error" object */
     /* !ok with a legacy numeric code: the "codeName" string token (or absent);
      * cv_cwp_put_error writes the error with it as "code". */
     bool legacy_code;
@@ -82,8 +82,8 @@ struct cv_cwp_msg {
  * its length. proto selects the error rules (§13.2-13.4). Returns 0 (see
  * m->type), or CV_EPROTO when the line is not one JSON object (m->why
  * says why; log and drop it). */
-int cv_cwp_parse(enum cv_cwp_proto proto, const char *line, size_t len, char *out,
-                 size_t *out_len, struct cv_cwp_msg *m);
+int cv_cwp_parse(enum cv_cwp_proto proto, const char *line, size_t len, char *out, size_t *out_len,
+                 struct cv_cwp_msg *m);
 
 /* Copies in[0..len) to out with every invalid UTF-8 sequence replaced by
  * U+FFFD (EF BF BD), as Node decodes a worker's output; a line refused
@@ -114,13 +114,13 @@ int cv_cwp_b64_decode(const char *b64, size_t len, uint8_t *dst);
 /* The hello (§13.4). Lists absent from the hello are marked absent (the
  * gateway then assumes every allow-listed id exists). */
 struct cv_cwp_hello {
-    char *protocol;           /* owned; NULL if absent */
-    int64_t pid;              /* 0 if absent */
+    char *protocol; /* owned; NULL if absent */
+    int64_t pid;    /* 0 if absent */
     bool has_tasks, has_events, has_parallel;
     char **tasks, **events, **parallel; /* owned arrays of owned strings */
     size_t ntasks, nevents, nparallel;
-    uint32_t max_in_flight;   /* default 64 */
-    uint64_t window;          /* default 1 MiB */
+    uint32_t max_in_flight; /* default 64 */
+    uint64_t window;        /* default 1 MiB */
     bool f_cancel, f_auth, f_streams;
 };
 
@@ -166,11 +166,9 @@ int cv_cwp_put_cancel(struct cv_buf *b, uint64_t id, const char *reason);
 /* {"type":"ping","id":N} */
 int cv_cwp_put_ping(struct cv_buf *b, uint64_t id);
 /* {"type":"shutdown","id":N[,"graceMs":G]} (graceMs in cwp/1 only) */
-int cv_cwp_put_shutdown(struct cv_buf *b, enum cv_cwp_proto proto, uint64_t id,
-                        uint64_t grace_ms);
+int cv_cwp_put_shutdown(struct cv_buf *b, enum cv_cwp_proto proto, uint64_t id, uint64_t grace_ms);
 /* {"type":"data","id":N,"stream":S,"b64":...} of p[0..n), n <= CV_CWP_MAX_DATA. */
-int cv_cwp_put_data(struct cv_buf *b, uint64_t id, const char *stream, const uint8_t *p,
-                    size_t n);
+int cv_cwp_put_data(struct cv_buf *b, uint64_t id, const char *stream, const uint8_t *p, size_t n);
 /* {"type":"end","id":N,"stream":S[,"error":E]} (error: compact JSON or NULL) */
 int cv_cwp_put_end(struct cv_buf *b, uint64_t id, const char *stream, const char *error,
                    size_t error_len);

@@ -9,7 +9,9 @@
  *
  * Deadlines: every call waits in one FIFO list (all calls share the same
  * deadline, so admission order is expiry order) served by one timer; a
- * streaming call moves to a second list ordered by last activity. */
+ * streaming call moves to a second list ordered by last activity.
+ * Options, start and stop are in lifecycle.c; multipart in upload.c;
+ * envelopes in envelope.c; the native backend in native.c. */
 #include "culvert/gateway.h"
 
 #include <inttypes.h>
@@ -17,7 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/random.h>
 
 #include "codec/digest.h"
 #include "codec/gwroute.h"
@@ -116,15 +117,15 @@ static int head_common(struct cv_gateway *gw, struct cv_buf *hb, const char *rid
 }
 
 /* Sends a whole JSON response; a body not read yet is dropped (§6). */
-static void respond_json(struct cv_gateway *gw, struct cv_http1_req *h, const char *rid,
-                         int status, const void *body, size_t len)
+static void respond_json(struct cv_gateway *gw, struct cv_http1_req *h, const char *rid, int status,
+                         const void *body, size_t len)
 {
     struct cv_buf *hb = &gw->head;
     char line[96];
     int rc = head_common(gw, hb, rid);
-    int n = snprintf(line, sizeof line,
-                     "content-type: application/json; charset=utf-8\r\ncontent-length: %zu\r\n",
-                     len);
+    int n =
+        snprintf(line, sizeof line,
+                 "content-type: application/json; charset=utf-8\r\ncontent-length: %zu\r\n", len);
     if (rc == 0)
         rc = cv_buf_append(hb, line, (size_t)n);
     if (rc == 0)
@@ -140,8 +141,8 @@ static void respond_json(struct cv_gateway *gw, struct cv_http1_req *h, const ch
     }
 }
 
-static void reply_error(struct cv_gateway *gw, struct cv_http1_req *h, const char *rid,
-                        int status, const char *code, const char *msg)
+static void reply_error(struct cv_gateway *gw, struct cv_http1_req *h, const char *rid, int status,
+                        const char *code, const char *msg)
 {
     cv_buf_reset(&gw->out);
     if (cv_gwe_error(&gw->out, code, msg) == 0)
@@ -488,9 +489,9 @@ static int build_context(struct cv_gw_req *r)
     bool first = true;
     for (size_t i = 0; rc == 0 && i < hd->nheaders; i++) {
         const struct cv_http_header *x = &hd->headers[i];
-        static const char *const skip[] = {"connection", "keep-alive", "proxy-connection",
-                                           "transfer-encoding", "te", "trailer", "upgrade",
-                                           "content-length"};
+        static const char *const skip[] = {
+            "connection", "keep-alive", "proxy-connection", "transfer-encoding",
+            "te",         "trailer",    "upgrade",          "content-length"};
         bool drop = has_ci(x->name, x->name_len, gw->auth_header);
         for (size_t k = 0; !drop && k < sizeof skip / sizeof skip[0]; k++)
             drop = has_ci(x->name, x->name_len, skip[k]);
@@ -503,7 +504,8 @@ static int build_context(struct cv_gw_req *r)
         char name[256];
         size_t nl = x->name_len < sizeof name ? x->name_len : sizeof name - 1;
         for (size_t k = 0; k < nl; k++)
-            name[k] = (char)((x->name[k] >= 'A' && x->name[k] <= 'Z') ? x->name[k] + 32 : x->name[k]);
+            name[k] =
+                (char)((x->name[k] >= 'A' && x->name[k] <= 'Z') ? x->name[k] + 32 : x->name[k]);
         rc = first ? 0 : APPEND(&b, ",");
         first = false;
         if (rc == 0)
@@ -642,7 +644,8 @@ static void json_ready(struct cv_gw_req *r)
     const char *why = NULL;
 
     if (n > 0 && cv_rj_compact(p, n, p, &n, &why) != 0) {
-        cv_log_debug("gateway: %s: invalid JSON body (%s) (rid %s)", r->id, why ? why : "?", r->rid);
+        cv_log_debug("gateway: %s: invalid JSON body (%s) (rid %s)", r->id, why ? why : "?",
+                     r->rid);
         r->answered = true;
         reply_error(gw, r->h, r->rid, 400, "INVALID_JSON", "Invalid JSON body");
         return;
@@ -695,8 +698,8 @@ static void on_request(struct cv_http1_req *h)
     const struct cv_http_head *hd = cv_http1_req_head(h);
     const char *id = NULL;
     size_t idlen = 0;
-    int route = cv_gwr_route(hd->target, hd->target_len, gw->base, gw->route_buf,
-                             gw->route_cap, &id, &idlen);
+    int route = cv_gwr_route(hd->target, hd->target_len, gw->base, gw->route_buf, gw->route_cap,
+                             &id, &idlen);
 
     if (route <= CV_GWR_OUTSIDE) {
         reply_error(gw, h, NULL, 404, "NOT_FOUND", "Not Found"); /* step 0: no request id */
@@ -751,8 +754,9 @@ static void on_request(struct cv_http1_req *h)
                     "Streaming mode not supported by this backend");
         return;
     }
-    uint64_t limit = mode == CV_GW_MODE_JSON ? gw->max_json
-                     : mode == CV_GW_MODE_OCTET ? gw->max_octet : 0;
+    uint64_t limit = mode == CV_GW_MODE_JSON    ? gw->max_json
+                     : mode == CV_GW_MODE_OCTET ? gw->max_octet
+                                                : 0;
     if (limit && hd->content_length >= 0 && (uint64_t)hd->content_length > limit) {
         reply_error(gw, h, rid, 413, "PAYLOAD_TOO_LARGE", "Payload too large"); /* unread */
         return;
@@ -807,8 +811,9 @@ static void on_body(struct cv_http1_req *h, const uint8_t *p, size_t n)
         r->octet_seen += n;
         if (r->gw->max_octet && r->octet_seen > r->gw->max_octet) {
             if (r->started && !r->finished)
-                r->be->ops->stream_end(r->be, r, "body", "{\"message\":\"Payload too large\","
-                                                          "\"code\":\"PAYLOAD_TOO_LARGE\"}");
+                r->be->ops->stream_end(r->be, r, "body",
+                                       "{\"message\":\"Payload too large\","
+                                       "\"code\":\"PAYLOAD_TOO_LARGE\"}");
             gw_fail_call(r, 413, "PAYLOAD_TOO_LARGE", "Payload too large");
             return;
         }
@@ -846,8 +851,6 @@ static void on_drain(struct cv_http1_req *h)
     r->be->ops->out_ack(r->be, r, n);
 }
 
-static void maybe_stopped(struct cv_gateway *gw);
-
 static void on_done(struct cv_http1_req *h, int status)
 {
     struct cv_gw_req *r = cv_http1_req_data(h);
@@ -863,7 +866,7 @@ static void on_done(struct cv_http1_req *h, int status)
     dl_del(r, GW_IDLE);
     call_free(r);
     gw->ncalls--;
-    maybe_stopped(gw);
+    gw_maybe_stopped(gw);
 }
 
 /* ------------------------------------------------------------------ */
@@ -925,8 +928,10 @@ void cv_gw_req_result(struct cv_gw_req *req, const char *json, size_t len)
     if (rc == 0)
         gw_answer(req, 200, cv_buf_head(out), out->len);
     else
-        gw_answer(req, 500, "{\"ok\":false,\"error\":{\"message\":\"Internal Error\",\"code\":"
-                            "\"INTERNAL_ERROR\"}}", 71);
+        gw_answer(req, 500,
+                  "{\"ok\":false,\"error\":{\"message\":\"Internal Error\",\"code\":"
+                  "\"INTERNAL_ERROR\"}}",
+                  71);
 }
 
 void cv_gw_req_error(struct cv_gw_req *req, int status, const char *error_json, size_t len)
@@ -959,18 +964,25 @@ void cv_gw_req_fail(struct cv_gw_req *req, int status, const char *code, const c
 /* Response headers a stream may not set (§8.5). */
 static bool blocked(const char *name)
 {
-    static const char *const names[] = {
-        "set-cookie",        "access-control-allow-origin", "access-control-allow-credentials",
-        "x-content-type-options", "x-frame-options",        "content-length",
-        "transfer-encoding", "connection",                  "x-runner-request-id",
-        "keep-alive",        "content-type",                "date"};
+    static const char *const names[] = {"set-cookie",
+                                        "access-control-allow-origin",
+                                        "access-control-allow-credentials",
+                                        "x-content-type-options",
+                                        "x-frame-options",
+                                        "content-length",
+                                        "transfer-encoding",
+                                        "connection",
+                                        "x-runner-request-id",
+                                        "keep-alive",
+                                        "content-type",
+                                        "date"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (strcasecmp(name, names[i]) == 0)
             return true;
     return false;
 }
 
-static bool token_ok(const char *s)
+bool gw_token_ok(const char *s)
 {
     if (*s == '\0')
         return false;
@@ -983,7 +995,7 @@ static bool token_ok(const char *s)
     return true;
 }
 
-static bool value_ok(const char *s)
+bool gw_value_ok(const char *s)
 {
     for (; *s; s++)
         if (*s == '\r' || *s == '\n')
@@ -1004,7 +1016,7 @@ int cv_gw_req_stream_start(struct cv_gw_req *req, int status, const char *conten
         status = 200;
     if (status < 200 || status > 599)
         return CV_EINVAL;
-    if (content_type == NULL || !value_ok(content_type) || *content_type == '\0')
+    if (content_type == NULL || !gw_value_ok(content_type) || *content_type == '\0')
         content_type = "application/octet-stream";
     int rc = head_common(gw, hb, req->rid);
     if (rc == 0)
@@ -1015,7 +1027,7 @@ int cv_gw_req_stream_start(struct cv_gw_req *req, int status, const char *conten
         rc = APPEND(hb, "\r\n");
     for (size_t i = 0; rc == 0 && i < nheaders; i++) {
         const char *k = headers[2 * i], *v = headers[2 * i + 1];
-        if (k == NULL || v == NULL || !token_ok(k) || !value_ok(v) || blocked(k))
+        if (k == NULL || v == NULL || !gw_token_ok(k) || !gw_value_ok(v) || blocked(k))
             continue;
         rc = cv_buf_append(hb, k, strlen(k));
         if (rc == 0)
@@ -1125,403 +1137,8 @@ struct cv_gateway *cv_gw_req_gateway(const struct cv_gw_req *req)
     return req->gw;
 }
 
-/* ------------------------------------------------------------------ */
-/* Setup                                                                */
-
-void cv_gateway_opts_init(struct cv_gateway_opts *o)
-{
-    memset(o, 0, sizeof *o);
-    o->host = "127.0.0.1";
-    o->port = 7070;
-    o->base_path = "/__runner";
-    o->auth_header = "x-runner-token";
-    o->cors.max_age = -1;
-    o->deadline_ms = 30000;
-    o->max_json_body = 2u * 1024 * 1024;
-    o->stream_idle_ms = GW_STREAM_IDLE_MS;
-}
-
-void cv_gateway_pool_opts_init(struct cv_gateway_pool_opts *o)
-{
-    memset(o, 0, sizeof *o);
-    o->protocol = CV_GW_CWP1;
-    o->queue_timeout_ms = 5000;
-    o->queue_max = 1024;
-}
-
-static int copy_list(char ***out, const char *const *in, size_t n)
-{
-    *out = calloc(n + 1, sizeof **out);
-    if (*out == NULL)
-        return CV_ENOMEM;
-    for (size_t i = 0; i < n; i++) {
-        if (in[i] == NULL || in[i][0] == '\0') {
-            cv_log_error("gateway: empty id in the allow-list");
-            return CV_EINVAL;
-        }
-        if (((*out)[i] = strdup(in[i])) == NULL)
-            return CV_ENOMEM;
-    }
-    return 0;
-}
-
-static void free_list(char **l, size_t n)
-{
-    if (l == NULL)
-        return;
-    for (size_t i = 0; i < n; i++)
-        free(l[i]);
-    free(l);
-}
-
-static bool header_text_ok(const char *s)
-{
-    return s != NULL && value_ok(s);
-}
-
-/* The CORS header lines (§5.5), fixed at start. */
-static int build_cors(struct cv_gateway *gw, const struct cv_gateway_cors *c)
-{
-    struct cv_buf a, pa, pb;
-    char line[64];
-    int rc = 0;
-    cv_buf_init(&a, 8192);
-    cv_buf_init(&pa, 8192);
-    cv_buf_init(&pb, 8192);
-    if ((c->origin && !header_text_ok(c->origin)) ||
-        (c->exposed_headers && !header_text_ok(c->exposed_headers))) {
-        cv_log_error("gateway: CORS values must not contain CR or LF");
-        rc = CV_EINVAL;
-        goto out;
-    }
-    /* Origin: a fixed string, else "*" unless credentials (then none and
-     * Vary: Origin, fail-safe). Vary comes first, as in the reference. */
-    if (c->origin == NULL && c->credentials) {
-        rc = APPEND(&a, "Vary: Origin\r\n");
-        if (rc == 0)
-            rc = APPEND(&pa, "Vary: Origin\r\n");
-    } else {
-        const char *o = c->origin ? c->origin : "*";
-        for (int i = 0; i < 2 && rc == 0; i++) {
-            struct cv_buf *b = i ? &pa : &a;
-            rc = APPEND(b, "Access-Control-Allow-Origin: ");
-            if (rc == 0)
-                rc = cv_buf_append(b, o, strlen(o));
-            if (rc == 0)
-                rc = APPEND(b, "\r\n");
-        }
-    }
-    if (rc == 0 && c->credentials)
-        rc = APPEND(&a, "Access-Control-Allow-Credentials: true\r\n");
-    if (rc == 0 && c->exposed_headers && c->exposed_headers[0]) {
-        rc = APPEND(&a, "Access-Control-Expose-Headers: ");
-        if (rc == 0)
-            rc = cv_buf_append(&a, c->exposed_headers, strlen(c->exposed_headers));
-        if (rc == 0)
-            rc = APPEND(&a, "\r\n");
-    }
-    /* §14.1: discovery is a GET, so the preflight lists it. */
-    if (rc == 0)
-        rc = APPEND(&pa, "Access-Control-Allow-Methods: POST, GET, OPTIONS\r\n");
-    if (rc == 0 && c->credentials)
-        rc = APPEND(&pb, "Access-Control-Allow-Credentials: true\r\n");
-    if (rc == 0 && c->max_age >= 0) {
-        int n = snprintf(line, sizeof line, "Access-Control-Max-Age: %d\r\n", c->max_age);
-        rc = cv_buf_append(&pb, line, (size_t)n);
-    }
-    if (rc == 0)
-        rc = APPEND(&pb, "content-length: 0\r\n");
-    if (rc == 0)
-        rc = cv_buf_append(&a, "", 1);
-    if (rc == 0)
-        rc = cv_buf_append(&pa, "", 1);
-    if (rc == 0)
-        rc = cv_buf_append(&pb, "", 1);
-    if (rc < 0)
-        goto out;
-    gw->cors_actual = (char *)cv_buf_head(&a);
-    gw->cors_actual_len = a.len - 1;
-    gw->pre_a = (char *)cv_buf_head(&pa);
-    gw->pre_a_len = pa.len - 1;
-    gw->pre_b = (char *)cv_buf_head(&pb);
-    gw->pre_b_len = pb.len - 1;
-    return 0;
-out:
-    cv_buf_fini(&a);
-    cv_buf_fini(&pa);
-    cv_buf_fini(&pb);
-    return rc;
-}
-
-/* {"ok":true,"result":{"allowList":{"enabled":..,"tasks":[..],"events":[..]}}} */
-static int build_discovery(struct cv_gateway *gw)
-{
-    struct cv_buf b;
-    cv_buf_init(&b, 1u << 24);
-    int rc = APPEND(&b, "{\"ok\":true,\"result\":{\"allowList\":{\"enabled\":");
-    if (rc == 0)
-        rc = gw->ntasks + gw->nevents ? APPEND(&b, "true") : APPEND(&b, "false");
-    for (int k = 0; k < 2 && rc == 0; k++) {
-        char **l = k ? gw->events : gw->tasks;
-        size_t n = k ? gw->nevents : gw->ntasks;
-        rc = k ? APPEND(&b, "],\"events\":[") : APPEND(&b, ",\"tasks\":[");
-        for (size_t i = 0; i < n && rc == 0; i++) {
-            if (i)
-                rc = APPEND(&b, ",");
-            if (rc == 0)
-                rc = cv_gwr_json_str(&b, l[i], strlen(l[i]));
-        }
-    }
-    if (rc == 0)
-        rc = APPEND(&b, "]}}}");
-    if (rc < 0) {
-        cv_buf_fini(&b);
-        return rc;
-    }
-    gw->discovery = (char *)cv_buf_head(&b);
-    gw->discovery_len = b.len;
-    return 0;
-}
-
-static void gw_free(struct cv_gateway *gw)
-{
-    if (gw == NULL)
-        return;
-    free(gw->base);
-    free(gw->tokens);
-    free(gw->auth_header);
-    free_list(gw->tasks, gw->ntasks);
-    free_list(gw->events, gw->nevents);
-    free(gw->cors_actual);
-    free(gw->pre_a);
-    free(gw->pre_b);
-    free(gw->discovery);
-    free(gw->route_buf);
-    cv_buf_fini(&gw->out);
-    cv_buf_fini(&gw->head);
-    free(gw);
-}
-
-static int validate(const struct cv_gateway_opts *o)
-{
-    for (size_t i = 0; i < o->ntokens; i++)
-        if (o->tokens[i] == NULL || o->tokens[i][0] == '\0') {
-            cv_log_error("gateway: empty token refused");
-            return CV_EINVAL;
-        }
-    if (o->auth_header == NULL || !token_ok(o->auth_header)) {
-        cv_log_error("gateway: bad auth header name '%s'", o->auth_header ? o->auth_header : "");
-        return CV_EINVAL;
-    }
-    if (o->deadline_ms == 0) {
-        cv_log_error("gateway: the deadline must be > 0 ms");
-        return CV_EINVAL;
-    }
-    return 0;
-}
-
-static int setup(struct cv_gateway *gw, const struct cv_gateway_opts *o)
-{
-    int rc = validate(o);
-    if (rc < 0)
-        return rc;
-    const char *base = o->base_path ? o->base_path : "/__runner";
-    gw->base = malloc(strlen(base) + 2);
-    if (gw->base == NULL)
-        return CV_ENOMEM;
-    if (cv_gwr_base_norm(base, gw->base, strlen(base) + 2) < 0) {
-        cv_log_error("gateway: bad base path '%s'", base);
-        return CV_EINVAL;
-    }
-    gw->ntokens = o->ntokens;
-    gw->tokens = calloc(o->ntokens + 1, CV_SHA256_LEN);
-    if (gw->tokens == NULL)
-        return CV_ENOMEM;
-    for (size_t i = 0; i < o->ntokens; i++)
-        cv_sha256(o->tokens[i], strlen(o->tokens[i]), gw->tokens[i]);
-    gw->auth_header = strdup(o->auth_header);
-    if (gw->auth_header == NULL)
-        return CV_ENOMEM;
-    gw->allow_anonymous = o->allow_anonymous;
-    gw->ntasks = o->nallow_tasks;
-    gw->nevents = o->nallow_events;
-    if ((rc = copy_list(&gw->tasks, o->allow_tasks, o->nallow_tasks)) < 0 ||
-        (rc = copy_list(&gw->events, o->allow_events, o->nallow_events)) < 0)
-        return rc;
-    if ((rc = build_cors(gw, &o->cors)) < 0 || (rc = build_discovery(gw)) < 0)
-        return rc;
-    gw->discovery_disabled = o->discovery_disabled;
-    gw->deadline_ms = o->deadline_ms;
-    gw->max_json = o->max_json_body ? o->max_json_body : 2u * 1024 * 1024;
-    gw->max_octet = o->max_octet_body;
-    gw->stream_idle_ms = o->stream_idle_ms ? o->stream_idle_ms : GW_STREAM_IDLE_MS;
-    gw->route_cap = 2 * GW_HEAD_MAX + 8;
-    gw->route_buf = malloc(gw->route_cap);
-    if (gw->route_buf == NULL)
-        return CV_ENOMEM;
-    cv_buf_init(&gw->out, 64u << 20);
-    cv_buf_init(&gw->head, 1u << 20);
-    if (getrandom(gw->rng, sizeof gw->rng, 0) != (ssize_t)sizeof gw->rng) {
-        cv_log_error("gateway: getrandom failed");
-        return CV_EINVAL;
-    }
-    if (gw->ntokens == 0 && !gw->allow_anonymous)
-        cv_log_warn("gateway: no token configured and anonymous access not allowed: every call "
-                    "answers 500 AUTH_NOT_CONFIGURED");
-    return 0;
-}
-
-static const struct cv_http1_cbs g_cbs = {.on_request = on_request,
-                                          .on_body = on_body,
-                                          .on_end = on_end,
-                                          .on_drain = on_drain,
-                                          .on_done = on_done};
-
-int cv_gateway_start(uv_loop_t *loop, const struct cv_gateway_opts *opts, struct cv_gateway **out)
-{
-    struct cv_gateway *gw = calloc(1, sizeof *gw);
-    if (gw == NULL)
-        return CV_ENOMEM;
-    gw->loop = loop;
-    int rc = setup(gw, opts);
-    if (rc == 0 && (gw->native = cv_gw_native_new(loop)) == NULL)
-        rc = CV_ENOMEM;
-    if (rc < 0) {
-        cv_gw_native_free(gw->native);
-        gw_free(gw);
-        return rc;
-    }
-    rc = cv_http1_server_start(loop, opts->host ? opts->host : "127.0.0.1", opts->port, &g_cbs, gw,
-                               &gw->srv);
-    if (rc < 0) {
-        cv_log_error("gateway: cannot listen on %s:%u: %s", opts->host ? opts->host : "127.0.0.1",
-                     opts->port, cv_strerror(rc));
-        cv_gw_native_free(gw->native);
-        gw_free(gw);
-        return rc;
-    }
-    struct cv_http1_opts ho;
-    cv_http1_opts_init(&ho);
-    ho.max_body = UINT64_MAX / 4; /* the gateway applies its own per-mode limits */
-    ho.max_head = GW_HEAD_MAX;
-    ho.head_timeout_ms = 10000;
-    ho.idle_timeout_ms = 5000;
-    ho.body_timeout_ms = 30000;
-    ho.silent_timeouts = true;
-    ho.bare_errors = true;
-    ho.eof_aborts = true;
-    ho.keep_alive_s = 5;
-    ho.tx_max = 64u << 20;
-    cv_http1_server_set_opts(gw->srv, &ho);
-    for (int i = 0; i < 3; i++) {
-        uv_timer_init(loop, &gw->timers[i]);
-        gw->timers[i].data = gw;
-    }
-    *out = gw;
-    return 0;
-}
-
-uint16_t cv_gateway_port(const struct cv_gateway *gw)
-{
-    return cv_http1_server_port(gw->srv);
-}
-
-int cv_gateway_add_task(struct cv_gateway *gw, const char *id, cv_gw_handler fn, void *ud)
-{
-    return cv_gw_native_add(gw->native, CV_GW_TASK, id, fn, ud, false);
-}
-
-int cv_gateway_add_event(struct cv_gateway *gw, const char *id, cv_gw_handler fn, void *ud,
-                         bool parallel)
-{
-    return cv_gw_native_add(gw->native, CV_GW_EVENT, id, fn, ud, parallel);
-}
-
-int cv_gateway_add_pool(struct cv_gateway *gw, const struct cv_gateway_pool_opts *o)
-{
-    if (gw->npools >= GW_MAX_POOLS || gw->stopping)
-        return CV_EINVAL;
-    struct cv_gw_backend *b;
-    int rc = cv_gw_pool_new(gw->loop, o, &b);
-    if (rc < 0)
-        return rc;
-    gw->pools[gw->npools++] = b;
-    return 0;
-}
-
-/* ------------------------------------------------------------------ */
-/* Stop                                                                 */
-
-static void on_timer_closed(uv_handle_t *h)
-{
-    struct cv_gateway *gw = h->data;
-    if (--gw->closing_timers > 0)
-        return;
-    void (*done)(struct cv_gateway *, void *) = gw->done;
-    void *ud = gw->done_ud;
-    cv_gw_native_free(gw->native);
-    for (size_t i = 0; i < gw->npools; i++)
-        gw->pools[i]->ops->free(gw->pools[i]);
-    gw_free(gw);
-    if (done)
-        done(gw, ud);
-}
-
-static void finish_stop(struct cv_gateway *gw)
-{
-    if (gw->shutdowns_pending > 0 || !gw->server_closed || gw->closing_timers > 0)
-        return;
-    gw->closing_timers = 3;
-    for (int i = 0; i < 3; i++)
-        uv_close((uv_handle_t *)&gw->timers[i], on_timer_closed);
-}
-
-static void on_backend_down(struct cv_gw_backend *b, void *ud)
-{
-    struct cv_gateway *gw = ud;
-    (void)b;
-    gw->shutdowns_pending--;
-    finish_stop(gw);
-}
-
-static void close_server(struct cv_gateway *gw)
-{
-    if (gw->server_closed)
-        return;
-    gw->server_closed = true; /* before: on_done runs synchronously below */
-    uv_timer_stop(&gw->timers[GW_GRACE]);
-    cv_http1_server_close(gw->srv);
-    gw->srv = NULL;
-    finish_stop(gw);
-}
-
-static void on_grace(uv_timer_t *t)
-{
-    struct cv_gateway *gw = t->data;
-    if (gw->ncalls > 0)
-        cv_log_info("gateway: grace period over, cancelling %zu call(s)", gw->ncalls);
-    close_server(gw);
-}
-
-/* Stopping and the last call ended: close now (from the loop, not from
- * inside the call's on_done). */
-static void maybe_stopped(struct cv_gateway *gw)
-{
-    if (gw->stopping && gw->ncalls == 0 && !gw->server_closed)
-        uv_timer_start(&gw->timers[GW_GRACE], on_grace, 0, 0);
-}
-
-void cv_gateway_stop(struct cv_gateway *gw, uint64_t grace_ms,
-                     void (*done)(struct cv_gateway *gw, void *ud), void *ud)
-{
-    if (gw->stopping)
-        return;
-    gw->stopping = true;
-    gw->done = done;
-    gw->done_ud = ud;
-    cv_http1_server_unlisten(gw->srv);
-    gw->shutdowns_pending = gw->npools;
-    for (size_t i = 0; i < gw->npools; i++)
-        gw->pools[i]->ops->shutdown(gw->pools[i], grace_ms, on_backend_down, gw);
-    uv_timer_start(&gw->timers[GW_GRACE], on_grace, gw->ncalls ? grace_ms : 0, 0);
-}
+const struct cv_http1_cbs gw_http_cbs = {.on_request = on_request,
+                                         .on_body = on_body,
+                                         .on_end = on_end,
+                                         .on_drain = on_drain,
+                                         .on_done = on_done};

@@ -12,6 +12,7 @@
 
 struct cv_http1_server;
 struct cv_http1_req;
+struct cv_http1_cbs;
 
 /* Largest request head (§6: at least 16 KiB). */
 #define GW_HEAD_MAX (32 * 1024)
@@ -43,9 +44,9 @@ struct gw_upload;
 
 struct cv_gw_req {
     struct cv_gateway *gw;
-    struct cv_http1_req *h;  /* borrowed; NULL once the HTTP request is over */
+    struct cv_http1_req *h;   /* borrowed; NULL once the HTTP request is over */
     struct cv_gw_backend *be; /* borrowed */
-    void *data;              /* the backend's */
+    void *data;               /* the backend's */
     struct cv_gw_call call;
     bool started;   /* ops->start accepted it (or is running) */
     bool finished;  /* the backend answered or was cancelled */
@@ -55,15 +56,15 @@ struct cv_gw_req {
     bool in[2];
     uint64_t due[2];
     struct gw_link link[2];
-    uint64_t inflight;   /* request-stream bytes not yet consumed by the backend */
+    uint64_t inflight; /* request-stream bytes not yet consumed by the backend */
     uint64_t octet_seen;
-    size_t ack_owed;     /* response stream bytes queued, not acked yet */
-    struct cv_buf body;  /* JSON body (owned) */
-    struct cv_buf held;  /* a final envelope held until the multipart body ends */
+    size_t ack_owed;    /* response stream bytes queued, not acked yet */
+    struct cv_buf body; /* JSON body (owned) */
+    struct cv_buf held; /* a final envelope held until the multipart body ends */
     int held_status;
     bool holding;
-    char *context;    /* owned */
-    char *runner_ctx; /* owned: x-runner-context when present once */
+    char *context;            /* owned */
+    char *runner_ctx;         /* owned: x-runner-context when present once */
     struct gw_hcopy *hcopies; /* owned */
     struct gw_upload *up;     /* owned: multipart state */
     char rid[GW_RID_MAX];
@@ -71,10 +72,10 @@ struct cv_gw_req {
 };
 
 struct cv_gateway {
-    uv_loop_t *loop;                /* borrowed */
-    struct cv_http1_server *srv;    /* owned */
-    char *base;                     /* normalised base path */
-    uint8_t (*tokens)[32];          /* SHA-256 of each token */
+    uv_loop_t *loop;             /* borrowed */
+    struct cv_http1_server *srv; /* owned */
+    char *base;                  /* normalised base path */
+    uint8_t (*tokens)[32];       /* SHA-256 of each token */
     size_t ntokens;
     char *auth_header;
     bool allow_anonymous, discovery_disabled;
@@ -103,10 +104,16 @@ struct cv_gateway {
 };
 
 /* gateway.c */
+extern const struct cv_http1_cbs gw_http_cbs;
+bool gw_token_ok(const char *s); /* an HTTP token (header name) */
+bool gw_value_ok(const char *s); /* no CR or LF */
 void gw_start(struct cv_gw_req *r);
 void gw_answer(struct cv_gw_req *r, int status, const void *body, size_t len);
 void gw_fail_call(struct cv_gw_req *r, int status, const char *code, const char *msg);
 void gw_stream_in(struct cv_gw_req *r, const char *stream, const uint8_t *p, size_t n);
+
+/* lifecycle.c: called as calls end (finishes a graceful stop) */
+void gw_maybe_stopped(struct cv_gateway *gw);
 
 /* upload.c: multipart mode (§8.3) */
 void gw_upload_begin(struct cv_gw_req *r, const char *ctype, size_t len);

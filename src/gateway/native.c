@@ -32,9 +32,9 @@ struct cv_gw_native {
 };
 
 struct cv_gw_ctx {
-    struct cv_gw_req *req;        /* borrowed */
+    struct cv_gw_req *req;         /* borrowed */
     const struct cv_gw_call *call; /* borrowed, valid while the ctx lives */
-    json_t *input;                /* owned */
+    json_t *input;                 /* owned */
     void *data;
     void (*cancel_fn)(struct cv_gw_ctx *c, void *ud);
     void *cancel_ud;
@@ -48,7 +48,7 @@ struct cv_gw_ctx {
     void *file_ud;
     void (*drain_fn)(struct cv_gw_ctx *c, void *ud);
     void *drain_ud;
-    bool blocked;   /* a stream write asked the handler to wait */
+    bool blocked; /* a stream write asked the handler to wait */
     bool streaming;
 };
 
@@ -404,13 +404,11 @@ void cv_gw_on_body(struct cv_gw_ctx *c,
     c->body_ud = ud;
 }
 
-void cv_gw_on_files(struct cv_gw_ctx *c,
-                    void (*on_open)(struct cv_gw_ctx *c, const char *file_id, const json_t *meta,
-                                    void *ud),
-                    void (*on_data)(struct cv_gw_ctx *c, const char *file_id, const uint8_t *p,
-                                    size_t n, void *ud),
-                    void (*on_end)(struct cv_gw_ctx *c, const char *file_id, bool error, void *ud),
-                    void *ud)
+void cv_gw_on_files(
+    struct cv_gw_ctx *c,
+    void (*on_open)(struct cv_gw_ctx *c, const char *file_id, const json_t *meta, void *ud),
+    void (*on_data)(struct cv_gw_ctx *c, const char *file_id, const uint8_t *p, size_t n, void *ud),
+    void (*on_end)(struct cv_gw_ctx *c, const char *file_id, bool error, void *ud), void *ud)
 {
     c->file_open = on_open;
     c->file_data = on_data;

@@ -20,13 +20,13 @@
 /* A request stream (gateway -> worker): "body" or a multipart file. */
 struct istream {
     struct istream *next;
-    char *name;            /* owned */
-    char *meta;            /* owned; file streams */
+    char *name; /* owned */
+    char *meta; /* owned; file streams */
     size_t meta_len;
-    char *error;           /* owned; set when ended with an error */
+    char *error; /* owned; set when ended with an error */
     size_t error_len;
-    struct cv_buf pending; /* bytes from the core not yet sent (beyond the window) */
-    uint64_t unacked;      /* sent to the worker, not yet acknowledged */
+    struct cv_buf pending;          /* bytes from the core not yet sent (beyond the window) */
+    uint64_t unacked;               /* sent to the worker, not yet acknowledged */
     uint64_t pending_bytes_dropped; /* after break_stream */
     bool file, open_sent, ended, end_sent;
 };
@@ -42,8 +42,8 @@ struct preq {
     uint64_t id;              /* message id on w */
     uint64_t t_start;
     enum pstate state;
-    struct istream *streams;  /* owned list, in open order */
-    uint64_t out_unacked;     /* response bytes handed to the core, not yet acked */
+    struct istream *streams; /* owned list, in open order */
+    uint64_t out_unacked;    /* response bytes handed to the core, not yet acked */
 };
 
 void pool_free_memory(struct pool *p);
@@ -125,8 +125,8 @@ static void on_hello(struct worker *w, const char *text, size_t len)
     w->f_streams = h.f_streams;
     w->state = W_READY;
     w->ready_at = uv_now(p->loop);
-    cv_log_info("gateway: worker %u ready (pid %lld, maxInFlight %u, window %llu%s%s%s)",
-                w->index, (long long)h.pid, h.max_in_flight, (unsigned long long)h.window,
+    cv_log_info("gateway: worker %u ready (pid %lld, maxInFlight %u, window %llu%s%s%s)", w->index,
+                (long long)h.pid, h.max_in_flight, (unsigned long long)h.window,
                 h.f_cancel ? ", cancel" : "", h.f_streams ? ", streams" : "",
                 h.f_auth ? ", auth" : "");
     cv_cwp_hello_fini(&p->hello);
@@ -185,7 +185,13 @@ static int dispatch(struct worker *w, struct preq *pr)
     int rc = cv_idmap_put(&w->inflight, (uint32_t)id, pr);
     if (rc != 0)
         return rc;
-    if ((rc = cv_cwp_put_call(&w->tx, p->proto, &c)) != 0) {
+    size_t before = w->tx.len;
+    if ((rc = cv_cwp_put_call(&w->tx, p->proto, &c)) == 0 && w->tx.len - before > CV_CWP_MAX_LINE) {
+        /* Over the line limit of either side: this call fails, the worker stays. */
+        w->tx.len = before;
+        rc = CV_ETOOBIG;
+    }
+    if (rc != 0) {
         cv_idmap_del(&w->inflight, (uint32_t)id);
         return rc;
     }
@@ -240,9 +246,13 @@ static void drain_queue(struct pool *p)
             cv_gw_req_fail(pr->req, 415, "UNSUPPORTED_MODE",
                            "Streaming mode not supported by this backend");
             free_preq(pr);
+        } else if (rc == CV_ETOOBIG) {
+            cv_log_warn("gateway: call %s: input over the 16 MiB worker line limit", pr->call.rid);
+            cv_gw_req_fail(pr->req, 413, "PAYLOAD_TOO_LARGE", "Payload too large");
+            free_preq(pr);
         } else if (rc != 0) {
-            cv_log_error("gateway: cannot send call %s to worker %u: %s", pr->call.rid,
-                         w->index, cv_strerror(rc));
+            cv_log_error("gateway: cannot send call %s to worker %u: %s", pr->call.rid, w->index,
+                         cv_strerror(rc));
             cv_gw_req_fail(pr->req, 503, "WORKER_UNAVAILABLE", "No worker available");
             free_preq(pr);
         }
@@ -295,11 +305,25 @@ static int start(struct cv_gw_backend *b, struct cv_gw_req *req, const struct cv
         struct worker *w = pick(p);
         if (w != NULL) {
             int rc = dispatch(w, pr);
-            if (rc != 0) {
+            if (rc == 0) {
+                cv_gw_req_set_data(req, pr);
+                return 0;
+            }
+            if (rc != CV_ETOOBIG) {
                 free_preq(pr);
                 return rc;
             }
+            /* Answered 413 from the queue on the next loop turn (start
+             * itself can only refuse with 503). */
             cv_gw_req_set_data(req, pr);
+            pr->next = p->qhead;
+            if (p->qhead != NULL)
+                p->qhead->prev = pr;
+            else
+                p->qtail = pr;
+            p->qhead = pr;
+            p->qlen++;
+            kick_queue(p);
             return 0;
         }
     }
@@ -763,8 +787,8 @@ void pool_on_line(struct worker *w, char *line, size_t len)
     int rc = cv_cwp_parse(p->proto, line, len, out, &clen, &m);
     if (rc != 0 && m.why != NULL && strcmp(m.why, "invalid UTF-8") == 0 &&
         cv_cwp_fix_utf8(line, len, &p->fixed) == 1 && (out = line_out(p, p->fixed.len)) != NULL)
-        rc = cv_cwp_parse(p->proto, (const char *)cv_buf_head(&p->fixed), p->fixed.len, out,
-                          &clen, &m);
+        rc = cv_cwp_parse(p->proto, (const char *)cv_buf_head(&p->fixed), p->fixed.len, out, &clen,
+                          &m);
     cv_buf_reset(&p->fixed);
     if (rc != 0) {
         if (worker_log_ok(w))
@@ -796,8 +820,7 @@ static void on_line(struct worker *w, const char *t, size_t clen, struct cv_cwp_
     case CV_CWP_OTHER:
         cv_log_debug("gateway: worker %u: unknown message type ignored", w->index);
         return;
-    default:
-        break;
+    default: break;
     }
     if (w->state == W_HELLO) {
         cv_log_warn("gateway: worker %u: message before its hello dropped", w->index);
@@ -815,15 +838,9 @@ static void on_line(struct worker *w, const char *t, size_t clen, struct cv_cwp_
         return;
     }
     switch (m.type) {
-    case CV_CWP_REPLY:
-        on_reply(pr, t, &m);
-        break;
-    case CV_CWP_BAD:
-        bad_reply(pr, m.why);
-        break;
-    case CV_CWP_DATA:
-        on_data(pr, t, &m);
-        break;
+    case CV_CWP_REPLY: on_reply(pr, t, &m); break;
+    case CV_CWP_BAD: bad_reply(pr, m.why); break;
+    case CV_CWP_DATA: on_data(pr, t, &m); break;
     case CV_CWP_END:
         if (!cv_cwp_str_eq(t, m.stream_name, "out"))
             break; /* a worker ending a request stream early: nothing to do */
@@ -834,12 +851,8 @@ static void on_line(struct worker *w, const char *t, size_t clen, struct cv_cwp_
         cv_gw_req_stream_end(pr->req, m.frame_error.present);
         finish(pr);
         break;
-    case CV_CWP_ACK:
-        on_ack(pr, t, &m);
-        break;
-    default:
-        cv_log_debug("gateway: worker %u: frame ignored", w->index);
-        break;
+    case CV_CWP_ACK: on_ack(pr, t, &m); break;
+    default: cv_log_debug("gateway: worker %u: frame ignored", w->index); break;
     }
 }
 

@@ -346,8 +346,8 @@ static void on_exit_cb(uv_process_t *proc, int64_t status, int sig)
         cv_log_debug("gateway: worker %u (pid %d) exited (status %lld, signal %d)", w->index,
                      w->pid, (long long)status, sig);
     else
-        cv_log_warn("gateway: worker %u (pid %d) exited (status %lld, signal %d)", w->index,
-                    w->pid, (long long)status, sig);
+        cv_log_warn("gateway: worker %u (pid %d) exited (status %lld, signal %d)", w->index, w->pid,
+                    (long long)status, sig);
     uv_close((uv_handle_t *)&w->proc, on_handle_closed);
     w->kill_at = w->term_at = 0;
     if (w->state != W_STOPPING)
@@ -378,8 +378,8 @@ static void stopped(struct worker *w)
     uint64_t delay = 0;
     if (!w->recycle) {
         delay = w->backoff_ms;
-        w->backoff_ms = w->backoff_ms * 2 > p->tm.backoff_max_ms ? p->tm.backoff_max_ms
-                                                                 : w->backoff_ms * 2;
+        w->backoff_ms =
+            w->backoff_ms * 2 > p->tm.backoff_max_ms ? p->tm.backoff_max_ms : w->backoff_ms * 2;
     }
     w->recycle = false;
     w->respawn_at = now_ms(w) + delay;
@@ -502,12 +502,8 @@ void worker_arm(struct worker *w)
     if (w->restart_due)
         next = now;
     switch (w->state) {
-    case W_IDLE:
-        due(&next, w->respawn_at);
-        break;
-    case W_HELLO:
-        due(&next, w->hello_at);
-        break;
+    case W_IDLE: due(&next, w->respawn_at); break;
+    case W_HELLO: due(&next, w->hello_at); break;
     case W_READY:
     case W_DRAIN:
         if (w->state == W_DRAIN && w->ninflight == 0 && !p->closing)
@@ -571,8 +567,7 @@ static void on_timer(uv_timer_t *t)
             }
             w->silence_at = 0;
         }
-        if (w->ping_id == 0 && p->proto == CV_CWP_PROTO_CWP1 &&
-            now >= w->last_rx + p->tm.ping_ms) {
+        if (w->ping_id == 0 && p->proto == CV_CWP_PROTO_CWP1 && now >= w->last_rx + p->tm.ping_ms) {
             if (w->ninflight == 0) {
                 w->ping_id = w->next_id++;
                 w->ping_at = now;

@@ -23,10 +23,10 @@
 enum cur { CUR_NONE, CUR_MANIFEST, CUR_EARLY, CUR_LIVE };
 
 struct sentinel {
-    char *id;       /* owned */
-    json_t *meta;   /* owned: the manifest's meta object (or NULL) */
-    bool received;  /* its part began */
-    bool ended;     /* ... and ended */
+    char *id;      /* owned */
+    json_t *meta;  /* owned: the manifest's meta object (or NULL) */
+    bool received; /* its part began */
+    bool ended;    /* ... and ended */
 };
 
 struct early {

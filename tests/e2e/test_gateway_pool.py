@@ -322,6 +322,35 @@ def test_epipe_fails_in_flight_calls_and_respawns(gw):
     assert g.pid() != pid
 
 
+def test_unsent_over_16_mib_restarts(gw):
+    # The worker blocks and stops reading: inputs pile up in its stdin queue, and more than 16 MiB unsent to a
+    # worker restarts it, failing what it had in flight.
+    g = gw(extra=["--max-body", str(40 * MiB)])
+    pid = g.pid()
+    res = []
+    t = threading.Thread(target=lambda: res.append(g.task("app.tasks.hang")))
+    t.start()
+    g.wait_for(lambda: g.events("hang"), what="worker blocked")
+    outs = parallel([lambda: g.task("app.tasks.echo", "x" * (6 * MiB), timeout=30) for _ in range(3)])
+    t.join(15)
+    assert [o[0] for o in outs] == [502, 502, 502], outs
+    assert all(envelope(o[2])["error"]["code"] == "WORKER_EXITED" for o in outs)
+    assert res and res[0][0] == 502
+    g.proc.wait_line(r"worker 0 \(pid %d\) has more than 16 MiB unread on its stdin; restarting" % pid,
+                     stream="err")
+    assert g.pid() != pid
+
+
+def test_input_over_the_line_limit_is_413_and_worker_stays(gw):
+    g = gw(extra=["--max-body", str(40 * MiB)])
+    pid = g.pid()
+    st, _, body = g.task("app.tasks.echo", "x" * (17 * MiB), timeout=30)
+    assert st == 413
+    assert envelope(body)["error"] == {"message": "Payload too large", "code": "PAYLOAD_TOO_LARGE"}
+    assert g.pid() == pid
+    assert not [t for t in g.received("task") if t["taskId"] == "app.tasks.echo"]
+
+
 def test_deadline_cancel_and_worker_stays_when_alive(gw):
     g = gw(extra=["--deadline", "1000"])
     pid = g.pid()

@@ -52,12 +52,16 @@ static void test_reply_result_bytes(void **state)
                      0);
     assert_int_equal(m.id, 9);
     assert_slice(m.result, "{\"a b\":[1,\"x  y\\n\",null]}");
-    assert_int_equal(text_len, strlen("{\"ok\":true,\"id\":9,\"result\":{\"a b\":[1,\"x  y\\n\",null]}}"));
+    assert_int_equal(text_len,
+                     strlen("{\"ok\":true,\"id\":9,\"result\":{\"a b\":[1,\"x  y\\n\",null]}}"));
 
     /* No result: undefined. Repeated keys: the last wins (JSON.parse). */
     assert_int_equal(parse(CV_CWP_PROTO_CWP1, "{\"id\":1,\"ok\":true}", &m), 0);
     assert_false(m.result.present);
-    assert_int_equal(parse(CV_CWP_PROTO_CWP1, "{\"id\":1,\"id\":2,\"ok\":false,\"ok\":true,\"result\":\"\u00e9\"}", &m), 0);
+    assert_int_equal(parse(CV_CWP_PROTO_CWP1,
+                           "{\"id\":1,\"id\":2,\"ok\":false,\"ok\":true,\"result\":\"\u00e9\"}",
+                           &m),
+                     0);
     assert_int_equal(m.id, 2);
     assert_true(m.ok);
     assert_slice(m.result, "\"\u00e9\"");
@@ -66,11 +70,33 @@ static void test_reply_result_bytes(void **state)
 static void test_not_objects(void **state)
 {
     static const char *const bad[] = {
-        "", "   ", "garbage", "[1,2,3]", "\"str\"", "5", "null", "{", "{\"id\":1,}",
-        "{\"id\":1}x", "{\"id\":1} {}", "{\"a\":01}", "{\"a\":1.}", "{\"a\":-}", "{\"a\":tru}",
-        "{\"a\":\"\x01\"}", "{\"a\":\"\\x\"}", "{\"a\":\"\\u12g4\"}", "{\"a\":\"\xc3\"}",
-        "{\"a\":\"\xed\xa0\x80\"}", "{\"a\":\"\xe0\x80\x80\"}", "{\"a\":\"\xf4\x90\x80\x80\"}",
-        "{'a':1}", "{\"a\" 1}", "{\"a\":[1 2]}", "{\"a\":1e}", "{a:1}",
+        "",
+        "   ",
+        "garbage",
+        "[1,2,3]",
+        "\"str\"",
+        "5",
+        "null",
+        "{",
+        "{\"id\":1,}",
+        "{\"id\":1}x",
+        "{\"id\":1} {}",
+        "{\"a\":01}",
+        "{\"a\":1.}",
+        "{\"a\":-}",
+        "{\"a\":tru}",
+        "{\"a\":\"\x01\"}",
+        "{\"a\":\"\\x\"}",
+        "{\"a\":\"\\u12g4\"}",
+        "{\"a\":\"\xc3\"}",
+        "{\"a\":\"\xed\xa0\x80\"}",
+        "{\"a\":\"\xe0\x80\x80\"}",
+        "{\"a\":\"\xf4\x90\x80\x80\"}",
+        "{'a':1}",
+        "{\"a\" 1}",
+        "{\"a\":[1 2]}",
+        "{\"a\":1e}",
+        "{a:1}",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
         struct cv_cwp_msg m;
@@ -134,9 +160,12 @@ static void test_bad_shapes(void **state)
     expect_bad(CV_CWP_PROTO_CWP1, "{\"id\":4,\"ok\":false}");
     expect_bad(CV_CWP_PROTO_CWP1, "{\"id\":4,\"ok\":false,\"error\":\"boom\"}");
     expect_bad(CV_CWP_PROTO_CWP1, "{\"id\":4,\"ok\":false,\"error\":{\"code\":\"X\"}}");
-    expect_bad(CV_CWP_PROTO_CWP1, "{\"id\":4,\"ok\":false,\"error\":{\"message\":1,\"code\":\"X\"}}");
-    expect_bad(CV_CWP_PROTO_CWP1, "{\"id\":4,\"ok\":false,\"error\":{\"message\":\"m\",\"code\":{}}}");
-    expect_bad(CV_CWP_PROTO_CWP1, "{\"id\":4,\"ok\":false,\"error\":{\"message\":\"m\",\"code\":null}}");
+    expect_bad(CV_CWP_PROTO_CWP1,
+               "{\"id\":4,\"ok\":false,\"error\":{\"message\":1,\"code\":\"X\"}}");
+    expect_bad(CV_CWP_PROTO_CWP1,
+               "{\"id\":4,\"ok\":false,\"error\":{\"message\":\"m\",\"code\":{}}}");
+    expect_bad(CV_CWP_PROTO_CWP1,
+               "{\"id\":4,\"ok\":false,\"error\":{\"message\":\"m\",\"code\":null}}");
     expect_bad(CV_CWP_PROTO_CWP1, "{\"id\":4,\"ok\":false,\"error\":{\"message\":\"m\"}}");
     expect_bad(CV_CWP_PROTO_V2, "{\"id\":4,\"ok\":false,\"error\":{\"message\":\"m\"}}");
     expect_bad(CV_CWP_PROTO_CWP1, "{\"id\":4,\"ok\":true,\"stream\":5}");
@@ -150,7 +179,8 @@ static void test_bad_shapes(void **state)
     expect_bad(CV_CWP_PROTO_CWP1, "{\"id\":4,\"type\":7}");
     /* v1: the code is optional. */
     struct cv_cwp_msg m;
-    assert_int_equal(parse(CV_CWP_PROTO_V1, "{\"id\":4,\"ok\":false,\"error\":{\"message\":\"m\"}}", &m), 0);
+    assert_int_equal(
+        parse(CV_CWP_PROTO_V1, "{\"id\":4,\"ok\":false,\"error\":{\"message\":\"m\"}}", &m), 0);
     assert_int_equal(m.type, CV_CWP_REPLY);
     assert_int_equal(m.status, 500);
 }
@@ -167,20 +197,46 @@ static int status_of(enum cv_cwp_proto proto, const char *line)
 static void test_error_status(void **state)
 {
     const enum cv_cwp_proto C = CV_CWP_PROTO_CWP1;
-    assert_int_equal(status_of(C, "{\"id\":1,\"ok\":false,\"status\":409,\"error\":{\"message\":\"m\",\"code\":\"X\",\"httpCode\":418}}"), 409);
-    assert_int_equal(status_of(C, "{\"id\":1,\"ok\":false,\"error\":{\"message\":\"m\",\"code\":\"X\",\"httpCode\":418}}"), 418);
+    assert_int_equal(status_of(C, "{\"id\":1,\"ok\":false,\"status\":409,\"error\":{\"message\":"
+                                  "\"m\",\"code\":\"X\",\"httpCode\":418}}"),
+                     409);
+    assert_int_equal(status_of(C, "{\"id\":1,\"ok\":false,\"error\":{\"message\":\"m\",\"code\":"
+                                  "\"X\",\"httpCode\":418}}"),
+                     418);
     /* Only integers 400..599 count; the next candidate is used. */
-    assert_int_equal(status_of(C, "{\"id\":1,\"ok\":false,\"status\":302,\"error\":{\"message\":\"m\",\"code\":\"X\",\"httpCode\":404}}"), 404);
-    assert_int_equal(status_of(C, "{\"id\":1,\"ok\":false,\"status\":\"409\",\"error\":{\"message\":\"m\",\"code\":\"X\"}}"), 500);
-    assert_int_equal(status_of(C, "{\"id\":1,\"ok\":false,\"status\":409.5,\"error\":{\"message\":\"m\",\"code\":\"X\",\"httpCode\":600}}"), 500);
-    assert_int_equal(status_of(C, "{\"id\":1,\"ok\":false,\"error\":{\"message\":\"m\",\"code\":\"X\"}}"), 500);
+    assert_int_equal(status_of(C, "{\"id\":1,\"ok\":false,\"status\":302,\"error\":{\"message\":"
+                                  "\"m\",\"code\":\"X\",\"httpCode\":404}}"),
+                     404);
+    assert_int_equal(status_of(C, "{\"id\":1,\"ok\":false,\"status\":\"409\",\"error\":{"
+                                  "\"message\":\"m\",\"code\":\"X\"}}"),
+                     500);
+    assert_int_equal(status_of(C, "{\"id\":1,\"ok\":false,\"status\":409.5,\"error\":{\"message\":"
+                                  "\"m\",\"code\":\"X\",\"httpCode\":600}}"),
+                     500);
+    assert_int_equal(
+        status_of(C, "{\"id\":1,\"ok\":false,\"error\":{\"message\":\"m\",\"code\":\"X\"}}"), 500);
     /* v1: NOT_FOUND 404, INVALID_REQUEST 400, else 500. */
-    assert_int_equal(status_of(CV_CWP_PROTO_V1, "{\"id\":1,\"ok\":false,\"error\":{\"message\":\"Task not found: x\",\"code\":\"NOT_FOUND\"}}"), 404);
-    assert_int_equal(status_of(CV_CWP_PROTO_V1, "{\"id\":1,\"ok\":false,\"error\":{\"message\":\"m\",\"code\":\"INVALID_REQUEST\"}}"), 400);
-    assert_int_equal(status_of(CV_CWP_PROTO_V1, "{\"id\":1,\"ok\":false,\"error\":{\"message\":\"m\",\"code\":\"EXECUTION_ERROR\"}}"), 500);
+    assert_int_equal(status_of(CV_CWP_PROTO_V1, "{\"id\":1,\"ok\":false,\"error\":{\"message\":"
+                                                "\"Task not found: x\",\"code\":\"NOT_FOUND\"}}"),
+                     404);
+    assert_int_equal(
+        status_of(
+            CV_CWP_PROTO_V1,
+            "{\"id\":1,\"ok\":false,\"error\":{\"message\":\"m\",\"code\":\"INVALID_REQUEST\"}}"),
+        400);
+    assert_int_equal(
+        status_of(
+            CV_CWP_PROTO_V1,
+            "{\"id\":1,\"ok\":false,\"error\":{\"message\":\"m\",\"code\":\"EXECUTION_ERROR\"}}"),
+        500);
     /* v2: a numeric code 400..599 is the status. */
-    assert_int_equal(status_of(CV_CWP_PROTO_V2, "{\"id\":1,\"ok\":false,\"error\":{\"message\":\"m\",\"code\":401,\"codeName\":\"UNAUTHORIZED\"}}"), 401);
-    assert_int_equal(status_of(CV_CWP_PROTO_V2, "{\"id\":1,\"ok\":false,\"error\":{\"message\":\"m\",\"code\":200,\"codeName\":\"X\"}}"), 500);
+    assert_int_equal(
+        status_of(CV_CWP_PROTO_V2, "{\"id\":1,\"ok\":false,\"error\":{\"message\":\"m\",\"code\":"
+                                   "401,\"codeName\":\"UNAUTHORIZED\"}}"),
+        401);
+    assert_int_equal(status_of(CV_CWP_PROTO_V2, "{\"id\":1,\"ok\":false,\"error\":{\"message\":"
+                                                "\"m\",\"code\":200,\"codeName\":\"X\"}}"),
+                     500);
 }
 
 static void test_put_error(void **state)
@@ -189,13 +245,22 @@ static void test_put_error(void **state)
     struct cv_buf b;
     cv_buf_init(&b, 4096);
     /* A string code: the error object as sent (compacted). */
-    assert_int_equal(parse(CV_CWP_PROTO_CWP1, "{\"id\":1,\"ok\":false,\"error\":{ \"message\" : \"m\", \"code\":\"E\",\"data\":{\"n\":1.0}}}", &m), 0);
+    assert_int_equal(parse(CV_CWP_PROTO_CWP1,
+                           "{\"id\":1,\"ok\":false,\"error\":{ \"message\" : \"m\", "
+                           "\"code\":\"E\",\"data\":{\"n\":1.0}}}",
+                           &m),
+                     0);
     assert_int_equal(cv_cwp_put_error(&b, text, &m), 0);
     assert_int_equal(b.len, strlen("{\"message\":\"m\",\"code\":\"E\",\"data\":{\"n\":1.0}}"));
-    assert_memory_equal(cv_buf_head(&b), "{\"message\":\"m\",\"code\":\"E\",\"data\":{\"n\":1.0}}", b.len);
+    assert_memory_equal(cv_buf_head(&b), "{\"message\":\"m\",\"code\":\"E\",\"data\":{\"n\":1.0}}",
+                        b.len);
     /* A legacy number: codeName becomes the code. */
     cv_buf_reset(&b);
-    assert_int_equal(parse(CV_CWP_PROTO_V2, "{\"id\":1,\"ok\":false,\"error\":{\"message\":\"nope\",\"code\":401,\"codeName\":\"UNAUTHORIZED\"}}", &m), 0);
+    assert_int_equal(parse(CV_CWP_PROTO_V2,
+                           "{\"id\":1,\"ok\":false,\"error\":{\"message\":\"nope\",\"code\":401,"
+                           "\"codeName\":\"UNAUTHORIZED\"}}",
+                           &m),
+                     0);
     assert_true(m.legacy_code);
     assert_int_equal(cv_cwp_put_error(&b, text, &m), 0);
     const char *want = "{\"message\":\"nope\",\"code\":\"UNAUTHORIZED\"}";
@@ -203,7 +268,11 @@ static void test_put_error(void **state)
     assert_memory_equal(cv_buf_head(&b), want, b.len);
     /* ... or INTERNAL_ERROR without one. */
     cv_buf_reset(&b);
-    assert_int_equal(parse(CV_CWP_PROTO_CWP1, "{\"id\":1,\"ok\":false,\"error\":{\"code\":500,\"message\":\"x\",\"data\":[1]}}", &m), 0);
+    assert_int_equal(
+        parse(CV_CWP_PROTO_CWP1,
+              "{\"id\":1,\"ok\":false,\"error\":{\"code\":500,\"message\":\"x\",\"data\":[1]}}",
+              &m),
+        0);
     assert_int_equal(m.status, 500);
     assert_int_equal(cv_cwp_put_error(&b, text, &m), 0);
     want = "{\"message\":\"x\",\"data\":[1],\"code\":\"INTERNAL_ERROR\"}";
@@ -215,7 +284,11 @@ static void test_put_error(void **state)
 static void test_stream_reply(void **state)
 {
     struct cv_cwp_msg m;
-    assert_int_equal(parse(CV_CWP_PROTO_CWP1, "{\"id\":7,\"ok\":true,\"stream\":{\"status\":201,\"contentType\":\"text/csv\",\"headers\":{\"x-custom\":\"yes\"}}}", &m), 0);
+    assert_int_equal(parse(CV_CWP_PROTO_CWP1,
+                           "{\"id\":7,\"ok\":true,\"stream\":{\"status\":201,\"contentType\":"
+                           "\"text/csv\",\"headers\":{\"x-custom\":\"yes\"}}}",
+                           &m),
+                     0);
     assert_int_equal(m.type, CV_CWP_REPLY);
     assert_true(m.stream);
     assert_int_equal(m.stream_status, 201);
@@ -237,22 +310,35 @@ static void test_frames(void **state)
 {
     struct cv_cwp_msg m;
     uint8_t dec[16];
-    assert_int_equal(parse(CV_CWP_PROTO_CWP1, "{\"type\":\"data\",\"id\":3,\"stream\":\"out\",\"b64\":\"aGVsbG8=\"}", &m), 0);
+    assert_int_equal(parse(CV_CWP_PROTO_CWP1,
+                           "{\"type\":\"data\",\"id\":3,\"stream\":\"out\",\"b64\":\"aGVsbG8=\"}",
+                           &m),
+                     0);
     assert_int_equal(m.type, CV_CWP_DATA);
     assert_int_equal(m.id, 3);
     assert_true(cv_cwp_str_eq(text, m.stream_name, "out"));
     assert_int_equal(cv_cwp_b64_decode(text + m.b64.off, m.b64.len, dec), 5);
     assert_memory_equal(dec, "hello", 5);
-    assert_int_equal(parse(CV_CWP_PROTO_CWP1, "{\"type\":\"end\",\"id\":3,\"stream\":\"out\",\"error\":{\"message\":\"x\"}}", &m), 0);
+    assert_int_equal(
+        parse(CV_CWP_PROTO_CWP1,
+              "{\"type\":\"end\",\"id\":3,\"stream\":\"out\",\"error\":{\"message\":\"x\"}}", &m),
+        0);
     assert_int_equal(m.type, CV_CWP_END);
     assert_slice(m.frame_error, "{\"message\":\"x\"}");
-    assert_int_equal(parse(CV_CWP_PROTO_CWP1, "{\"type\":\"end\",\"id\":3,\"stream\":\"out\"}", &m), 0);
+    assert_int_equal(parse(CV_CWP_PROTO_CWP1, "{\"type\":\"end\",\"id\":3,\"stream\":\"out\"}", &m),
+                     0);
     assert_false(m.frame_error.present);
-    assert_int_equal(parse(CV_CWP_PROTO_CWP1, "{\"type\":\"ack\",\"id\":3,\"stream\":\"f\\u0031\",\"bytes\":65536}", &m), 0);
+    assert_int_equal(parse(CV_CWP_PROTO_CWP1,
+                           "{\"type\":\"ack\",\"id\":3,\"stream\":\"f\\u0031\",\"bytes\":65536}",
+                           &m),
+                     0);
     assert_int_equal(m.type, CV_CWP_ACK);
     assert_int_equal(m.bytes, 65536);
     assert_true(cv_cwp_str_eq(text, m.stream_name, "f1"));
-    assert_int_equal(parse(CV_CWP_PROTO_CWP1, "{\"type\":\"file\",\"id\":3,\"stream\":\"f1\",\"meta\":{\"name\":\"a.txt\"}}", &m), 0);
+    assert_int_equal(
+        parse(CV_CWP_PROTO_CWP1,
+              "{\"type\":\"file\",\"id\":3,\"stream\":\"f1\",\"meta\":{\"name\":\"a.txt\"}}", &m),
+        0);
     assert_int_equal(m.type, CV_CWP_FILE);
     assert_slice(m.meta, "{\"name\":\"a.txt\"}");
 }
@@ -261,9 +347,11 @@ static void test_hello(void **state)
 {
     struct cv_cwp_msg m;
     struct cv_cwp_hello h;
-    const char *line = "{\"type\":\"hello\",\"protocol\":\"cwp/1\",\"pid\":4242,\"tasks\":[\"app.tasks.add\"],"
-                       "\"events\":[\"app.events.notify\"],\"parallelEvents\":[\"app.events.par\"],"
-                       "\"maxInFlight\":8,\"features\":[\"cancel\",\"auth\",\"streams\",\"future\"],\"window\":4096}";
+    const char *line =
+        "{\"type\":\"hello\",\"protocol\":\"cwp/1\",\"pid\":4242,\"tasks\":[\"app.tasks.add\"],"
+        "\"events\":[\"app.events.notify\"],\"parallelEvents\":[\"app.events.par\"],"
+        "\"maxInFlight\":8,\"features\":[\"cancel\",\"auth\",\"streams\",\"future\"],\"window\":"
+        "4096}";
     assert_int_equal(parse(CV_CWP_PROTO_CWP1, line, &m), 0);
     assert_int_equal(m.type, CV_CWP_HELLO);
     assert_int_equal(cv_cwp_hello_parse(text, text_len, &h), 0);
@@ -288,10 +376,14 @@ static void test_hello(void **state)
     cv_cwp_hello_fini(&h);
 
     static const char *const bad[] = {
-        "{\"type\":\"hello\",\"protocol\":\"cwp/2\"}", "{\"type\":\"hello\",\"tasks\":\"x\"}",
-        "{\"type\":\"hello\",\"tasks\":[1]}",        "{\"type\":\"hello\",\"maxInFlight\":0}",
-        "{\"type\":\"hello\",\"window\":-1}",        "{\"type\":\"hello\",\"features\":[1]}",
-        "{\"type\":\"other\"}",                       "[]",
+        "{\"type\":\"hello\",\"protocol\":\"cwp/2\"}",
+        "{\"type\":\"hello\",\"tasks\":\"x\"}",
+        "{\"type\":\"hello\",\"tasks\":[1]}",
+        "{\"type\":\"hello\",\"maxInFlight\":0}",
+        "{\"type\":\"hello\",\"window\":-1}",
+        "{\"type\":\"hello\",\"features\":[1]}",
+        "{\"type\":\"other\"}",
+        "[]",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++)
         assert_int_equal(cv_cwp_hello_parse(bad[i], strlen(bad[i]), &h), CV_EPROTO);
@@ -308,23 +400,36 @@ static void test_build_calls(void **state)
 {
     struct cv_buf b;
     cv_buf_init(&b, 1 << 20);
-    const char *ctx = "{\"method\":\"POST\",\"path\":\"/__runner/task/app.tasks.add\",\"query\":{},\"headers\":{},\"requestId\":\"r1\",\"remote\":\"127.0.0.1\"}";
-    struct cv_cwp_call c = {.id = 1, .name = "app.tasks.add", .rid = "r1", .mode = CV_CWP_MODE_JSON,
-                            .input = "{\"a\":5,\"b\":3.0}", .input_len = 15,
-                            .context = ctx, .context_len = strlen(ctx), .deadline_ms = 30000};
+    const char *ctx = "{\"method\":\"POST\",\"path\":\"/__runner/task/"
+                      "app.tasks.add\",\"query\":{},\"headers\":{},\"requestId\":\"r1\",\"remote\":"
+                      "\"127.0.0.1\"}";
+    struct cv_cwp_call c = {.id = 1,
+                            .name = "app.tasks.add",
+                            .rid = "r1",
+                            .mode = CV_CWP_MODE_JSON,
+                            .input = "{\"a\":5,\"b\":3.0}",
+                            .input_len = 15,
+                            .context = ctx,
+                            .context_len = strlen(ctx),
+                            .deadline_ms = 30000};
     assert_int_equal(cv_cwp_put_call(&b, CV_CWP_PROTO_CWP1, &c), 0);
     char want[1024];
-    snprintf(want, sizeof(want),
-             "{\"type\":\"task\",\"id\":1,\"taskId\":\"app.tasks.add\",\"rid\":\"r1\",\"mode\":\"json\","
-             "\"input\":{\"a\":5,\"b\":3.0},\"context\":%s,\"deadlineMs\":30000}\n", ctx);
+    snprintf(
+        want, sizeof(want),
+        "{\"type\":\"task\",\"id\":1,\"taskId\":\"app.tasks.add\",\"rid\":\"r1\",\"mode\":\"json\","
+        "\"input\":{\"a\":5,\"b\":3.0},\"context\":%s,\"deadlineMs\":30000}\n",
+        ctx);
     assert_line(&b, want);
     /* v1: the Rust prototype's shape. */
     assert_int_equal(cv_cwp_put_call(&b, CV_CWP_PROTO_V1, &c), 0);
-    assert_line(&b, "{\"type\":\"task\",\"id\":1,\"taskId\":\"app.tasks.add\",\"input\":{\"a\":5,\"b\":3.0}}\n");
+    assert_line(&b, "{\"type\":\"task\",\"id\":1,\"taskId\":\"app.tasks.add\",\"input\":{\"a\":5,"
+                    "\"b\":3.0}}\n");
     /* v2 adds the context. */
     assert_int_equal(cv_cwp_put_call(&b, CV_CWP_PROTO_V2, &c), 0);
     snprintf(want, sizeof(want),
-             "{\"type\":\"task\",\"id\":1,\"taskId\":\"app.tasks.add\",\"input\":{\"a\":5,\"b\":3.0},\"context\":%s}\n", ctx);
+             "{\"type\":\"task\",\"id\":1,\"taskId\":\"app.tasks.add\",\"input\":{\"a\":5,\"b\":3."
+             "0},\"context\":%s}\n",
+             ctx);
     assert_line(&b, want);
     /* Octet: no input. Graph: "body". Escaped names. */
     c.mode = CV_CWP_MODE_OCTET;
@@ -333,27 +438,37 @@ static void test_build_calls(void **state)
     c.name = "we\"ird\x01";
     c.deadline_ms = 5;
     assert_int_equal(cv_cwp_put_call(&b, CV_CWP_PROTO_CWP1, &c), 0);
-    assert_line(&b, "{\"type\":\"task\",\"id\":1,\"taskId\":\"we\\\"ird\\u0001\",\"rid\":\"r1\",\"mode\":\"octet\",\"deadlineMs\":5}\n");
+    assert_line(&b, "{\"type\":\"task\",\"id\":1,\"taskId\":\"we\\\"ird\\u0001\",\"rid\":\"r1\","
+                    "\"mode\":\"octet\",\"deadlineMs\":5}\n");
     c.mode = CV_CWP_MODE_JSON;
     c.name = "t";
     c.input = "{\"__graph\":true}";
     c.input_len = 16;
     c.is_body = true;
     assert_int_equal(cv_cwp_put_call(&b, CV_CWP_PROTO_CWP1, &c), 0);
-    assert_line(&b, "{\"type\":\"task\",\"id\":1,\"taskId\":\"t\",\"rid\":\"r1\",\"mode\":\"json\",\"body\":{\"__graph\":true},\"deadlineMs\":5}\n");
+    assert_line(&b, "{\"type\":\"task\",\"id\":1,\"taskId\":\"t\",\"rid\":\"r1\",\"mode\":\"json\","
+                    "\"body\":{\"__graph\":true},\"deadlineMs\":5}\n");
     /* JSON mode without input: the Undefined record. */
     c.input = NULL;
     c.is_body = false;
     assert_int_equal(cv_cwp_put_call(&b, CV_CWP_PROTO_CWP1, &c), 0);
-    assert_line(&b, "{\"type\":\"task\",\"id\":1,\"taskId\":\"t\",\"rid\":\"r1\",\"mode\":\"json\",\"input\":{\"__type\":\"Undefined\",\"value\":null},\"deadlineMs\":5}\n");
+    assert_line(&b, "{\"type\":\"task\",\"id\":1,\"taskId\":\"t\",\"rid\":\"r1\",\"mode\":\"json\","
+                    "\"input\":{\"__type\":\"Undefined\",\"value\":null},\"deadlineMs\":5}\n");
     /* Events. */
-    struct cv_cwp_call e = {.event = true, .id = 2, .name = "app.events.notify", .rid = "r2",
-                            .input = "{\"msg\":\"hi\"}", .input_len = 12, .return_payload = true,
+    struct cv_cwp_call e = {.event = true,
+                            .id = 2,
+                            .name = "app.events.notify",
+                            .rid = "r2",
+                            .input = "{\"msg\":\"hi\"}",
+                            .input_len = 12,
+                            .return_payload = true,
                             .deadline_ms = 100};
     assert_int_equal(cv_cwp_put_call(&b, CV_CWP_PROTO_CWP1, &e), 0);
-    assert_line(&b, "{\"type\":\"event\",\"id\":2,\"eventId\":\"app.events.notify\",\"rid\":\"r2\",\"payload\":{\"msg\":\"hi\"},\"returnPayload\":true,\"deadlineMs\":100}\n");
+    assert_line(&b, "{\"type\":\"event\",\"id\":2,\"eventId\":\"app.events.notify\",\"rid\":\"r2\","
+                    "\"payload\":{\"msg\":\"hi\"},\"returnPayload\":true,\"deadlineMs\":100}\n");
     assert_int_equal(cv_cwp_put_call(&b, CV_CWP_PROTO_V1, &e), 0);
-    assert_line(&b, "{\"type\":\"event\",\"id\":2,\"eventId\":\"app.events.notify\",\"payload\":{\"msg\":\"hi\"}}\n");
+    assert_line(&b, "{\"type\":\"event\",\"id\":2,\"eventId\":\"app.events.notify\",\"payload\":{"
+                    "\"msg\":\"hi\"}}\n");
     cv_buf_fini(&b);
 }
 
@@ -378,7 +493,8 @@ static void test_build_control(void **state)
     assert_int_equal(cv_cwp_put_end(&b, 5, "body", NULL, 0), 0);
     assert_line(&b, "{\"type\":\"end\",\"id\":5,\"stream\":\"body\"}\n");
     assert_int_equal(cv_cwp_put_end(&b, 5, "f1", "{\"message\":\"x\"}", 15), 0);
-    assert_line(&b, "{\"type\":\"end\",\"id\":5,\"stream\":\"f1\",\"error\":{\"message\":\"x\"}}\n");
+    assert_line(&b,
+                "{\"type\":\"end\",\"id\":5,\"stream\":\"f1\",\"error\":{\"message\":\"x\"}}\n");
     assert_int_equal(cv_cwp_put_file(&b, 5, "f1", "{\"name\":\"a\"}", 12), 0);
     assert_line(&b, "{\"type\":\"file\",\"id\":5,\"stream\":\"f1\",\"meta\":{\"name\":\"a\"}}\n");
     assert_int_equal(cv_cwp_put_ack(&b, 5, "out", 65536), 0);
@@ -457,17 +573,20 @@ static void test_fix_utf8(void **state)
     assert_int_equal(cv_cwp_fix_utf8(good, strlen(good), &b), 0);
     assert_int_equal(b.len, 0);
     /* A lone byte, a truncated sequence, a surrogate: each bad byte becomes U+FFFD. */
-    const char *bad = "{\"id\":1,\"ok\":true,\"result\":\"a\xff" "b\xc3\"}";
+    const char *bad = "{\"id\":1,\"ok\":true,\"result\":\"a\xff"
+                      "b\xc3\"}";
     assert_int_equal(parse(CV_CWP_PROTO_CWP1, bad, &m), CV_EPROTO);
     assert_string_equal(m.why, "invalid UTF-8");
     assert_int_equal(cv_cwp_fix_utf8(bad, strlen(bad), &b), 1);
-    const char *want = "{\"id\":1,\"ok\":true,\"result\":\"a\xef\xbf\xbd" "b\xef\xbf\xbd\"}";
+    const char *want = "{\"id\":1,\"ok\":true,\"result\":\"a\xef\xbf\xbd"
+                       "b\xef\xbf\xbd\"}";
     assert_int_equal(b.len, strlen(want));
     assert_memory_equal(cv_buf_head(&b), want, b.len);
-    assert_int_equal(cv_cwp_parse(CV_CWP_PROTO_CWP1, (const char *)cv_buf_head(&b), b.len, text,
-                                  &text_len, &m),
-                     0);
-    assert_slice(m.result, "\"a\xef\xbf\xbd" "b\xef\xbf\xbd\"");
+    assert_int_equal(
+        cv_cwp_parse(CV_CWP_PROTO_CWP1, (const char *)cv_buf_head(&b), b.len, text, &text_len, &m),
+        0);
+    assert_slice(m.result, "\"a\xef\xbf\xbd"
+                           "b\xef\xbf\xbd\"");
     cv_buf_reset(&b);
     assert_int_equal(cv_cwp_fix_utf8("\xed\xa0\x80", 3, &b), 1);
     assert_int_equal(b.len, 9);
@@ -477,13 +596,20 @@ static void test_fix_utf8(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_reply_result_bytes), cmocka_unit_test(test_not_objects),
-        cmocka_unit_test(test_worker_level),       cmocka_unit_test(test_bad_shapes),
-        cmocka_unit_test(test_error_status),       cmocka_unit_test(test_put_error),
-        cmocka_unit_test(test_stream_reply),       cmocka_unit_test(test_frames),
-        cmocka_unit_test(test_hello),              cmocka_unit_test(test_build_calls),
-        cmocka_unit_test(test_build_control),      cmocka_unit_test(test_build_limits),
-        cmocka_unit_test(test_base64),             cmocka_unit_test(test_strings),
+        cmocka_unit_test(test_reply_result_bytes),
+        cmocka_unit_test(test_not_objects),
+        cmocka_unit_test(test_worker_level),
+        cmocka_unit_test(test_bad_shapes),
+        cmocka_unit_test(test_error_status),
+        cmocka_unit_test(test_put_error),
+        cmocka_unit_test(test_stream_reply),
+        cmocka_unit_test(test_frames),
+        cmocka_unit_test(test_hello),
+        cmocka_unit_test(test_build_calls),
+        cmocka_unit_test(test_build_control),
+        cmocka_unit_test(test_build_limits),
+        cmocka_unit_test(test_base64),
+        cmocka_unit_test(test_strings),
         cmocka_unit_test(test_fix_utf8),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -26,19 +26,23 @@ static void check(int status, const char *in, int want_status, const char *want)
 
 static void test_500(void **st)
 {
-    check(500, "{\"message\":\"secret db text\",\"code\":\"DB\",\"stack\":\"x\",\"sql\":\"select\"}", 500,
-          "{\"ok\":false,\"error\":{\"message\":\"Internal Error\",\"code\":\"DB\"}}");
+    check(500,
+          "{\"message\":\"secret db text\",\"code\":\"DB\",\"stack\":\"x\",\"sql\":\"select\"}",
+          500, "{\"ok\":false,\"error\":{\"message\":\"Internal Error\",\"code\":\"DB\"}}");
     check(500, "{\"message\":\"m\",\"code\":7}", 500,
           "{\"ok\":false,\"error\":{\"message\":\"Internal Error\",\"code\":\"INTERNAL_ERROR\"}}");
     /* typed: the message stays; members in a fixed order; numbers as sent */
     check(500,
-          "{\"httpCode\":1e3,\"data\":{\"n\":1.50},\"id\":\"app.errors.E\",\"code\":\"INTERNAL_ERROR\","
+          "{\"httpCode\":1e3,\"data\":{\"n\":1.50},\"id\":\"app.errors.E\",\"code\":\"INTERNAL_"
+          "ERROR\","
           "\"message\":\"own\",\"cause\":{}}",
           500,
-          "{\"ok\":false,\"error\":{\"message\":\"own\",\"code\":\"INTERNAL_ERROR\",\"id\":\"app.errors.E\","
+          "{\"ok\":false,\"error\":{\"message\":\"own\",\"code\":\"INTERNAL_ERROR\",\"id\":\"app."
+          "errors.E\","
           "\"data\":{\"n\":1.50}}}");
     check(500, "{\"message\":\"m\",\"code\":\"C\",\"id\":5,\"httpCode\":503}", 500,
-          "{\"ok\":false,\"error\":{\"message\":\"Internal Error\",\"code\":\"C\",\"id\":5,\"httpCode\":503}}");
+          "{\"ok\":false,\"error\":{\"message\":\"Internal "
+          "Error\",\"code\":\"C\",\"id\":5,\"httpCode\":503}}");
     check(500, "{\"message\":\"m\",\"code\":\"C\",\"httpCode\":99}", 500,
           "{\"ok\":false,\"error\":{\"message\":\"Internal Error\",\"code\":\"C\"}}");
     check(500, "{\"message\":\"m\",\"code\":\"C\",\"httpCode\":\"404\"}", 500,
@@ -47,7 +51,8 @@ static void test_500(void **st)
 
 static void test_untyped_and_bad(void **st)
 {
-    const char *untyped = "{\"ok\":false,\"error\":{\"message\":\"Internal Error\",\"code\":\"INTERNAL_ERROR\"}}";
+    const char *untyped =
+        "{\"ok\":false,\"error\":{\"message\":\"Internal Error\",\"code\":\"INTERNAL_ERROR\"}}";
     check(500, NULL, 500, untyped);
     check(409, "not json", 500, untyped);
     check(400, "[1]", 500, untyped);
@@ -57,12 +62,14 @@ static void test_untyped_and_bad(void **st)
 
 static void test_other_statuses(void **st)
 {
-    check(409,
-          "{\"message\":\"{\\\"a\\\":1}\",\"code\":\"INTERNAL_ERROR\",\"id\":\"app.errors.AppError\","
-          "\"data\":{\"a\":1},\"httpCode\":409,\"stack\":\"at x\",\"cause\":1,\"sql\":\"q\",\"extra\":[1, 2]}",
-          409,
-          "{\"ok\":false,\"error\":{\"message\":\"{\\\"a\\\":1}\",\"code\":\"INTERNAL_ERROR\","
-          "\"id\":\"app.errors.AppError\",\"data\":{\"a\":1},\"httpCode\":409,\"extra\":[1, 2]}}");
+    check(
+        409,
+        "{\"message\":\"{\\\"a\\\":1}\",\"code\":\"INTERNAL_ERROR\",\"id\":\"app.errors.AppError\","
+        "\"data\":{\"a\":1},\"httpCode\":409,\"stack\":\"at "
+        "x\",\"cause\":1,\"sql\":\"q\",\"extra\":[1, 2]}",
+        409,
+        "{\"ok\":false,\"error\":{\"message\":\"{\\\"a\\\":1}\",\"code\":\"INTERNAL_ERROR\","
+        "\"id\":\"app.errors.AppError\",\"data\":{\"a\":1},\"httpCode\":409,\"extra\":[1, 2]}}");
     check(404, "{\"message\":\"Task x not found\",\"code\":\"NOT_FOUND\"}", 404,
           "{\"ok\":false,\"error\":{\"message\":\"Task x not found\",\"code\":\"NOT_FOUND\"}}");
     check(400, "{\"code\":3,\"message\":\"m\"}", 400,
@@ -78,7 +85,9 @@ static void test_builders(void **st)
     struct cv_buf b;
     cv_buf_init(&b, 1 << 20);
     assert_int_equal(cv_gwe_error(&b, "C\"", "m\n"), 0);
-    assert_memory_equal(cv_buf_head(&b), "{\"ok\":false,\"error\":{\"message\":\"m\\n\",\"code\":\"C\\\"\"}}", b.len);
+    assert_memory_equal(cv_buf_head(&b),
+                        "{\"ok\":false,\"error\":{\"message\":\"m\\n\",\"code\":\"C\\\"\"}}",
+                        b.len);
     cv_buf_reset(&b);
     assert_int_equal(cv_gwe_result(&b, NULL, 0), 0);
     const char *u = "{\"ok\":true,\"result\":{\"__type\":\"Undefined\",\"value\":null}}";

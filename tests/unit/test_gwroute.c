@@ -83,8 +83,8 @@ static void test_routes(void **st)
     /* Scratch too small. */
     char small[8];
     size_t n;
-    assert_int_equal(cv_gwr_route("/__runner/task/a", 16, "/__runner", small, sizeof small, &id, &n),
-                     CV_EINVAL);
+    assert_int_equal(
+        cv_gwr_route("/__runner/task/a", 16, "/__runner", small, sizeof small, &id, &n), CV_EINVAL);
 }
 
 static void test_base(void **st)
@@ -137,9 +137,9 @@ static void test_mode(void **st)
 static void test_utf8_json(void **st)
 {
     assert_true(cv_gwr_utf8_ok((const uint8_t *)"a\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", 10));
-    assert_false(cv_gwr_utf8_ok((const uint8_t *)"\xc0\x80", 2));       /* overlong */
-    assert_false(cv_gwr_utf8_ok((const uint8_t *)"\xed\xa0\x80", 3));   /* surrogate */
-    assert_false(cv_gwr_utf8_ok((const uint8_t *)"\xe2\x82", 2));       /* truncated */
+    assert_false(cv_gwr_utf8_ok((const uint8_t *)"\xc0\x80", 2));         /* overlong */
+    assert_false(cv_gwr_utf8_ok((const uint8_t *)"\xed\xa0\x80", 3));     /* surrogate */
+    assert_false(cv_gwr_utf8_ok((const uint8_t *)"\xe2\x82", 2));         /* truncated */
     assert_false(cv_gwr_utf8_ok((const uint8_t *)"\xf4\x90\x80\x80", 4)); /* > U+10FFFF */
     struct cv_buf b;
     cv_buf_init(&b, 1024);
@@ -152,9 +152,8 @@ static void test_utf8_json(void **st)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_routes), cmocka_unit_test(test_base),
-        cmocka_unit_test(test_rid),    cmocka_unit_test(test_mode),
-        cmocka_unit_test(test_utf8_json),
+        cmocka_unit_test(test_routes), cmocka_unit_test(test_base),      cmocka_unit_test(test_rid),
+        cmocka_unit_test(test_mode),   cmocka_unit_test(test_utf8_json),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
