@@ -1260,7 +1260,10 @@ int cv_http1_respond_head(struct cv_http1_req *req, int status, const char *bloc
         return rc;
     }
     req->started = true;
-    if (!c->in_pump)
+    /* A head with a body to follow waits for it: head and body then leave
+     * in one write (a syscall less per response when the answer comes from
+     * outside a read callback, e.g. a worker's pipe). */
+    if (!c->in_pump && req->resp_len <= 0)
         flush(c);
     return 0;
 }

@@ -157,8 +157,9 @@ int cv_http1_respond_abort(struct cv_http1_req *req);
  * order, "Date" (cached per second), "Connection: keep-alive|close",
  * "Keep-Alive: timeout=N" (kept connections, opts.keep_alive_s) and, when
  * content_length < 0 on HTTP/1.1, "Transfer-Encoding: chunked". A
- * content_length >= 0 must also be in block (as content-length). Returns
- * as cv_http1_respond_start. */
+ * content_length >= 0 must also be in block (as content-length). With
+ * content_length > 0 the head is held until the first body write, so both
+ * go out in one write. Returns as cv_http1_respond_start. */
 int cv_http1_respond_head(struct cv_http1_req *req, int status, const char *block, size_t len,
                           int64_t content_length);
 /* The handler will not read the rest of the body: it is dropped as it
