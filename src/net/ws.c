@@ -364,31 +364,24 @@ static void flush_later(struct cv_ws *ws)
     mark_dirty(ws);
 }
 
-static void flush(struct cv_ws *ws)
+/* Writes infl: at once when the kernel takes it all (the usual case for
+ * small batches: no write request completes later, which would cost the
+ * loop one more iteration and poll per write), the rest with uv_write. */
+static void write_infl(struct cv_ws *ws)
 {
-    if (ws->tls != NULL) {
-        tls_flush(ws);
+    if (ws->infl.len == 0)
         return;
-    }
-    if (ws->writing || ws->pend.len == 0 || ws->state == ST_CLOSED)
-        return;
-    /* Try the write now: when the kernel takes it all (the usual case for
-     * small batches) no write request completes later, which would cost
-     * the loop one more iteration and poll per write. */
-    uv_buf_t now = uv_buf_init((char *)cv_buf_head(&ws->pend), (unsigned)ws->pend.len);
+    uv_buf_t now = uv_buf_init((char *)cv_buf_head(&ws->infl), (unsigned)ws->infl.len);
     int w = uv_try_write((uv_stream_t *)&ws->tcp, &now, 1);
     if (w > 0)
-        cv_buf_consume(&ws->pend, (size_t)w);
+        cv_buf_consume(&ws->infl, (size_t)w);
     else if (w != UV_EAGAIN && w != UV_ENOSYS) {
         set_reason(ws, CV_WS_ABNORMAL, uv_strerror(w));
         do_close(ws);
         return;
     }
-    if (ws->pend.len == 0)
+    if (ws->infl.len == 0)
         return;
-    struct cv_buf t = ws->infl;
-    ws->infl = ws->pend;
-    ws->pend = t;
     uv_buf_t b = uv_buf_init((char *)cv_buf_head(&ws->infl), (unsigned)ws->infl.len);
     ws->wreq.data = ws;
     int rc = uv_write(&ws->wreq, (uv_stream_t *)&ws->tcp, &b, 1, on_write);
@@ -398,6 +391,21 @@ static void flush(struct cv_ws *ws)
         return;
     }
     ws->writing = true;
+}
+
+static void flush(struct cv_ws *ws)
+{
+    if (ws->tls != NULL) {
+        tls_flush(ws);
+        return;
+    }
+    if (ws->writing || ws->pend.len == 0 || ws->state == ST_CLOSED)
+        return;
+    /* infl is empty while no write is in flight: the batch moves there. */
+    struct cv_buf t = ws->infl;
+    ws->infl = ws->pend;
+    ws->pend = t;
+    write_infl(ws);
 }
 
 /* Appends p[skip..n) to pend, returning how much of skip is left over. */
@@ -793,28 +801,7 @@ static void tls_flush(struct cv_ws *ws)
         cv_buf_consume(&ws->pend, off);
     }
     tls_take(ws);
-    if (ws->infl.len == 0)
-        return;
-    uv_buf_t now = uv_buf_init((char *)cv_buf_head(&ws->infl), (unsigned)ws->infl.len);
-    int w = uv_try_write((uv_stream_t *)&ws->tcp, &now, 1);
-    if (w > 0)
-        cv_buf_consume(&ws->infl, (size_t)w);
-    else if (w != UV_EAGAIN && w != UV_ENOSYS) {
-        set_reason(ws, CV_WS_ABNORMAL, uv_strerror(w));
-        do_close(ws);
-        return;
-    }
-    if (ws->infl.len == 0)
-        return;
-    uv_buf_t b = uv_buf_init((char *)cv_buf_head(&ws->infl), (unsigned)ws->infl.len);
-    ws->wreq.data = ws;
-    int rc = uv_write(&ws->wreq, (uv_stream_t *)&ws->tcp, &b, 1, on_write);
-    if (rc < 0) {
-        set_reason(ws, CV_WS_ABNORMAL, uv_strerror(rc));
-        do_close(ws);
-        return;
-    }
-    ws->writing = true;
+    write_infl(ws);
 }
 
 /* Reads plaintext into the tail of rx (a partial frame waits there). */
