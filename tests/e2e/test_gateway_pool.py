@@ -156,7 +156,7 @@ def pid_alive(pid):
             for line in f:
                 if line.startswith("State:"):
                     return "Z" not in line.split()[1]
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or gone while being read
         return False
     return True
 
