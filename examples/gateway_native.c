@@ -7,6 +7,7 @@
  *                  [--allow-task ID]... [--allow-event ID]... [--deadline MS]
  *                  [--max-octet BYTES] [--base-path P] [--cors-origin O]
  *                  [--cors-credentials true] [--cors-expose H] [--cors-max-age S]
+ *                  [--auth-key K]
  *
  * Without --allow-* flags every id below is allow-listed except
  * app.tasks.hidden. Prints "listening on http://HOST:PORT" once bound
@@ -25,7 +26,9 @@
  *   app.tasks.slow     waits input.ms milliseconds, then "done" (cancellable)
  *   app.tasks.hidden   registered, not allow-listed by default
  *   app.events.notify  event; returnPayload -> the payload plus "touched": true
- *   app.events.par     a parallel event */
+ *   app.events.par     a parallel event
+ *
+ * --auth-key K: delegated auth (cv_gateway_set_auth), see a_key. */
 #define OPENSSL_API_COMPAT 0x10101000L
 #include <math.h>
 #include <openssl/sha.h>
@@ -301,6 +304,36 @@ static void t_slow(struct cv_gw_ctx *c, void *ud)
     cv_gw_on_cancel(c, slow_cancel, s);
 }
 
+/* ---- delegated auth (--auth-key K) ---- */
+
+/* Asked when the token header matched no token: x-api-key K admits at
+ * once, "K-later" after 50 ms, "never" gets no answer (the gateway's 5 s
+ * auth timeout refuses it); anything else is refused. */
+static const char *g_auth_key;
+
+static void a_key(struct cv_gw_ctx *c, void *ud)
+{
+    (void)ud;
+    const char *k = cv_gw_header(c, "x-api-key");
+    size_t n = strlen(g_auth_key);
+    if (k != NULL && strcmp(k, g_auth_key) == 0) {
+        cv_gw_reply(c, NULL);
+    } else if (k != NULL && strncmp(k, g_auth_key, n) == 0 && strcmp(k + n, "-later") == 0) {
+        struct slow *s = calloc(1, sizeof *s);
+        if (s == NULL) {
+            cv_gw_fail(c, 500, "INTERNAL_ERROR", "oom");
+            return;
+        }
+        s->c = c;
+        uv_timer_init(g_loop, &s->t);
+        s->t.data = s;
+        uv_timer_start(&s->t, slow_fire, 50, 0); /* its reply admits (an auth result is ignored) */
+        cv_gw_on_cancel(c, slow_cancel, s);
+    } else if (k == NULL || strcmp(k, "never") != 0) {
+        cv_gw_fail(c, 403, "FORBIDDEN", "bad key");
+    }
+}
+
 /* ---- events ---- */
 
 static void e_notify(struct cv_gw_ctx *c, void *ud)
@@ -351,7 +384,7 @@ static int usage(void)
     fprintf(stderr, "usage: gateway_native [--listen HOST:PORT] [--token T]... [--allow-anonymous] "
                     "[--allow-task ID]... [--allow-event ID]... [--deadline MS] "
                     "[--max-octet BYTES] [--base-path P] [--cors-origin O] "
-                    "[--cors-credentials true] [--cors-expose H] [--cors-max-age S]\n");
+                    "[--cors-credentials true] [--cors-expose H] [--cors-max-age S] [--auth-key K]\n");
     return 2;
 }
 
@@ -403,6 +436,8 @@ int main(int argc, char **argv)
             o.cors.exposed_headers = v;
         } else if (strcmp(k, "--cors-max-age") == 0) {
             o.cors.max_age = (int)strtol(v, NULL, 10);
+        } else if (strcmp(k, "--auth-key") == 0) {
+            g_auth_key = v;
         } else {
             return usage();
         }
@@ -436,6 +471,8 @@ int main(int argc, char **argv)
         cv_gateway_add_task(g_gw, tasks_tab[i].id, tasks_tab[i].fn, NULL);
     cv_gateway_add_event(g_gw, "app.events.notify", e_notify, NULL, false);
     cv_gateway_add_event(g_gw, "app.events.par", e_par, NULL, true);
+    if (g_auth_key != NULL)
+        cv_gateway_set_auth(g_gw, a_key, NULL);
 
     printf("listening on http://%s:%u\n", host, cv_gateway_port(g_gw));
     fflush(stdout);

@@ -21,12 +21,32 @@
 struct cv_gateway;
 struct cv_gw_ctx; /* one native task or event call */
 
-/* CORS (§5.5). Defaults (all zero/NULL): ACAO "*". */
+/* CORS (§5.5). Defaults (all zero/NULL, max_age -1): ACAO "*" on every
+ * response under base, preflights allow "POST, GET, OPTIONS" and echo
+ * Access-Control-Request-Headers. */
 struct cv_gateway_cors {
-    const char *origin;          /* one origin; NULL: "*" unless credentials */
-    bool credentials;
-    const char *exposed_headers; /* NULL: none */
+    const char *origin;          /* one fixed origin (may be "*"); NULL: "*" unless
+                                  * credentials or a list/regex is set */
+    bool credentials;            /* Access-Control-Allow-Credentials: true; with no
+                                  * origin at all: no ACAO, Vary: Origin (fail-safe) */
+    const char *exposed_headers; /* comma list; NULL: none */
     int max_age;                 /* seconds; < 0: none */
+    /* Dynamic origins: the request's Origin is echoed if it is in origins
+     * or matches origin_regex (POSIX ERE, unanchored unless written with
+     * ^...$), else no ACAO; Vary: Origin is added. Exclusive with origin. */
+    const char *const *origins;
+    size_t norigins;
+    const char *origin_regex;
+    const char *methods;         /* comma list replacing "POST, GET, OPTIONS"; NULL: default */
+    const char *allowed_headers; /* comma list replacing the echo; NULL: echo */
+    bool no_vary;                /* never send Vary: Origin (vary_origin=false) */
+};
+
+/* Settings for one task or event id (cv_gateway_opts.ids). */
+struct cv_gateway_id_opts {
+    const char *id;
+    uint64_t deadline_ms;  /* 0: the gateway's deadline_ms */
+    bool no_async_context; /* drop x-runner-context for this id (allow_async_context=false) */
 };
 
 struct cv_gateway_opts {
@@ -47,6 +67,17 @@ struct cv_gateway_opts {
     uint64_t max_json_body;    /* default 2 MiB */
     uint64_t max_octet_body;   /* default 0: unlimited */
     uint64_t stream_idle_ms;   /* a streamed response silent this long is cut (60000) */
+    /* Per-id settings (§5.3, §11), for tasks and events alike. */
+    const struct cv_gateway_id_opts *ids;
+    size_t nids;
+    /* Multipart limits (§8.3), merged per key with the defaults (0: the
+     * default): file size 20 MiB, 10 files, 100 fields, field size 1 MiB
+     * (covers the manifest), parts unlimited. */
+    uint64_t mp_file_size;
+    uint32_t mp_files;
+    uint32_t mp_fields;
+    uint64_t mp_field_size;
+    uint32_t mp_parts;
 };
 void cv_gateway_opts_init(struct cv_gateway_opts *o);
 
@@ -69,6 +100,18 @@ typedef void (*cv_gw_handler)(struct cv_gw_ctx *c, void *ud);
 int cv_gateway_add_task(struct cv_gateway *gw, const char *id, cv_gw_handler fn, void *ud);
 int cv_gateway_add_event(struct cv_gateway *gw, const char *id, cv_gw_handler fn, void *ud,
                          bool parallel);
+
+/* Delegated auth (§5.1): fn is asked for every task, event and discovery
+ * call whose auth header matched no token (also when no token is
+ * configured). It admits with cv_gw_reply(c, NULL) and rejects with
+ * cv_gw_fail (whatever the status, the client gets 401 UNAUTHORIZED);
+ * no answer within 5 s rejects too (fail-closed). It reads the request
+ * with cv_gw_header (the auth header included); cv_gw_id gives the task
+ * or event id asked for ("" for discovery); the input is undefined. The
+ * request body is not read until fn admits. One auth provider per
+ * gateway (this or a pool with auth set). Returns 0, CV_EINVAL or
+ * CV_ENOMEM. */
+int cv_gateway_set_auth(struct cv_gateway *gw, cv_gw_handler fn, void *ud);
 
 /* The decoded input (task) or payload (event), in the wire-form tree
  * described in codec/rjson.h; an absent input is the Undefined record.
@@ -144,6 +187,11 @@ struct cv_gateway_pool_opts {
     uint64_t queue_timeout_ms; /* default 5000 */
     unsigned queue_max;        /* default 1024 */
     uint64_t max_requests;     /* recycle a worker after this many (0: never) */
+    unsigned max_inflight;     /* calls per worker at most (0: the worker's maxInFlight);
+                                * the lower of this and the hello's applies */
+    bool auth;                 /* delegated auth (§5.1): ask this pool's workers (cwp/1
+                                * feature "auth", or runner-ipc-v2) when no token matched;
+                                * workers without it reject (fail-closed) */
 };
 void cv_gateway_pool_opts_init(struct cv_gateway_pool_opts *o);
 /* Adds a pool serving every allow-listed id no native handler serves (or

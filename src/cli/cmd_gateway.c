@@ -2,6 +2,7 @@
  * pools (specs/runner-http.md). Flags, signals (graceful drain), run. */
 #include <errno.h>
 #include <getopt.h>
+#include <regex.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,11 +34,23 @@ static void usage(FILE *f)
             "  --token-file F            tokens, one per line (# comments)\n"
             "  --auth-header NAME        header carrying the token (default x-runner-token)\n"
             "  --allow-anonymous         serve without tokens (else 500 AUTH_NOT_CONFIGURED)\n"
-            "  --cors-origin O           Access-Control-Allow-Origin value (default *)\n"
+            "  --auth-worker             delegated auth: when no token matches, ask the --worker\n"
+            "                            pool (cwp/1 feature \"auth\", or runner-ipc-v2); a refusal,\n"
+            "                            bad reply or 5 s timeout answers 401 (fail-closed)\n"
+            "  --cors-origin O           Access-Control-Allow-Origin value (default *); repeat for\n"
+            "                            a list: the request's Origin is echoed if listed, else no\n"
+            "                            Allow-Origin; Vary: Origin is added\n"
+            "  --cors-origin-regex RE    echo the request's Origin if it matches RE (POSIX extended\n"
+            "                            regex, unanchored unless written ^...$; with --cors-origin:\n"
+            "                            listed or matching); Vary: Origin is added\n"
             "  --cors-credentials        Access-Control-Allow-Credentials: true (without\n"
             "                            --cors-origin: no Allow-Origin, Vary: Origin)\n"
-            "  --cors-expose HEADERS     Access-Control-Expose-Headers value\n"
+            "  --cors-expose LIST        Access-Control-Expose-Headers (comma list)\n"
             "  --cors-max-age SEC        Access-Control-Max-Age on preflights\n"
+            "  --cors-methods LIST       preflight Allow-Methods (default POST, GET, OPTIONS)\n"
+            "  --cors-allowed-headers LIST  preflight Allow-Headers (default: echo the request's\n"
+            "                            Access-Control-Request-Headers)\n"
+            "  --cors-no-vary            never send Vary: Origin\n"
             "  --allow-task ID           expose a task (repeat; config order is kept)\n"
             "  --allow-event ID          expose an event (repeat)\n"
             "  --no-discovery            GET {base}/discovery answers 404\n"
@@ -46,9 +59,21 @@ static void usage(FILE *f)
             "  --workers N               worker processes (default: number of CPUs)\n"
             "  --worker-protocol P       cwp/1 (default), runner-ipc-v1 or runner-ipc-v2\n"
             "  --queue-timeout MS        longest wait for a free worker (default 5000)\n"
+            "  --queue-max N             calls waiting for a worker at most; more get 503 at once\n"
+            "                            (default 1024)\n"
+            "  --max-inflight N          calls per worker at most (default: the worker's\n"
+            "                            maxInFlight; the lower applies)\n"
+            "  --max-requests N          recycle a worker after N calls (default 0: never)\n"
             "  --deadline MS             per call, admission to response head (default 30000)\n"
+            "  --deadline-for ID=MS      the deadline of one task or event id (repeat)\n"
+            "  --no-async-context ID     drop x-runner-context for this id (repeat)\n"
             "  --max-body BYTES          JSON body limit (default 2097152)\n"
             "  --max-octet BYTES         octet-stream body limit (default: none)\n"
+            "  --max-file-size BYTES     multipart: one file at most (default 20971520)\n"
+            "  --max-files N             multipart: file parts at most (default 10)\n"
+            "  --max-fields N            multipart: non-file fields at most (default 100)\n"
+            "  --max-field-size BYTES    multipart: one field, the manifest too (default 1048576)\n"
+            "  --max-parts N             multipart: parts at most (default: no limit)\n"
             "  --stream-idle MS          cut a streamed response silent this long (default 60000)\n"
             "  --log-level LEVEL         error, warn, info, debug or trace (default info)\n"
             "  -h, --help                show this help\n");
@@ -113,7 +138,26 @@ struct cfg {
     enum cv_gw_worker_protocol protocol;
     uint64_t queue_timeout_ms;
     struct cv_gateway_cors cors;
+    const char *origins[MAX_LIST];
+    size_t norigins;
+    struct cv_gateway_id_opts ids[MAX_LIST];
+    unsigned queue_max, max_inflight;
+    uint64_t max_requests;
+    bool auth_worker;
 };
+
+/* The per-id settings of id (added if new), or NULL (too many). */
+static struct cv_gateway_id_opts *id_opts(struct cfg *c, const char *id)
+{
+    for (size_t i = 0; i < c->o.nids; i++)
+        if (strcmp(c->ids[i].id, id) == 0)
+            return &c->ids[i];
+    if (c->o.nids >= MAX_LIST)
+        return NULL;
+    struct cv_gateway_id_opts *x = &c->ids[c->o.nids++];
+    x->id = id;
+    return x;
+}
 
 static int parse_u64(const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
 {
@@ -196,7 +240,25 @@ static int parse(int argc, char **argv, struct cfg *c)
         {"log-level", required_argument, NULL, 'L'},    {"help", no_argument, NULL, 'h'},
         {"cors-expose", required_argument, NULL, 'x'},  {"cors-max-age", required_argument, NULL, 'a'},
         {"stream-idle", required_argument, NULL, 'i'},
+        {"cors-origin-regex", required_argument, NULL, 'R'},
+        {"cors-methods", required_argument, NULL, 'O'},
+        {"cors-allowed-headers", required_argument, NULL, 'E'},
+        {"cors-no-vary", no_argument, NULL, 'V'},
+        {"queue-max", required_argument, NULL, 'Q'},
+        {"max-inflight", required_argument, NULL, 'I'},
+        {"max-requests", required_argument, NULL, 'r'},
+        {"auth-worker", no_argument, NULL, 'W'},
+        {"deadline-for", required_argument, NULL, 'D'},
+        {"no-async-context", required_argument, NULL, 'X'},
+        {"max-file-size", required_argument, NULL, 1001},
+        {"max-files", required_argument, NULL, 1002},
+        {"max-fields", required_argument, NULL, 1003},
+        {"max-field-size", required_argument, NULL, 1004},
+        {"max-parts", required_argument, NULL, 1005},
         {NULL, 0, NULL, 0}};
+    struct cv_gateway_id_opts *io;
+    regex_t re;
+    char why[256];
     int ch, rc;
     uint64_t v;
     optind = 1;
@@ -222,7 +284,86 @@ static int parse(int argc, char **argv, struct cfg *c)
             break;
         case 'H': c->o.auth_header = optarg; break;
         case 'A': c->o.allow_anonymous = true; break;
-        case 'o': c->cors.origin = optarg; break;
+        case 'o':
+            if ((rc = add_item(c->origins, &c->norigins, optarg, "CORS origin")) >= 0)
+                return rc;
+            break;
+        case 'R':
+            if ((rc = regcomp(&re, optarg, REG_EXTENDED | REG_NOSUB)) != 0) {
+                regerror(rc, &re, why, sizeof why);
+                fprintf(stderr, "culvert gateway: --cors-origin-regex '%s': %s\n", optarg, why);
+                return 2;
+            }
+            regfree(&re);
+            c->cors.origin_regex = optarg;
+            break;
+        case 'O': c->cors.methods = optarg; break;
+        case 'E': c->cors.allowed_headers = optarg; break;
+        case 'V': c->cors.no_vary = true; break;
+        case 'W': c->auth_worker = true; break;
+        case 'Q':
+        case 'I':
+            if (parse_u64(optarg, 1, 1u << 20, &v) != 0) {
+                fprintf(stderr, "culvert gateway: --%s wants 1..1048576, got '%s'\n",
+                        ch == 'Q' ? "queue-max" : "max-inflight", optarg);
+                return 2;
+            }
+            *(ch == 'Q' ? &c->queue_max : &c->max_inflight) = (unsigned)v;
+            break;
+        case 'r':
+            if (parse_u64(optarg, 0, UINT64_MAX / 4, &v) != 0) {
+                fprintf(stderr, "culvert gateway: --max-requests wants a count, got '%s'\n", optarg);
+                return 2;
+            }
+            c->max_requests = v;
+            break;
+        case 'D': {
+            char *eq = strrchr(optarg, '=');
+            if (eq == NULL || eq == optarg || parse_u64(eq + 1, 1, 86400000, &v) != 0) {
+                fprintf(stderr, "culvert gateway: --deadline-for wants ID=MS (1..86400000), got "
+                                "'%s'\n", optarg);
+                return 2;
+            }
+            *eq = '\0';
+            if ((io = id_opts(c, optarg)) == NULL) {
+                fprintf(stderr, "culvert gateway: too many per-id settings (max %d)\n", MAX_LIST);
+                return 2;
+            }
+            io->deadline_ms = v;
+            break;
+        }
+        case 'X':
+            if (*optarg == '\0') {
+                fprintf(stderr, "culvert gateway: --no-async-context wants an id\n");
+                return 2;
+            }
+            if ((io = id_opts(c, optarg)) == NULL) {
+                fprintf(stderr, "culvert gateway: too many per-id settings (max %d)\n", MAX_LIST);
+                return 2;
+            }
+            io->no_async_context = true;
+            break;
+        case 1001:
+        case 1004:
+            if (parse_u64(optarg, 1, UINT64_MAX / 4, &v) != 0) {
+                fprintf(stderr, "culvert gateway: --%s wants a byte count, got '%s'\n",
+                        ch == 1001 ? "max-file-size" : "max-field-size", optarg);
+                return 2;
+            }
+            *(ch == 1001 ? &c->o.mp_file_size : &c->o.mp_field_size) = v;
+            break;
+        case 1002:
+        case 1003:
+        case 1005:
+            if (parse_u64(optarg, 1, UINT32_MAX, &v) != 0) {
+                fprintf(stderr, "culvert gateway: --%s wants a count (1..%u), got '%s'\n",
+                        ch == 1002 ? "max-files" : ch == 1003 ? "max-fields" : "max-parts",
+                        UINT32_MAX, optarg);
+                return 2;
+            }
+            *(ch == 1002 ? &c->o.mp_files : ch == 1003 ? &c->o.mp_fields : &c->o.mp_parts) =
+                (uint32_t)v;
+            break;
         case 'C': c->cors.credentials = true; break;
         case 'x': c->cors.exposed_headers = optarg; break;
         case 'a':
@@ -359,7 +500,24 @@ static int run_gateway(struct cfg *c)
     c->o.tokens = c->tokens;
     c->o.allow_tasks = c->tasks;
     c->o.allow_events = c->events;
+    /* One --cors-origin is a fixed value; several, or any with a regex, a list. */
+    if (c->norigins == 1 && c->cors.origin_regex == NULL) {
+        c->cors.origin = c->origins[0];
+    } else {
+        c->cors.origins = c->origins;
+        c->cors.norigins = c->norigins;
+    }
     c->o.cors = c->cors;
+    c->o.ids = c->ids;
+    if (c->auth_worker && nw == 0) {
+        fprintf(stderr, "culvert gateway: --auth-worker needs --worker\n");
+        return 2;
+    }
+    if (c->auth_worker && c->protocol == CV_GW_RUNNER_IPC_V1) {
+        fprintf(stderr, "culvert gateway: --auth-worker: runner-ipc-v1 workers have no auth "
+                        "message (use cwp/1 or runner-ipc-v2)\n");
+        return 2;
+    }
 
     uv_loop_t *loop = uv_default_loop();
     struct run run = {0};
@@ -377,6 +535,11 @@ static int run_gateway(struct cfg *c)
         po.protocol = c->protocol;
         if (c->queue_timeout_ms)
             po.queue_timeout_ms = c->queue_timeout_ms;
+        if (c->queue_max)
+            po.queue_max = c->queue_max;
+        po.max_inflight = c->max_inflight;
+        po.max_requests = c->max_requests;
+        po.auth = c->auth_worker;
         rc = cv_gateway_add_pool(run.gw, &po);
         if (rc != 0) {
             fprintf(stderr, "culvert gateway: cannot start the worker pool '%s': %s\n", c->worker,

@@ -23,7 +23,12 @@
 struct cv_gw_req;
 struct cv_gw_backend;
 
-enum cv_gw_kind { CV_GW_TASK = 0, CV_GW_EVENT = 1 };
+/* CV_GW_AUTH: delegated auth (§5.1, cwp/1 "auth"): the call carries the
+ * request id, the context (auth header included) and, as id, the task or
+ * event asked for ("" for discovery). The backend admits with
+ * cv_gw_req_result and rejects with cv_gw_req_error / _fail (any status:
+ * the client gets 401). */
+enum cv_gw_kind { CV_GW_TASK = 0, CV_GW_EVENT = 1, CV_GW_AUTH = 2 };
 enum cv_gw_mode { CV_GW_MODE_JSON = 0, CV_GW_MODE_MULTIPART = 1, CV_GW_MODE_OCTET = 2 };
 enum cv_gw_cancel_reason {
     CV_GW_CANCEL_CLIENT = 0,  /* "client-closed" */

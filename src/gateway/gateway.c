@@ -15,6 +15,7 @@
 #include "culvert/gateway.h"
 
 #include <inttypes.h>
+#include <regex.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -99,8 +100,54 @@ static void make_uuid(struct cv_gateway *gw, char out[37])
 /* ------------------------------------------------------------------ */
 /* Responses                                                            */
 
+/* Dynamic CORS origins (§5.5): Vary: Origin (unless turned off), then the
+ * request's Origin as Access-Control-Allow-Origin if it is in the list or
+ * matches the regex. Repeated Origin headers are joined with ", " as Node
+ * does (so such a request matches only a pattern that allows the joined
+ * text). */
+static int cors_origin_lines(struct cv_gateway *gw, struct cv_buf *hb,
+                             const struct cv_http_head *hd)
+{
+    int rc = gw->cors_vary ? APPEND(hb, "Vary: Origin\r\n") : 0;
+    char one[1024];
+    size_t n = 0;
+    bool any = false;
+    for (size_t i = 0; i < hd->nheaders; i++) {
+        const struct cv_http_header *x = &hd->headers[i];
+        if (!has_ci(x->name, x->name_len, "origin"))
+            continue;
+        size_t need = x->value_len + (any ? 2 : 0);
+        if (n + need >= sizeof one)
+            return rc; /* longer than any origin: no match */
+        if (any) {
+            memcpy(one + n, ", ", 2);
+            n += 2;
+        }
+        memcpy(one + n, x->value, x->value_len);
+        n += x->value_len;
+        any = true;
+    }
+    if (rc < 0 || n == 0)
+        return rc;
+    one[n] = '\0';
+    bool ok = false;
+    for (size_t i = 0; !ok && i < gw->cors_norigins; i++)
+        ok = strcmp(gw->cors_origins[i], one) == 0;
+    if (!ok && gw->cors_re != NULL && strlen(one) == n)
+        ok = regexec(gw->cors_re, one, 0, NULL, 0) == 0;
+    if (ok) {
+        rc = APPEND(hb, "Access-Control-Allow-Origin: ");
+        if (rc == 0)
+            rc = cv_buf_append(hb, one, n);
+        if (rc == 0)
+            rc = APPEND(hb, "\r\n");
+    }
+    return rc;
+}
+
 /* The common header lines: request id, CORS. */
-static int head_common(struct cv_gateway *gw, struct cv_buf *hb, const char *rid)
+static int head_common(struct cv_gateway *gw, struct cv_buf *hb, struct cv_http1_req *h,
+                       const char *rid)
 {
     int rc = 0;
     cv_buf_reset(hb);
@@ -111,6 +158,8 @@ static int head_common(struct cv_gateway *gw, struct cv_buf *hb, const char *rid
         if (rc == 0)
             rc = APPEND(hb, "\r\n");
     }
+    if (rc == 0 && gw->cors_dyn)
+        rc = cors_origin_lines(gw, hb, cv_http1_req_head(h));
     if (rc == 0)
         rc = cv_buf_append(hb, gw->cors_actual, gw->cors_actual_len);
     return rc;
@@ -122,7 +171,7 @@ static void respond_json(struct cv_gateway *gw, struct cv_http1_req *h, const ch
 {
     struct cv_buf *hb = &gw->head;
     char line[96];
-    int rc = head_common(gw, hb, rid);
+    int rc = head_common(gw, hb, h, rid);
     int n =
         snprintf(line, sizeof line,
                  "content-type: application/json; charset=utf-8\r\ncontent-length: %zu\r\n", len);
@@ -171,8 +220,10 @@ static void preflight(struct cv_gateway *gw, struct cv_http1_req *h)
     const struct cv_http_header *rq = find_hdr(hd, "access-control-request-headers", &count);
 
     cv_buf_reset(hb);
-    int rc = cv_buf_append(hb, gw->pre_a, gw->pre_a_len);
-    if (rc == 0 && rq != NULL && count > 0) {
+    int rc = gw->cors_dyn ? cors_origin_lines(gw, hb, hd) : 0;
+    if (rc == 0)
+        rc = cv_buf_append(hb, gw->pre_a, gw->pre_a_len);
+    if (rc == 0 && gw->cors_echo && rq != NULL && count > 0) {
         rc = APPEND(hb, "Access-Control-Allow-Headers: ");
         /* Node joins repeated values with ", ". */
         for (size_t i = 0; rc == 0 && i < hd->nheaders; i++) {
@@ -229,15 +280,36 @@ static void list_del(struct gw_list *l, struct cv_gw_req *r, int which)
 static void on_deadline(uv_timer_t *t);
 static void on_idle(uv_timer_t *t);
 
+static struct gw_list *list_of(struct cv_gw_req *r, int which)
+{
+    return which == GW_DL ? &r->gw->dls[r->dl_class].list : &r->gw->lists[which];
+}
+
+/* Arms the deadline timer for the earliest head of the classes. */
+static void dl_rearm(struct cv_gateway *gw)
+{
+    uint64_t now = uv_now(gw->loop), due = UINT64_MAX;
+    for (size_t i = 0; i < gw->ndls; i++) {
+        struct cv_gw_req *h = gw->dls[i].list.head;
+        if (h != NULL && h->due[GW_DL] < due)
+            due = h->due[GW_DL];
+    }
+    if (due == UINT64_MAX)
+        uv_timer_stop(&gw->timers[GW_DL]);
+    else
+        uv_timer_start(&gw->timers[GW_DL], on_deadline, due > now ? due - now : 0, 0);
+}
+
 static void dl_add(struct cv_gw_req *r)
 {
     struct cv_gateway *gw = r->gw;
-    r->due[GW_DL] = uv_now(gw->loop) + gw->deadline_ms;
+    struct gw_dlclass *c = &gw->dls[r->dl_class];
+    r->due[GW_DL] = uv_now(gw->loop) + c->ms;
     r->in[GW_DL] = true;
-    bool was_empty = gw->lists[GW_DL].head == NULL;
-    list_add(&gw->lists[GW_DL], r, GW_DL);
+    bool was_empty = c->list.head == NULL;
+    list_add(&c->list, r, GW_DL);
     if (was_empty)
-        uv_timer_start(&gw->timers[GW_DL], on_deadline, gw->deadline_ms, 0);
+        dl_rearm(gw);
 }
 
 static void dl_del(struct cv_gw_req *r, int which)
@@ -245,7 +317,7 @@ static void dl_del(struct cv_gw_req *r, int which)
     if (!r->in[which])
         return;
     r->in[which] = false;
-    list_del(&r->gw->lists[which], r, which);
+    list_del(list_of(r, which), r, which);
 }
 
 static void idle_touch(struct cv_gw_req *r)
@@ -260,18 +332,17 @@ static void idle_touch(struct cv_gw_req *r)
         uv_timer_start(&gw->timers[GW_IDLE], on_idle, gw->stream_idle_ms, 0);
 }
 
-/* Pops every expired call of list which, calling expire on each; re-arms. */
-static void sweep(struct cv_gateway *gw, int which, uv_timer_cb cb,
-                  void (*expire)(struct cv_gw_req *r))
+/* Pops every expired call of list l, calling expire on each. Returns the
+ * first call left (not expired), or NULL. */
+static struct cv_gw_req *sweep_list(struct gw_list *l, int which, uint64_t now,
+                                    void (*expire)(struct cv_gw_req *r))
 {
-    uint64_t now = uv_now(gw->loop);
     struct cv_gw_req *r;
-    while ((r = gw->lists[which].head) != NULL && r->due[which] <= now) {
+    while ((r = l->head) != NULL && r->due[which] <= now) {
         dl_del(r, which);
         expire(r);
     }
-    if (r != NULL)
-        uv_timer_start(&gw->timers[which], cb, r->due[which] - now, 0);
+    return r;
 }
 
 static void cancel_backend(struct cv_gw_req *r, enum cv_gw_cancel_reason why)
@@ -282,8 +353,16 @@ static void cancel_backend(struct cv_gw_req *r, enum cv_gw_cancel_reason why)
     }
 }
 
+static void auth_verdict(struct cv_gw_req *r, bool ok);
+
 static void expire_deadline(struct cv_gw_req *r)
 {
+    if (r->authing) {
+        cv_log_info("gateway: delegated auth for %s timed out (rid %s)", r->id, r->rid);
+        cancel_backend(r, CV_GW_CANCEL_TIMEOUT);
+        auth_verdict(r, false);
+        return;
+    }
     cv_log_info("gateway: %s %s: deadline passed (rid %s)", r->call.kind ? "event" : "task", r->id,
                 r->rid);
     cancel_backend(r, CV_GW_CANCEL_TIMEOUT);
@@ -306,13 +385,19 @@ static void expire_idle(struct cv_gw_req *r)
 static void on_deadline(uv_timer_t *t)
 {
     struct cv_gateway *gw = t->data;
-    sweep(gw, GW_DL, on_deadline, expire_deadline);
+    uint64_t now = uv_now(gw->loop);
+    for (size_t i = 0; i < gw->ndls; i++)
+        sweep_list(&gw->dls[i].list, GW_DL, now, expire_deadline);
+    dl_rearm(gw);
 }
 
 static void on_idle(uv_timer_t *t)
 {
     struct cv_gateway *gw = t->data;
-    sweep(gw, GW_IDLE, on_idle, expire_idle);
+    uint64_t now = uv_now(gw->loop);
+    struct cv_gw_req *r = sweep_list(&gw->lists[GW_IDLE], GW_IDLE, now, expire_idle);
+    if (r != NULL)
+        uv_timer_start(&gw->timers[GW_IDLE], on_idle, r->due[GW_IDLE] - now, 0);
 }
 
 /* ------------------------------------------------------------------ */
@@ -322,7 +407,7 @@ static void on_idle(uv_timer_t *t)
 static int check_auth(struct cv_gateway *gw, const struct cv_http_head *hd)
 {
     if (gw->ntokens == 0)
-        return gw->allow_anonymous ? 0 : 500;
+        return gw->auth_be != NULL ? 401 : gw->allow_anonymous ? 0 : 500;
     int count;
     const struct cv_http_header *x = find_hdr(hd, gw->auth_header, &count);
     if (count != 1)
@@ -468,13 +553,14 @@ static int query_json(struct cv_buf *b, const char *q)
 }
 
 /* The cwp/1 context object (§13.4), for worker backends only. */
-static int build_context(struct cv_gw_req *r)
+static int build_context(struct cv_gw_req *r, bool with_auth)
 {
     struct cv_gateway *gw = r->gw;
     const struct cv_http_head *hd = cv_http1_req_head(r->h);
     struct cv_buf b;
     cv_buf_init(&b, 1u << 20);
-    int rc = APPEND(&b, "{\"method\":\"POST\",\"path\":");
+    int rc = cv_http1_req_is_method(r->h, "GET") ? APPEND(&b, "{\"method\":\"GET\",\"path\":")
+                                                 : APPEND(&b, "{\"method\":\"POST\",\"path\":");
     const char *path = cv_http1_req_path(r->h);
     if (rc == 0)
         rc = cv_gwr_utf8_ok((const uint8_t *)path, strlen(path))
@@ -492,7 +578,7 @@ static int build_context(struct cv_gw_req *r)
         static const char *const skip[] = {
             "connection", "keep-alive", "proxy-connection", "transfer-encoding",
             "te",         "trailer",    "upgrade",          "content-length"};
-        bool drop = has_ci(x->name, x->name_len, gw->auth_header);
+        bool drop = !with_auth && has_ci(x->name, x->name_len, gw->auth_header);
         for (size_t k = 0; !drop && k < sizeof skip / sizeof skip[0]; k++)
             drop = has_ci(x->name, x->name_len, skip[k]);
         /* Repeats are joined at their first occurrence. */
@@ -575,9 +661,9 @@ void gw_start(struct cv_gw_req *r)
     r->call.id = r->id;
     r->call.rid = r->rid;
     r->call.runner_context = r->runner_ctx;
-    r->call.deadline_ms = gw->deadline_ms;
+    r->call.deadline_ms = gw->dls[r->dl_class].ms;
     if (r->be != cv_gw_native_backend(gw->native)) {
-        if (build_context(r) < 0) {
+        if (build_context(r, false) < 0) {
             r->answered = true;
             reply_error(gw, r->h, r->rid, 500, "INTERNAL_ERROR", "Internal Error");
             return;
@@ -692,39 +778,63 @@ static void json_ready(struct cv_gw_req *r)
 /* ------------------------------------------------------------------ */
 /* HTTP callbacks                                                       */
 
-static void on_request(struct cv_http1_req *h)
-{
-    struct cv_gateway *gw = cv_http1_server_data(cv_http1_req_server(h));
-    const struct cv_http_head *hd = cv_http1_req_head(h);
-    const char *id = NULL;
-    size_t idlen = 0;
-    int route = cv_gwr_route(hd->target, hd->target_len, gw->base, gw->route_buf, gw->route_cap,
-                             &id, &idlen);
+static void on_end(struct cv_http1_req *h);
+static void admit(struct cv_gateway *gw, struct cv_http1_req *h, const char *rid, int route,
+                  const char *id, size_t idlen);
 
-    if (route <= CV_GWR_OUTSIDE) {
-        reply_error(gw, h, NULL, 404, "NOT_FOUND", "Not Found"); /* step 0: no request id */
-        return;
+/* Acts on the queued auth verdicts (from the loop, never inside a
+ * backend's call): a rejection answers 401, an admission resumes the §3
+ * checks at step 6 with a new call. */
+static void on_authq(uv_timer_t *t)
+{
+    struct cv_gateway *gw = t->data;
+    struct cv_gw_req *r;
+    while ((r = gw->authq.head) != NULL) {
+        list_del(&gw->authq, r, GW_DL);
+        r->auth_queued = false;
+        struct cv_http1_req *h = r->h;
+        cv_http1_req_set_data(h, NULL);
+        if (!r->auth_ok) {
+            cv_log_debug("gateway: delegated auth refused %s (rid %s)", r->id, r->rid);
+            reply_auth(gw, h, r->rid, 401);
+        } else {
+            admit(gw, h, r->rid, r->route, r->id, strlen(r->id));
+            if (cv_http1_req_data(h) != NULL) {
+                cv_http1_req_resume(h);
+                if (r->auth_end_seen)
+                    on_end(h); /* an empty body ended while auth ran */
+            }
+        }
+        call_free(r);
+        gw->ncalls--;
     }
-    if (cv_http1_req_is_method(h, "OPTIONS")) {
-        preflight(gw, h);
+    gw_maybe_stopped(gw);
+}
+
+static void auth_verdict(struct cv_gw_req *r, bool ok)
+{
+    struct cv_gateway *gw = r->gw;
+    if (r->h == NULL || r->auth_queued)
         return;
-    }
-    char rid[GW_RID_MAX];
-    assign_rid(gw, hd, rid);
-    if (route == CV_GWR_UNKNOWN || (route == CV_GWR_DISCOVERY && gw->discovery_disabled)) {
-        reply_error(gw, h, rid, 404, "NOT_FOUND", "Not Found");
-        return;
-    }
-    bool is_get = cv_http1_req_is_method(h, "GET");
-    if (route == CV_GWR_DISCOVERY ? !is_get : !cv_http1_req_is_method(h, "POST")) {
-        reply_error(gw, h, rid, 405, "METHOD_NOT_ALLOWED", "Method Not Allowed");
-        return;
-    }
-    int st = check_auth(gw, hd);
-    if (st != 0) {
-        reply_auth(gw, h, rid, st);
-        return;
-    }
+    r->auth_ok = ok;
+    r->auth_queued = true;
+    list_add(&gw->authq, r, GW_DL);
+    uv_timer_start(&gw->timers[GW_AUTHQ], on_authq, 0, 0);
+}
+
+static const struct gw_idopt *find_idopt(const struct cv_gateway *gw, const char *id)
+{
+    for (size_t i = 0; i < gw->nids; i++)
+        if (strcmp(gw->ids[i].id, id) == 0)
+            return &gw->ids[i];
+    return NULL;
+}
+
+/* After auth: discovery, or steps 6-8 and the start of a call. */
+static void admit(struct cv_gateway *gw, struct cv_http1_req *h, const char *rid, int route,
+                  const char *id, size_t idlen)
+{
+    const struct cv_http_head *hd = cv_http1_req_head(h);
     if (route == CV_GWR_DISCOVERY) {
         respond_json(gw, h, rid, 200, gw->discovery, gw->discovery_len);
         return;
@@ -769,14 +879,16 @@ static void on_request(struct cv_http1_req *h)
     r->gw = gw;
     r->h = h;
     r->be = be;
-    memcpy(r->rid, rid, sizeof rid);
+    memcpy(r->rid, rid, GW_RID_MAX);
     memcpy(r->id, id, idlen + 1);
     r->call.kind = kind;
     r->call.mode = mode;
+    const struct gw_idopt *io = gw->nids ? find_idopt(gw, id) : NULL;
+    r->dl_class = io ? io->dl_class : 0;
     cv_buf_init(&r->body, mode == CV_GW_MODE_JSON ? gw->max_json : 0);
     cv_buf_init(&r->held, 1u << 24);
     const struct cv_http_header *rc = find_hdr(hd, "x-runner-context", &count);
-    if (count == 1)
+    if (count == 1 && !(io && io->no_ctx))
         r->runner_ctx = strndup(rc->value, rc->value_len);
     cv_http1_req_set_data(h, r);
     gw->ncalls++;
@@ -789,10 +901,101 @@ static void on_request(struct cv_http1_req *h)
     }
 }
 
+static int build_context(struct cv_gw_req *r, bool with_auth);
+
+/* No token matched and auth is delegated (§5.1): the request waits, its
+ * body unread (paused: no 100 Continue), for the auth backend's verdict. */
+static void ask_auth(struct cv_gateway *gw, struct cv_http1_req *h, const char *rid, int route,
+                     const char *id, size_t idlen)
+{
+    struct cv_gw_req *r = calloc(1, sizeof *r + idlen + 1);
+    if (r == NULL) {
+        reply_error(gw, h, rid, 500, "INTERNAL_ERROR", "Internal Error");
+        return;
+    }
+    r->gw = gw;
+    r->h = h;
+    r->be = gw->auth_be;
+    r->authing = true;
+    r->route = route;
+    r->dl_class = GW_DL_AUTH;
+    memcpy(r->rid, rid, GW_RID_MAX);
+    memcpy(r->id, id ? id : "", idlen + 1);
+    r->call.kind = CV_GW_AUTH;
+    r->call.id = r->id;
+    r->call.rid = r->rid;
+    r->call.input = CV_RJ_UNDEFINED;
+    r->call.input_len = sizeof(CV_RJ_UNDEFINED) - 1;
+    r->call.deadline_ms = GW_AUTH_TIMEOUT_MS;
+    cv_buf_init(&r->body, 0);
+    cv_buf_init(&r->held, 0);
+    if (r->be != cv_gw_native_backend(gw->native)) {
+        if (build_context(r, true) < 0) {
+            call_free(r);
+            reply_error(gw, h, rid, 500, "INTERNAL_ERROR", "Internal Error");
+            return;
+        }
+    } else {
+        r->call.context = "{}";
+        r->call.context_len = 2;
+    }
+    cv_http1_req_set_data(h, r);
+    cv_http1_req_pause(h);
+    gw->ncalls++;
+    dl_add(r);
+    r->started = true;
+    if (r->be->ops->start(r->be, r, &r->call) < 0) {
+        r->started = false;
+        r->finished = true;
+        dl_del(r, GW_DL);
+        auth_verdict(r, false);
+    }
+}
+
+static void on_request(struct cv_http1_req *h)
+{
+    struct cv_gateway *gw = cv_http1_server_data(cv_http1_req_server(h));
+    const struct cv_http_head *hd = cv_http1_req_head(h);
+    const char *id = NULL;
+    size_t idlen = 0;
+    int route = cv_gwr_route(hd->target, hd->target_len, gw->base, gw->route_buf, gw->route_cap,
+                             &id, &idlen);
+
+    if (route <= CV_GWR_OUTSIDE) {
+        reply_error(gw, h, NULL, 404, "NOT_FOUND", "Not Found"); /* step 0: no request id */
+        return;
+    }
+    if (cv_http1_req_is_method(h, "OPTIONS")) {
+        preflight(gw, h);
+        return;
+    }
+    char rid[GW_RID_MAX];
+    assign_rid(gw, hd, rid);
+    if (route == CV_GWR_UNKNOWN || (route == CV_GWR_DISCOVERY && gw->discovery_disabled)) {
+        reply_error(gw, h, rid, 404, "NOT_FOUND", "Not Found");
+        return;
+    }
+    bool is_get = cv_http1_req_is_method(h, "GET");
+    if (route == CV_GWR_DISCOVERY ? !is_get : !cv_http1_req_is_method(h, "POST")) {
+        reply_error(gw, h, rid, 405, "METHOD_NOT_ALLOWED", "Method Not Allowed");
+        return;
+    }
+    int st = check_auth(gw, hd);
+    if (st != 0 && gw->auth_be != NULL) {
+        ask_auth(gw, h, rid, route, id, id ? idlen : 0);
+        return;
+    }
+    if (st != 0) {
+        reply_auth(gw, h, rid, st);
+        return;
+    }
+    admit(gw, h, rid, route, id, idlen);
+}
+
 static void on_body(struct cv_http1_req *h, const uint8_t *p, size_t n)
 {
     struct cv_gw_req *r = cv_http1_req_data(h);
-    if (r == NULL || (r->answered && !r->streaming))
+    if (r == NULL || r->authing || (r->answered && !r->streaming))
         return;
     /* Multipart is parsed to its end even after the backend answered (a
      * late failure replaces the answer); otherwise "finished" ends a
@@ -827,6 +1030,10 @@ static void on_body(struct cv_http1_req *h, const uint8_t *p, size_t n)
 static void on_end(struct cv_http1_req *h)
 {
     struct cv_gw_req *r = cv_http1_req_data(h);
+    if (r != NULL && r->authing) {
+        r->auth_end_seen = true;
+        return;
+    }
     if (r == NULL || (r->answered && !r->streaming))
         return;
     if (r->finished && r->call.mode != CV_GW_MODE_MULTIPART)
@@ -862,6 +1069,8 @@ static void on_done(struct cv_http1_req *h, int status)
         cv_log_debug("gateway: %s: client gone (%s), cancelling (rid %s)", r->id,
                      cv_strerror(status), r->rid);
     cancel_backend(r, gw->stopping ? CV_GW_CANCEL_SHUTDOWN : CV_GW_CANCEL_CLIENT);
+    if (r->auth_queued)
+        list_del(&gw->authq, r, GW_DL);
     dl_del(r, GW_DL);
     dl_del(r, GW_IDLE);
     call_free(r);
@@ -918,6 +1127,10 @@ void cv_gw_req_result(struct cv_gw_req *req, const char *json, size_t len)
 {
     if (!finish(req))
         return;
+    if (req->authing) {
+        auth_verdict(req, true);
+        return;
+    }
     struct cv_buf *out = &req->gw->out;
     cv_buf_reset(out);
     int rc;
@@ -938,6 +1151,10 @@ void cv_gw_req_error(struct cv_gw_req *req, int status, const char *error_json, 
 {
     if (!finish(req))
         return;
+    if (req->authing) {
+        auth_verdict(req, false);
+        return;
+    }
     struct cv_buf *out = &req->gw->out;
     cv_buf_reset(out);
     if (status == 500 || status < 400 || status > 599)
@@ -951,6 +1168,10 @@ void cv_gw_req_fail(struct cv_gw_req *req, int status, const char *code, const c
 {
     if (!finish(req))
         return;
+    if (req->authing) {
+        auth_verdict(req, false);
+        return;
+    }
     struct cv_buf *out = &req->gw->out;
     cv_buf_reset(out);
     if (status < 400 || status > 599)
@@ -1018,7 +1239,7 @@ int cv_gw_req_stream_start(struct cv_gw_req *req, int status, const char *conten
         return CV_EINVAL;
     if (content_type == NULL || !gw_value_ok(content_type) || *content_type == '\0')
         content_type = "application/octet-stream";
-    int rc = head_common(gw, hb, req->rid);
+    int rc = head_common(gw, hb, req->h, req->rid);
     if (rc == 0)
         rc = APPEND(hb, "content-type: ");
     if (rc == 0)
@@ -1073,6 +1294,10 @@ void cv_gw_req_stream_end(struct cv_gw_req *req, bool truncate)
 {
     if (!finish(req))
         return;
+    if (req->authing) {
+        auth_verdict(req, false);
+        return;
+    }
     dl_del(req, GW_IDLE);
     if (req->h == NULL)
         return;

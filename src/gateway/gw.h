@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "codec/multipart.h"
 #include "core/buf.h"
 #include "gateway/internal.h"
 
@@ -24,7 +25,7 @@ struct cv_http1_cbs;
 #define GW_MAX_POOLS 8
 #define GW_RID_MAX 132
 
-enum { GW_DL = 0, GW_IDLE = 1, GW_GRACE = 2 };
+enum { GW_DL = 0, GW_IDLE = 1, GW_GRACE = 2, GW_AUTHQ = 3, GW_NTIMERS = 4 };
 
 struct gw_link {
     struct cv_gw_req *prev, *next;
@@ -41,6 +42,24 @@ struct gw_hcopy {
 };
 
 struct gw_upload;
+
+/* Calls sharing one deadline length wait in one FIFO list, so admission
+ * order is expiry order within it; one timer serves every class. Class 0
+ * is the gateway's deadline, class 1 delegated auth, then one per distinct
+ * per-id deadline. */
+#define GW_DL_AUTH 1
+#define GW_AUTH_TIMEOUT_MS 5000
+struct gw_dlclass {
+    uint64_t ms;
+    struct gw_list list;
+};
+
+/* Per-id settings (cv_gateway_opts.ids). */
+struct gw_idopt {
+    char *id; /* owned */
+    unsigned dl_class;
+    bool no_ctx;
+};
 
 struct cv_gw_req {
     struct cv_gateway *gw;
@@ -63,6 +82,11 @@ struct cv_gw_req {
     struct cv_buf held; /* a final envelope held until the multipart body ends */
     int held_status;
     bool holding;
+    bool authing;       /* waiting for delegated auth (be is the auth backend) */
+    bool auth_end_seen; /* on_end came while authing (an empty body) */
+    bool auth_queued, auth_ok;
+    unsigned dl_class;  /* deadline class (gw->dls) */
+    int route;          /* the route (codec/gwroute.h), kept while authing */
     char *context;            /* owned */
     char *runner_ctx;         /* owned: x-runner-context when present once */
     struct gw_hcopy *hcopies; /* owned */
@@ -81,8 +105,19 @@ struct cv_gateway {
     bool allow_anonymous, discovery_disabled;
     char **tasks, **events;
     size_t ntasks, nevents;
-    char *cors_actual, *pre_a, *pre_b; /* header lines (§5.5) */
+    /* CORS header lines (§5.5), built at start. With a fixed origin
+     * cors_actual holds every line of a non-preflight response and pre_a
+     * the origin and methods lines of a preflight; with dynamic origins
+     * (cors_dyn: a list or a regex) the origin lines are made per request
+     * (Vary, then ACAO if Origin matches) and these hold the rest. pre_a
+     * ends with the configured Allow-Headers line if any (cors_echo
+     * false); pre_b follows the echoed one. */
+    char *cors_actual, *pre_a, *pre_b;
     size_t cors_actual_len, pre_a_len, pre_b_len;
+    bool cors_dyn, cors_vary, cors_echo;
+    char **cors_origins;
+    size_t cors_norigins;
+    void *cors_re; /* owned regex_t, or NULL */
     char *discovery;
     size_t discovery_len;
     uint64_t deadline_ms, max_json, max_octet, stream_idle_ms;
@@ -93,8 +128,15 @@ struct cv_gateway {
     char *route_buf;
     size_t route_cap;
     struct cv_buf out, head; /* scratch for response bodies and heads */
-    struct gw_list lists[2];
-    uv_timer_t timers[3];
+    struct gw_list lists[2]; /* lists[GW_DL] unused: see dls */
+    struct gw_dlclass *dls;
+    size_t ndls;
+    struct gw_idopt *ids;
+    size_t nids;
+    struct cv_gw_backend *auth_be; /* delegated auth (borrowed pool), or NULL */
+    struct cv_mp_limits mp; /* multipart limits (§8.3) */
+    uv_timer_t timers[GW_NTIMERS];
+    struct gw_list authq; /* auth verdicts to act on (linked by link[GW_DL]) */
     size_t ncalls;
     bool stopping, server_closed;
     size_t shutdowns_pending;

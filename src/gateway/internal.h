@@ -28,6 +28,8 @@ struct cv_gw_native;
 struct cv_gw_native *cv_gw_native_new(uv_loop_t *loop);
 struct cv_gw_backend *cv_gw_native_backend(struct cv_gw_native *n);
 void cv_gw_native_free(struct cv_gw_native *n); /* NULL-safe */
+/* The id the auth handler is registered under (kind CV_GW_AUTH). */
+#define CV_GW_NATIVE_AUTH_ID "auth"
 int cv_gw_native_add(struct cv_gw_native *n, enum cv_gw_kind kind, const char *id, cv_gw_handler fn,
                      void *ud, bool parallel);
 

@@ -3,6 +3,7 @@
 #include "culvert/gateway.h"
 
 #include <inttypes.h>
+#include <regex.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,50 +72,144 @@ static bool header_text_ok(const char *s)
     return s != NULL && gw_value_ok(s);
 }
 
-/* The CORS header lines (§5.5), fixed at start. */
+/* Appends "Name: " + the comma list s normalised as Runner joins its
+ * arrays (items trimmed, empty ones dropped, ", " between) + CRLF.
+ * Nothing if the list is empty. */
+static int append_list_line(struct cv_buf *b, const char *name, const char *s)
+{
+    bool first = true;
+    int rc = 0;
+    while (rc == 0 && s != NULL && *s) {
+        const char *comma = strchr(s, ',');
+        const char *e = comma ? comma : s + strlen(s);
+        const char *p = s;
+        while (p < e && (*p == ' ' || *p == '\t'))
+            p++;
+        const char *q = e;
+        while (q > p && (q[-1] == ' ' || q[-1] == '\t'))
+            q--;
+        if (q > p) {
+            rc = first ? cv_buf_append(b, name, strlen(name)) : APPEND(b, ", ");
+            if (rc == 0 && first)
+                rc = APPEND(b, ": ");
+            first = false;
+            if (rc == 0)
+                rc = cv_buf_append(b, p, (size_t)(q - p));
+        }
+        s = comma ? comma + 1 : e;
+    }
+    if (rc == 0 && !first)
+        rc = APPEND(b, "\r\n");
+    return rc;
+}
+
+static bool list_empty(const char *s)
+{
+    for (; s != NULL && *s; s++)
+        if (*s != ',' && *s != ' ' && *s != '\t')
+            return false;
+    return true;
+}
+
+static int append_line(struct cv_buf *b, const char *name, const char *value)
+{
+    int rc = cv_buf_append(b, name, strlen(name));
+    if (rc == 0)
+        rc = APPEND(b, ": ");
+    if (rc == 0)
+        rc = cv_buf_append(b, value, strlen(value));
+    if (rc == 0)
+        rc = APPEND(b, "\r\n");
+    return rc;
+}
+
+static int cors_check(const struct cv_gateway_cors *c)
+{
+    const char *texts[] = {c->origin, c->exposed_headers, c->methods, c->allowed_headers};
+    for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++)
+        if (texts[i] && !header_text_ok(texts[i])) {
+            cv_log_error("gateway: CORS values must not contain CR or LF");
+            return CV_EINVAL;
+        }
+    for (size_t i = 0; i < c->norigins; i++)
+        if (c->origins[i] == NULL || c->origins[i][0] == '\0' || !header_text_ok(c->origins[i])) {
+            cv_log_error("gateway: empty CORS origin, or one with CR or LF");
+            return CV_EINVAL;
+        }
+    if (c->origin && (c->norigins || c->origin_regex)) {
+        cv_log_error("gateway: a fixed CORS origin excludes an origin list or regex");
+        return CV_EINVAL;
+    }
+    return 0;
+}
+
+/* Compiles the origin regex (POSIX ERE). */
+static int cors_regex(struct cv_gateway *gw, const char *re)
+{
+    regex_t *x = calloc(1, sizeof *x);
+    if (x == NULL)
+        return CV_ENOMEM;
+    int rc = regcomp(x, re, REG_EXTENDED | REG_NOSUB);
+    if (rc != 0) {
+        char why[256];
+        regerror(rc, x, why, sizeof why);
+        cv_log_error("gateway: bad CORS origin regex '%s': %s", re, why);
+        free(x);
+        return CV_EINVAL;
+    }
+    gw->cors_re = x;
+    return 0;
+}
+
+/* The CORS header lines (§5.5), in the order Runner 5.5.0's server writes
+ * them: Vary, Allow-Origin, then Allow-Credentials and Expose-Headers
+ * (actual responses) or Allow-Methods, Allow-Headers, Allow-Credentials,
+ * Max-Age (preflights). */
 static int build_cors(struct cv_gateway *gw, const struct cv_gateway_cors *c)
 {
     struct cv_buf a, pa, pb;
     char line[64];
-    int rc = 0;
+    int rc = cors_check(c);
+    if (rc < 0)
+        return rc;
+    gw->cors_dyn = c->norigins > 0 || c->origin_regex != NULL;
+    if (c->origin_regex && (rc = cors_regex(gw, c->origin_regex)) < 0)
+        return rc;
+    if (c->norigins) {
+        gw->cors_origins = calloc(c->norigins, sizeof *gw->cors_origins);
+        if (gw->cors_origins == NULL)
+            return CV_ENOMEM;
+        for (size_t i = 0; i < c->norigins; i++, gw->cors_norigins++)
+            if ((gw->cors_origins[i] = strdup(c->origins[i])) == NULL)
+                return CV_ENOMEM;
+    }
+    /* Vary: Origin whenever the origin depends on the request (a list or
+     * regex), or for the fail-safe credentials without origin. */
+    gw->cors_vary = !c->no_vary && (gw->cors_dyn || (c->origin == NULL && c->credentials));
+    gw->cors_echo = list_empty(c->allowed_headers);
     cv_buf_init(&a, 8192);
     cv_buf_init(&pa, 8192);
     cv_buf_init(&pb, 8192);
-    if ((c->origin && !header_text_ok(c->origin)) ||
-        (c->exposed_headers && !header_text_ok(c->exposed_headers))) {
-        cv_log_error("gateway: CORS values must not contain CR or LF");
-        rc = CV_EINVAL;
-        goto out;
-    }
-    /* Origin: a fixed string, else "*" unless credentials (then none and
-     * Vary: Origin, fail-safe). Vary comes first, as in the reference. */
-    if (c->origin == NULL && c->credentials) {
-        rc = APPEND(&a, "Vary: Origin\r\n");
-        if (rc == 0)
-            rc = APPEND(&pa, "Vary: Origin\r\n");
-    } else {
-        const char *o = c->origin ? c->origin : "*";
+    if (!gw->cors_dyn) {
         for (int i = 0; i < 2 && rc == 0; i++) {
             struct cv_buf *b = i ? &pa : &a;
-            rc = APPEND(b, "Access-Control-Allow-Origin: ");
-            if (rc == 0)
-                rc = cv_buf_append(b, o, strlen(o));
-            if (rc == 0)
-                rc = APPEND(b, "\r\n");
+            if (gw->cors_vary)
+                rc = APPEND(b, "Vary: Origin\r\n");
+            if (rc == 0 && (c->origin != NULL || !c->credentials))
+                rc = append_line(b, "Access-Control-Allow-Origin", c->origin ? c->origin : "*");
         }
     }
     if (rc == 0 && c->credentials)
         rc = APPEND(&a, "Access-Control-Allow-Credentials: true\r\n");
-    if (rc == 0 && c->exposed_headers && c->exposed_headers[0]) {
-        rc = APPEND(&a, "Access-Control-Expose-Headers: ");
-        if (rc == 0)
-            rc = cv_buf_append(&a, c->exposed_headers, strlen(c->exposed_headers));
-        if (rc == 0)
-            rc = APPEND(&a, "\r\n");
-    }
-    /* §14.1: discovery is a GET, so the preflight lists it. */
     if (rc == 0)
-        rc = APPEND(&pa, "Access-Control-Allow-Methods: POST, GET, OPTIONS\r\n");
+        rc = append_list_line(&a, "Access-Control-Expose-Headers", c->exposed_headers);
+    /* §14.1: discovery is a GET, so the default preflight lists it. */
+    if (rc == 0)
+        rc = list_empty(c->methods)
+                 ? APPEND(&pa, "Access-Control-Allow-Methods: POST, GET, OPTIONS\r\n")
+                 : append_list_line(&pa, "Access-Control-Allow-Methods", c->methods);
+    if (rc == 0 && !gw->cors_echo)
+        rc = append_list_line(&pa, "Access-Control-Allow-Headers", c->allowed_headers);
     if (rc == 0 && c->credentials)
         rc = APPEND(&pb, "Access-Control-Allow-Credentials: true\r\n");
     if (rc == 0 && c->max_age >= 0) {
@@ -129,8 +224,12 @@ static int build_cors(struct cv_gateway *gw, const struct cv_gateway_cors *c)
         rc = cv_buf_append(&pa, "", 1);
     if (rc == 0)
         rc = cv_buf_append(&pb, "", 1);
-    if (rc < 0)
-        goto out;
+    if (rc < 0) {
+        cv_buf_fini(&a);
+        cv_buf_fini(&pa);
+        cv_buf_fini(&pb);
+        return rc;
+    }
     gw->cors_actual = (char *)cv_buf_head(&a);
     gw->cors_actual_len = a.len - 1;
     gw->pre_a = (char *)cv_buf_head(&pa);
@@ -138,11 +237,6 @@ static int build_cors(struct cv_gateway *gw, const struct cv_gateway_cors *c)
     gw->pre_b = (char *)cv_buf_head(&pb);
     gw->pre_b_len = pb.len - 1;
     return 0;
-out:
-    cv_buf_fini(&a);
-    cv_buf_fini(&pa);
-    cv_buf_fini(&pb);
-    return rc;
 }
 
 /* {"ok":true,"result":{"allowList":{"enabled":..,"tasks":[..],"events":[..]}}} */
@@ -187,7 +281,16 @@ static void gw_free(struct cv_gateway *gw)
     free(gw->cors_actual);
     free(gw->pre_a);
     free(gw->pre_b);
+    free_list(gw->cors_origins, gw->cors_norigins);
+    if (gw->cors_re != NULL) {
+        regfree(gw->cors_re);
+        free(gw->cors_re);
+    }
     free(gw->discovery);
+    free(gw->dls);
+    for (size_t i = 0; i < gw->nids; i++)
+        free(gw->ids[i].id);
+    free(gw->ids);
     free(gw->route_buf);
     cv_buf_fini(&gw->out);
     cv_buf_fini(&gw->head);
@@ -208,6 +311,43 @@ static int validate(const struct cv_gateway_opts *o)
     if (o->deadline_ms == 0) {
         cv_log_error("gateway: the deadline must be > 0 ms");
         return CV_EINVAL;
+    }
+    return 0;
+}
+
+/* Deadline classes (gw.h) and per-id settings. */
+static int setup_ids(struct cv_gateway *gw, const struct cv_gateway_opts *o)
+{
+    gw->dls = calloc(o->nids + 2, sizeof *gw->dls);
+    gw->ids = calloc(o->nids + 1, sizeof *gw->ids);
+    if (gw->dls == NULL || gw->ids == NULL)
+        return CV_ENOMEM;
+    gw->dls[0].ms = o->deadline_ms;
+    gw->dls[GW_DL_AUTH].ms = GW_AUTH_TIMEOUT_MS;
+    gw->ndls = 2;
+    for (size_t i = 0; i < o->nids; i++) {
+        const struct cv_gateway_id_opts *x = &o->ids[i];
+        if (x->id == NULL || x->id[0] == '\0') {
+            cv_log_error("gateway: empty id in the per-id settings");
+            return CV_EINVAL;
+        }
+        for (size_t k = 0; k < gw->nids; k++)
+            if (strcmp(gw->ids[k].id, x->id) == 0) {
+                cv_log_error("gateway: id '%s' has two per-id settings", x->id);
+                return CV_EINVAL;
+            }
+        struct gw_idopt *io = &gw->ids[gw->nids];
+        if ((io->id = strdup(x->id)) == NULL)
+            return CV_ENOMEM;
+        gw->nids++;
+        io->no_ctx = x->no_async_context;
+        uint64_t ms = x->deadline_ms ? x->deadline_ms : o->deadline_ms;
+        size_t c = 0;
+        while (c < gw->ndls && (c == GW_DL_AUTH || gw->dls[c].ms != ms))
+            c++;
+        if (c == gw->ndls)
+            gw->dls[gw->ndls++].ms = ms;
+        io->dl_class = (unsigned)c;
     }
     return 0;
 }
@@ -244,6 +384,19 @@ static int setup(struct cv_gateway *gw, const struct cv_gateway_opts *o)
         return rc;
     gw->discovery_disabled = o->discovery_disabled;
     gw->deadline_ms = o->deadline_ms;
+    if ((rc = setup_ids(gw, o)) < 0)
+        return rc;
+    cv_mp_limits_init(&gw->mp);
+    if (o->mp_file_size)
+        gw->mp.max_file = o->mp_file_size;
+    if (o->mp_files)
+        gw->mp.max_files = o->mp_files;
+    if (o->mp_fields)
+        gw->mp.max_fields = o->mp_fields;
+    if (o->mp_field_size)
+        gw->mp.max_field = o->mp_field_size;
+    if (o->mp_parts)
+        gw->mp.max_parts = o->mp_parts;
     gw->max_json = o->max_json_body ? o->max_json_body : 2u * 1024 * 1024;
     gw->max_octet = o->max_octet_body;
     gw->stream_idle_ms = o->stream_idle_ms ? o->stream_idle_ms : GW_STREAM_IDLE_MS;
@@ -299,7 +452,7 @@ int cv_gateway_start(uv_loop_t *loop, const struct cv_gateway_opts *opts, struct
     ho.keep_alive_s = 5;
     ho.tx_max = 64u << 20;
     cv_http1_server_set_opts(gw->srv, &ho);
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < GW_NTIMERS; i++) {
         uv_timer_init(loop, &gw->timers[i]);
         gw->timers[i].data = gw;
     }
@@ -323,15 +476,37 @@ int cv_gateway_add_event(struct cv_gateway *gw, const char *id, cv_gw_handler fn
     return cv_gw_native_add(gw->native, CV_GW_EVENT, id, fn, ud, parallel);
 }
 
+int cv_gateway_set_auth(struct cv_gateway *gw, cv_gw_handler fn, void *ud)
+{
+    if (gw->auth_be != NULL) {
+        cv_log_error("gateway: delegated auth is already configured");
+        return CV_EINVAL;
+    }
+    int rc = cv_gw_native_add(gw->native, CV_GW_AUTH, CV_GW_NATIVE_AUTH_ID, fn, ud, false);
+    if (rc == 0)
+        gw->auth_be = cv_gw_native_backend(gw->native);
+    return rc;
+}
+
 int cv_gateway_add_pool(struct cv_gateway *gw, const struct cv_gateway_pool_opts *o)
 {
     if (gw->npools >= GW_MAX_POOLS || gw->stopping)
         return CV_EINVAL;
+    if (o->auth && gw->auth_be != NULL) {
+        cv_log_error("gateway: delegated auth is already configured");
+        return CV_EINVAL;
+    }
+    if (o->auth && o->protocol == CV_GW_RUNNER_IPC_V1) {
+        cv_log_error("gateway: runner-ipc-v1 workers cannot do delegated auth");
+        return CV_EINVAL;
+    }
     struct cv_gw_backend *b;
     int rc = cv_gw_pool_new(gw->loop, o, &b);
     if (rc < 0)
         return rc;
     gw->pools[gw->npools++] = b;
+    if (o->auth)
+        gw->auth_be = b;
     return 0;
 }
 
@@ -357,8 +532,8 @@ static void finish_stop(struct cv_gateway *gw)
 {
     if (gw->shutdowns_pending > 0 || !gw->server_closed || gw->closing_timers > 0)
         return;
-    gw->closing_timers = 3;
-    for (int i = 0; i < 3; i++)
+    gw->closing_timers = GW_NTIMERS;
+    for (int i = 0; i < GW_NTIMERS; i++)
         uv_close((uv_handle_t *)&gw->timers[i], on_timer_closed);
 }
 

@@ -102,7 +102,8 @@ static json_t *select_tree(json_t *whole)
 static int nat_start(struct cv_gw_backend *b, struct cv_gw_req *req, const struct cv_gw_call *call)
 {
     struct cv_gw_native *nat = (struct cv_gw_native *)b;
-    const struct handler *h = lookup(nat, call->kind, call->id);
+    const struct handler *h =
+        lookup(nat, call->kind, call->kind == CV_GW_AUTH ? CV_GW_NATIVE_AUTH_ID : call->id);
     if (h == NULL)
         return CV_EINVAL;
     struct cv_gw_ctx *c = calloc(1, sizeof *c);

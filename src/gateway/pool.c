@@ -120,13 +120,16 @@ static void on_hello(struct worker *w, const char *text, size_t len)
     if (h.nparallel > 1)
         qsort(h.parallel, h.nparallel, sizeof(*h.parallel), cmp_str);
     w->max_in_flight = h.max_in_flight;
+    if (p->max_inflight != 0 && p->max_inflight < w->max_in_flight)
+        w->max_in_flight = p->max_inflight;
     w->window = h.window;
     w->f_cancel = h.f_cancel;
     w->f_streams = h.f_streams;
+    w->f_auth = h.f_auth;
     w->state = W_READY;
     w->ready_at = uv_now(p->loop);
     cv_log_info("gateway: worker %u ready (pid %lld, maxInFlight %u, window %llu%s%s%s)", w->index,
-                (long long)h.pid, h.max_in_flight, (unsigned long long)h.window,
+                (long long)h.pid, w->max_in_flight, (unsigned long long)h.window,
                 h.f_cancel ? ", cancel" : "", h.f_streams ? ", streams" : "",
                 h.f_auth ? ", auth" : "");
     cv_cwp_hello_fini(&p->hello);
@@ -162,7 +165,16 @@ static void pump(struct preq *pr);
 static int dispatch(struct worker *w, struct preq *pr)
 {
     struct pool *p = w->pool;
-    if (pr->call.mode != CV_GW_MODE_JSON && !w->f_streams)
+    bool auth = pr->call.kind == CV_GW_AUTH;
+    if (auth && !(p->proto == CV_CWP_PROTO_V2 || (p->proto == CV_CWP_PROTO_CWP1 && w->f_auth))) {
+        if (!p->auth_warned) {
+            p->auth_warned = true;
+            cv_log_warn("gateway: delegated auth asked of worker %u, which has no \"auth\" "
+                        "feature: rejected", w->index);
+        }
+        return CV_EINVAL;
+    }
+    if (!auth && pr->call.mode != CV_GW_MODE_JSON && !w->f_streams)
         return CV_EINVAL;
     uint64_t id = w->next_id++;
     while (cv_idmap_get(&w->inflight, (uint32_t)id) != NULL || (uint32_t)id == 0)
@@ -186,7 +198,11 @@ static int dispatch(struct worker *w, struct preq *pr)
     if (rc != 0)
         return rc;
     size_t before = w->tx.len;
-    if ((rc = cv_cwp_put_call(&w->tx, p->proto, &c)) == 0 && w->tx.len - before > CV_CWP_MAX_LINE) {
+    if (auth)
+        rc = cv_cwp_put_auth(&w->tx, id, pr->call.rid, pr->call.context, pr->call.context_len);
+    else
+        rc = cv_cwp_put_call(&w->tx, p->proto, &c);
+    if (rc == 0 && w->tx.len - before > CV_CWP_MAX_LINE) {
         /* Over the line limit of either side: this call fails, the worker stays. */
         w->tx.len = before;
         rc = CV_ETOOBIG;
@@ -242,7 +258,10 @@ static void drain_queue(struct pool *p)
         struct preq *pr = p->qhead;
         unlink_queued(p, pr);
         int rc = dispatch(w, pr);
-        if (rc == CV_EINVAL) {
+        if (rc == CV_EINVAL && pr->call.kind == CV_GW_AUTH) {
+            cv_gw_req_fail(pr->req, 401, "UNAUTHORIZED", "Unauthorized");
+            free_preq(pr);
+        } else if (rc == CV_EINVAL) {
             cv_gw_req_fail(pr->req, 415, "UNSUPPORTED_MODE",
                            "Streaming mode not supported by this backend");
             free_preq(pr);
@@ -991,6 +1010,7 @@ int cv_gw_pool_new(struct uv_loop_s *loop, const struct cv_gateway_pool_opts *o,
     p->queue_timeout_ms = o->queue_timeout_ms ? o->queue_timeout_ms : 5000;
     p->queue_max = o->queue_max ? o->queue_max : 1024;
     p->max_requests = o->max_requests;
+    p->max_inflight = o->max_inflight;
     cv_buf_init(&p->scratch, (size_t)CV_CWP_MAX_LINE * 2);
     cv_buf_init(&p->fixed, (size_t)CV_CWP_MAX_LINE * 3 + 8);
     uv_timer_init(loop, &p->qtimer);

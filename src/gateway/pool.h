@@ -55,7 +55,7 @@ struct worker {
     /* From the hello (defaults for legacy workers). */
     uint32_t max_in_flight;
     uint64_t window;
-    bool f_cancel, f_streams;
+    bool f_cancel, f_streams, f_auth;
     /* Pipes. */
     struct cv_buf rx;      /* stdout bytes not yet split into lines */
     size_t rx_scanned;     /* bytes of rx known to hold no '\n' */
@@ -99,6 +99,8 @@ struct pool {
     uint64_t queue_timeout_ms;
     unsigned queue_max;
     uint64_t max_requests;
+    unsigned max_inflight; /* gateway-side cap per worker (0: none) */
+    bool auth_warned;
     struct pool_timing tm;
     struct worker *workers; /* owned array */
     unsigned rr;            /* round-robin cursor */

@@ -621,9 +621,9 @@ int pool_workers_start(struct pool *p)
 {
     /* Tuning for tests: CULVERT_GW_POOL_TUNING="hello=ms,ping=ms,pong=ms,
      * silence=ms,kill=ms,backoff=ms,queue=n,maxrequests=n" shortens the
-     * §13.4 timings (and sets the queue size and recycling, which the CLI
-     * does not expose) so that every failure path can be tested in
-     * seconds. Unset in production. */
+     * §13.4 timings so that every failure path can be tested in seconds
+     * (queue and maxrequests override the pool options, which the CLI
+     * sets with --queue-max and --max-requests). Unset in production. */
     const char *spec = getenv("CULVERT_GW_POOL_TUNING");
     p->tm.hello_ms = env_ms(spec, "hello", 10000);
     p->tm.ping_ms = env_ms(spec, "ping", 10000);

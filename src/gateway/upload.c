@@ -310,7 +310,7 @@ void gw_upload_begin(struct cv_gw_req *r, const char *ctype, size_t len)
         return;
     }
     r->up = u;
-    cv_mp_limits_init(&u->lim);
+    u->lim = r->gw->mp;
     cv_buf_init(&u->manifest, u->lim.max_field + 1);
     if (cv_mp_boundary(ctype, len, boundary) != 0 ||
         (u->mp = cv_mp_new(boundary, &u->lim, &g_cbs, r)) == NULL) {

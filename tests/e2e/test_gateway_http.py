@@ -1108,3 +1108,227 @@ def test_duplex_octet_cap_truncates(gw):
     s.sendall(b"3\r\ndef\r\n")  # over the cap after the head: the stream is cut
     assert rd.at_eof(timeout=5)
     s.close()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# CORS, the §5.5 table, on `culvert gateway` (with the fake worker tests/tools/gw_worker.py for 200s and
+# streams). Header order as Runner 5.5.0's server writes it (tests/gateway/cors.test.mjs compares the two).
+
+GW_WORKER = str(REPO / "tests" / "tools" / "gw_worker.py")
+
+
+@pytest.fixture
+def cli_gw(culvert, tmp_path):
+    """Factory: `culvert gateway` with the fake worker and the given flags; returns the port. Stopped with
+    SIGTERM at teardown (must exit 0)."""
+    started = []
+
+    def start(*flags, worker=True):
+        args = [CULVERT_BIN, "gateway", "--listen", "127.0.0.1:0", "--token", TOKEN,
+                "--allow-task", "app.tasks.add", "--allow-task", "app.tasks.stream", "--allow-task",
+                "app.tasks.whoami"]
+        if worker:
+            args += ["--worker", "/usr/bin/python3 %s" % GW_WORKER, "--workers", "1"]
+        p = culvert.procs.start(args + list(flags), env={"GW_WORKER_LOG": str(tmp_path / "w.log")},
+                                name="gateway")
+        port = int(p.wait_line(r"listening on http://127\.0\.0\.1:(\d+)", timeout=10).group(1))
+        if worker:
+            p.wait_line(r"worker 0 ready", stream="err", timeout=15)
+        started.append(p)
+        return port
+
+    yield start
+    for p in started:
+        if p.alive():
+            p.p.send_signal(signal.SIGTERM)
+            assert p.wait_exit(20) == 0, p.dump()
+
+
+def cors_lines(hdrs):
+    return [(k, v) for k, v in hdrs if k.lower() == "vary" or k.lower().startswith("access-control-")]
+
+
+def preflight_lines(port, origin=None, asked=None):
+    h = {"Host": "x"}
+    if origin is not None:
+        h["Origin"] = origin
+    if asked is not None:
+        h["Access-Control-Request-Headers"] = asked
+    s, rd = raw(port)
+    s.sendall(("OPTIONS /__runner/task/app.tasks.add HTTP/1.1\r\n%s\r\n" %
+               "".join("%s: %s\r\n" % kv for kv in h.items())).encode())
+    st, hdrs, _ = rd.head()
+    s.close()
+    assert st == 204
+    return hdrs
+
+
+def test_cors_origin_list(cli_gw):
+    port = cli_gw("--cors-origin", "https://a.example", "--cors-origin", "https://b.example")
+    for origin in ("https://a.example", "https://b.example"):
+        st, h, b, hdrs = call(port, "POST", "/__runner/task/app.tasks.add", b'{"a":1,"b":2}',
+                              headers={"Origin": origin})
+        assert (st, b) == (200, b'{"ok":true,"result":3}')
+        assert [k for k, _ in hdrs][:3] == ["x-runner-request-id", "Vary", "Access-Control-Allow-Origin"]
+        assert cors_lines(hdrs) == [("Vary", "Origin"), ("Access-Control-Allow-Origin", origin)]
+    # not listed, absent, a case variant: no ACAO, still Vary
+    for origin in ("https://evil.example", None, "https://A.example"):
+        st, h, b, hdrs = call(port, "POST", "/__runner/task/app.tasks.add", b'{"a":1,"b":2}',
+                              headers={"Origin": origin})
+        assert st == 200 and cors_lines(hdrs) == [("Vary", "Origin")], origin
+    # errors (401, 403, 404 under base) and the step-0 404 outside base too
+    for path, token, want in (("/__runner/task/app.tasks.add", False, 401), ("/__runner/task/app.tasks.x", True, 403),
+                              ("/__runner/nope", True, 404), ("/elsewhere", True, 404)):
+        st, h, b, hdrs = call(port, "POST", path, b"{}", headers={"Origin": "https://b.example"}, token=token)
+        assert st == want
+        assert cors_lines(hdrs) == [("Vary", "Origin"), ("Access-Control-Allow-Origin", "https://b.example")], path
+    # preflight: Vary, ACAO, Methods, Headers, in this order
+    hdrs = preflight_lines(port, "https://a.example", "content-type")
+    assert cors_lines(hdrs) == [("Vary", "Origin"), ("Access-Control-Allow-Origin", "https://a.example"),
+                                ("Access-Control-Allow-Methods", "POST, GET, OPTIONS"),
+                                ("Access-Control-Allow-Headers", "content-type")]
+    assert cors_lines(preflight_lines(port, "https://c.example")) == [
+        ("Vary", "Origin"), ("Access-Control-Allow-Methods", "POST, GET, OPTIONS")]
+    # repeated Origin headers are joined (as Node does): no list entry matches
+    s, rd = raw(port)
+    s.sendall(b"OPTIONS /__runner/task/app.tasks.add HTTP/1.1\r\nHost: x\r\nOrigin: https://a.example\r\n"
+              b"Origin: https://b.example\r\n\r\n")
+    assert cors_lines(rd.head()[1]) == [("Vary", "Origin"), ("Access-Control-Allow-Methods", "POST, GET, OPTIONS")]
+    s.close()
+
+
+def test_cors_regex_stream_and_everything_else(cli_gw):
+    port = cli_gw("--cors-origin-regex", r"^https://[a-z]+\.dev$", "--cors-credentials", "--cors-expose",
+                  " x-a ,x-b,, ", "--cors-max-age", "600", "--cors-methods", "POST,PUT", "--cors-allowed-headers",
+                  "content-type,  x-runner-token")
+    ok = "https://app.dev"
+    st, h, b, hdrs = call(port, "POST", "/__runner/task/app.tasks.add", b'{"a":1,"b":2}', headers={"Origin": ok})
+    assert st == 200
+    assert cors_lines(hdrs) == [("Vary", "Origin"), ("Access-Control-Allow-Origin", ok),
+                                ("Access-Control-Allow-Credentials", "true"),
+                                ("Access-Control-Expose-Headers", "x-a, x-b")]
+    # the regex is unanchored only where the user leaves it so
+    for bad in ("https://app.dev.evil.com", "xhttps://app.dev", "https://APP.dev"):
+        st, h, b, hdrs = call(port, "POST", "/__runner/task/app.tasks.add", b'{"a":1,"b":2}', headers={"Origin": bad})
+        assert cors_lines(hdrs) == [("Vary", "Origin"), ("Access-Control-Allow-Credentials", "true"),
+                                    ("Access-Control-Expose-Headers", "x-a, x-b")], bad
+    # a streamed response carries them too
+    s, rd = raw(port)
+    s.sendall(req("POST", "/__runner/task/app.tasks.stream", b"", headers={"content-type": "application/octet-stream",
+                                                                           "Origin": ok}))
+    st, h, b, hdrs = rd.response()
+    s.close()
+    assert st == 201 and b == b"000001111122222"
+    assert cors_lines(hdrs) == [("Vary", "Origin"), ("Access-Control-Allow-Origin", ok),
+                                ("Access-Control-Allow-Credentials", "true"),
+                                ("Access-Control-Expose-Headers", "x-a, x-b")]
+    # preflight: configured methods and headers replace the defaults and the echo
+    assert cors_lines(preflight_lines(port, ok, "x-other")) == [
+        ("Vary", "Origin"), ("Access-Control-Allow-Origin", ok), ("Access-Control-Allow-Methods", "POST, PUT"),
+        ("Access-Control-Allow-Headers", "content-type, x-runner-token"),
+        ("Access-Control-Allow-Credentials", "true"), ("Access-Control-Max-Age", "600")]
+
+
+def test_cors_no_vary_and_credentials_without_origin(cli_gw):
+    port = cli_gw("--cors-origin", "https://a.example", "--cors-origin", "https://b.example", "--cors-no-vary")
+    st, h, b, hdrs = call(port, "POST", "/__runner/task/app.tasks.add", b'{"a":1,"b":2}',
+                          headers={"Origin": "https://a.example"})
+    assert cors_lines(hdrs) == [("Access-Control-Allow-Origin", "https://a.example")]
+    assert cors_lines(preflight_lines(port, "https://x.example")) == [
+        ("Access-Control-Allow-Methods", "POST, GET, OPTIONS")]
+    # origin unset + credentials: no ACAO, Vary: Origin (fail-safe); --cors-no-vary drops the Vary
+    port2 = cli_gw("--cors-credentials", worker=False)
+    st, h, b, hdrs = call(port2, "POST", "/__runner/task/app.tasks.add", b"{}", headers={"Origin": "https://a.example"})
+    assert cors_lines(hdrs) == [("Vary", "Origin"), ("Access-Control-Allow-Credentials", "true")]
+    assert cors_lines(preflight_lines(port2, "https://a.example")) == [
+        ("Vary", "Origin"), ("Access-Control-Allow-Methods", "POST, GET, OPTIONS"),
+        ("Access-Control-Allow-Credentials", "true")]
+    port3 = cli_gw("--cors-credentials", "--cors-no-vary", worker=False)
+    st, h, b, hdrs = call(port3, "POST", "/__runner/task/app.tasks.add", b"{}", headers={"Origin": "https://a.example"})
+    assert cors_lines(hdrs) == [("Access-Control-Allow-Credentials", "true")]
+
+
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--cors-origin-regex", "("], "--cors-origin-regex '(': "),
+        (["--cors-origin", ""], "empty CORS origin"),
+        (["--queue-max", "0"], "--queue-max"),
+        (["--max-inflight", "x"], "--max-inflight"),
+        (["--max-requests", "-1"], "--max-requests"),
+        (["--deadline-for", "app.tasks.add"], "--deadline-for"),
+        (["--deadline-for", "=5"], "--deadline-for"),
+        (["--deadline-for", "a=0"], "--deadline-for"),
+        (["--auth-worker"], "--auth-worker needs --worker"),
+        (["--auth-worker", "--worker", "x", "--worker-protocol", "runner-ipc-v1"], "runner-ipc-v1"),
+        (["--max-files", "0"], "--max-files"),
+        (["--max-file-size", "z"], "--max-file-size"),
+    ],
+)
+def test_cli_errors_new_flags(culvert, args, msg):
+    rc, out, errt = culvert.run(["gateway"] + args, timeout=10)
+    assert rc == 2, (rc, out, errt)
+    assert msg in errt
+
+
+def test_cli_help_lists_new_flags(culvert):
+    rc, out, _ = culvert.run(["gateway", "--help"])
+    for flag in ("--cors-origin-regex", "POSIX extended", "--cors-methods", "--cors-allowed-headers", "--cors-no-vary",
+                 "--queue-max", "--max-inflight", "--max-requests", "--auth-worker", "--deadline-for",
+                 "--no-async-context", "--max-file-size", "--max-files", "--max-fields", "--max-field-size",
+                 "--max-parts"):
+        assert flag in out, flag
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Delegated auth with a native callback (cv_gateway_set_auth; gateway_native --auth-key)
+
+
+def test_native_auth_callback(gw):
+    _, port = gw("--auth-key", "k1")
+    # a token still passes without asking
+    assert post(port, "task/app.tasks.add", {"a": 1, "b": 2})[::2] == (200, b'{"ok":true,"result":3}')
+    for key in ("k1", "k1-later"):
+        st, h, b = post(port, "task/app.tasks.add", {"a": 2, "b": 2}, token=False, headers={"x-api-key": key})
+        assert (st, b) == (200, b'{"ok":true,"result":4}'), key
+        assert "x-runner-request-id" in h
+    # an empty body that ends while auth runs; discovery
+    assert call(port, "POST", "/__runner/task/app.tasks.noop", b"", headers={"x-api-key": "k1-later"},
+                token=False)[0] == 200
+    assert call(port, "GET", "/__runner/discovery", None, headers={"x-api-key": "k1"}, token=False)[0] == 200
+    for key in ("k2", None):
+        st, h, b = post(port, "task/app.tasks.add", {"a": 2, "b": 2}, token=False, headers={"x-api-key": key})
+        assert (st, b) == (401, err("UNAUTHORIZED", "Unauthorized")), key
+
+
+def test_native_auth_runs_before_the_body(gw):
+    _, port = gw("--auth-key", "k1")
+    # refused: no 100 Continue, the body is never asked for
+    s, rd = raw(port)
+    s.sendall(b"POST /__runner/task/app.tasks.add HTTP/1.1\r\nHost: x\r\nx-api-key: nope\r\n"
+              b"content-type: application/json\r\ncontent-length: 13\r\nExpect: 100-continue\r\n\r\n")
+    st, h, b, _ = rd.response()
+    assert (st, b) == (401, err("UNAUTHORIZED", "Unauthorized"))
+    s.close()
+    # admitted later: 100 Continue only then, and the call runs
+    s, rd = raw(port)
+    s.sendall(b"POST /__runner/task/app.tasks.add HTTP/1.1\r\nHost: x\r\nx-api-key: k1-later\r\n"
+              b"content-type: application/json\r\ncontent-length: 13\r\nExpect: 100-continue\r\n\r\n")
+    assert rd.line() == b"HTTP/1.1 100 Continue"
+    assert rd.line() == b""
+    s.sendall(b'{"a":5,"b":3}')
+    assert rd.response()[::2] == (200, b'{"ok":true,"result":8}')
+    s.close()
+
+
+def test_native_auth_timeout_fails_closed(gw):
+    p, port = gw("--auth-key", "k1")
+    st, h, b = post(port, "task/app.tasks.add", {"a": 2, "b": 2}, token=False, headers={"x-api-key": "never"})
+    assert (st, b) == (401, err("UNAUTHORIZED", "Unauthorized"))
+    p.wait_line(r"delegated auth for app.tasks.add timed out", stream="err", timeout=5)
+    # a client that leaves while auth runs: no crash, the gateway goes on
+    s, rd = raw(port)
+    s.sendall(req("POST", "/__runner/task/app.tasks.add", b'{"a":1,"b":1}', token=False,
+                  headers={"x-api-key": "never"}))
+    s.close()
+    assert post(port, "task/app.tasks.add", {"a": 1, "b": 2})[0] == 200

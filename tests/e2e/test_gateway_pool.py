@@ -6,8 +6,9 @@ the cancel line the worker receives, client disconnects, the queue, max in-fligh
 with flow control, the legacy runner-ipc-v1/v2 modes and the graceful SIGTERM drain.
 
 The §13.4 timings (10 s hello, 5 s silence, ...) are shortened through CULVERT_GW_POOL_TUNING so that the suite
-runs in seconds. Every gateway is stopped with SIGTERM at teardown and must exit 0 (the ASan leak check), and
-no worker process may outlive it."""
+runs in seconds (the queue size, in-flight cap and recycling are flags: --queue-max, --max-inflight,
+--max-requests). Every gateway is stopped with SIGTERM at teardown and must exit 0 (the ASan leak check), and no
+worker process may outlive it."""
 
 import hashlib
 import http.client
@@ -99,6 +100,7 @@ def request(port, path, body=b"", headers=None, timeout=15, method="POST"):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     h = {"x-runner-token": TOKEN, "content-type": "application/json"}
     h.update(headers or {})
+    h = {k: v for k, v in h.items() if v is not None}  # None: leave the header out
     c.request(method, path, body=body, headers=h)
     r = c.getresponse()
     data = r.read()
@@ -493,6 +495,17 @@ def test_max_in_flight_respected(gw):
     assert max(e["inflight"] for e in slow) == 2
 
 
+def test_max_inflight_flag_caps_the_hello(gw):
+    # The worker offers 64; --max-inflight 2 caps it on the gateway side.
+    g = gw(workers=1, extra=["--max-inflight", "2"])
+    g.proc.wait_line(r"worker 0 ready \(pid \d+, maxInFlight 2,", stream="err", timeout=10)
+    res = parallel([lambda: g.task("app.tasks.slow", {"ms": 300}) for _ in range(6)])
+    assert all(r[0] == 200 and envelope(r[2])["result"] == "slept" for r in res), res
+    slow = [e for e in g.events("task") if e["taskId"] == "app.tasks.slow"]
+    assert len(slow) == 6
+    assert max(e["inflight"] for e in slow) == 2
+
+
 def test_least_loaded_dispatch(gw):
     g = gw(workers=2)
     ready(g, 2)
@@ -506,8 +519,7 @@ def test_least_loaded_dispatch(gw):
 
 
 def test_queue_full_503_at_once(gw):
-    g = gw(workers=1, env={"GW_WORKER_MAX_INFLIGHT": "1"}, tuning=FAST + ",queue=2",
-           extra=["--queue-timeout", "10000"])
+    g = gw(workers=1, env={"GW_WORKER_MAX_INFLIGHT": "1"}, extra=["--queue-timeout", "10000", "--queue-max", "2"])
     ready(g)
     holders = []
     for _ in range(3):  # one in flight, two queued
@@ -781,9 +793,94 @@ def test_sigterm_kills_stubborn_workers(gw):
 
 
 def test_recycling_after_max_requests(gw):
-    g = gw(tuning=FAST + ",maxrequests=3")
+    g = gw(extra=["--max-requests", "3"])
     pids = [g.pid() for _ in range(7)]
     assert pids[0] == pids[1] == pids[2]
     assert pids[3] != pids[0]
     g.proc.wait_line(r"recycled after 3 requests", stream="err")
     assert not [l for l in g.proc.stderr_text().splitlines() if "restarting" in l]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Delegated auth (§5.1, §13.4 "auth"): --auth-worker
+# --------------------------------------------------------------------------------------------------------
+
+AUTH_FEATURES = {"GW_WORKER_FEATURES": "cancel,streams,auth"}
+UNAUTH = {"message": "Unauthorized", "code": "UNAUTHORIZED"}
+
+
+def test_auth_worker_allows_and_denies(gw):
+    g = gw(env=AUTH_FEATURES, extra=["--auth-worker"])
+    ready(g)
+    # a matching token never asks the worker
+    st, _, body = g.task("app.tasks.add", {"a": 1, "b": 2})
+    assert (st, envelope(body)["result"]) == (200, 3)
+    assert g.received("auth") == []
+    # no token: the worker admits; the body is read afterwards and the call runs
+    st, h, body = g.task("app.tasks.add", {"a": 2, "b": 3}, headers={"x-runner-token": "wrong", "x-auth": "allow",
+                                                                     "x-runner-request-id": "auth-1"})
+    assert (st, envelope(body)["result"]) == (200, 5)
+    assert h["x-runner-request-id"] == "auth-1"
+    a = g.received("auth")
+    assert len(a) == 1
+    assert a[0]["rid"] == "auth-1"
+    ctx = a[0]["context"]
+    assert (ctx["method"], ctx["path"]) == ("POST", "/__runner/task/app.tasks.add")
+    # the auth message carries the auth header; the task message does not
+    assert ctx["headers"]["x-runner-token"] == "wrong" and ctx["headers"]["x-auth"] == "allow"
+    task = [t for t in g.received("task") if t["rid"] == "auth-1"][0]
+    assert "x-runner-token" not in task["context"]["headers"]
+    # an empty body (it ends while auth runs) and discovery
+    st, _, body = g.call("/__runner/task/app.tasks.whoami", b"", {"x-runner-token": "", "x-auth": "allow"})
+    assert st == 200 and envelope(body)["result"]["pid"] > 0
+    st, _, body = request(g.port, "/__runner/discovery", None, {"x-runner-token": "x", "x-auth": "allow"}, method="GET")
+    assert st == 200 and envelope(body)["result"]["allowList"]["enabled"] is True
+    assert g.received("auth")[-1]["context"]["method"] == "GET"
+    # after admission the §3 order goes on: 403 for an id not exposed
+    st, _, body = g.call("/__runner/task/app.tasks.secret", b"{}", {"x-auth": "allow", "x-runner-token": "x"})
+    assert (st, envelope(body)["error"]["code"]) == (403, "FORBIDDEN")
+    # every refusal is the same 401 envelope, and the body is never handed to a task
+    before = len(g.received("task"))
+    for how in ("deny", "forbid", "bad", "stream"):
+        st, h, body = g.task("app.tasks.add", {"a": 1, "b": 1}, headers={"x-runner-token": "x", "x-auth": how})
+        assert (st, envelope(body)) == (401, {"ok": False, "error": UNAUTH}), how
+        assert "x-runner-request-id" in h
+    st, _, body = g.call("/__runner/task/app.tasks.add", b'{"a":1,"b":1}', {"x-runner-token": None})
+    assert (st, envelope(body)["error"]) == (401, UNAUTH)
+    assert len(g.received("task")) == before
+    # the worker stays (a bad auth reply is not a restart)
+    assert len(g.spawned_pids()) == 1
+
+
+def test_auth_worker_timeout_garbage_and_death_fail_closed(gw):
+    g = gw(env=AUTH_FEATURES, extra=["--auth-worker"])
+    ready(g)
+    for how in ("never", "garbage"):
+        st, _, body = g.task("app.tasks.add", {"a": 1, "b": 1}, headers={"x-runner-token": "x", "x-auth": how},
+                             timeout=30)
+        assert (st, envelope(body)["error"]) == (401, UNAUTH), how
+    g.proc.wait_line(r"delegated auth for app.tasks.add timed out", stream="err", timeout=5)
+    st, _, body = g.task("app.tasks.add", {"a": 1, "b": 1}, headers={"x-runner-token": "x", "x-auth": "die"})
+    assert (st, envelope(body)["error"]) == (401, UNAUTH)
+    g.wait_for(lambda: len(g.spawned_pids()) >= 2, what="respawn")
+    ready(g)
+    st, _, body = g.task("app.tasks.add", {"a": 1, "b": 1}, headers={"x-runner-token": "x", "x-auth": "allow"})
+    assert (st, envelope(body)["result"]) == (200, 2)
+
+
+def test_auth_worker_without_the_feature_rejects(gw):
+    g = gw(extra=["--auth-worker"])  # the hello has no "auth"
+    ready(g)
+    st, _, body = g.task("app.tasks.add", {"a": 1, "b": 1}, headers={"x-runner-token": "x", "x-auth": "allow"})
+    assert (st, envelope(body)["error"]) == (401, UNAUTH)
+    assert g.received("auth") == []
+    g.proc.wait_line(r"no \"auth\" feature: rejected", stream="err", timeout=5)
+    assert g.task("app.tasks.add", {"a": 1, "b": 1})[0] == 200
+
+
+def test_auth_worker_legacy_v2(gw):
+    g = gw(protocol="runner-ipc-v2", extra=["--auth-worker"])
+    st, _, body = g.task("app.tasks.add", {"a": 1, "b": 1}, headers={"x-runner-token": "x", "x-auth": "allow"})
+    assert (st, envelope(body)["result"]) == (200, 2)
+    st, _, body = g.task("app.tasks.add", {"a": 1, "b": 1}, headers={"x-runner-token": "x", "x-auth": "deny"})
+    assert (st, envelope(body)["error"]) == (401, UNAUTH)

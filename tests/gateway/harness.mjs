@@ -92,9 +92,10 @@ export const TARGETS = {
   },
 };
 
-// Starts a target; resolves with { origin, baseUrl, proc, output(), stop() }.
-export async function startTarget(name) {
-  const [cmd, ...args] = await TARGETS[name].argv();
+// Starts a target (extra: arguments appended to its command line);
+// resolves with { origin, baseUrl, proc, output(), stop() }.
+export async function startTarget(name, extra = []) {
+  const [cmd, ...args] = [...(await TARGETS[name].argv()), ...extra];
   const proc = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"], env: process.env });
   let out = "";
   const onData = (d) => { out += d; };

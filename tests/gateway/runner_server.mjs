@@ -1,7 +1,8 @@
 // Runner's own Node server (nodeExposure) serving the shared test app: the
 // reference the interop tests validate themselves against, and the
 // baseline of bench/gateway/run.
-// Usage: node tests/gateway/runner_server.mjs [PORT] [--token T]
+// Usage: node tests/gateway/runner_server.mjs [PORT] [--token T] [--cors JSON]
+// (--cors: Runner's http.cors object; "originRegex": S becomes origin: new RegExp(S))
 // Prints "listening on http://127.0.0.1:PORT" once ready.
 import { createRequire } from "node:module";
 import { buildApp } from "../../workers/node/example/app.mjs";
@@ -12,14 +13,20 @@ const { run, nodeExposure } = createRequire(import.meta.url)("@bluelibs/runner")
 const args = process.argv.slice(2);
 let token = "secret";
 let port = 0;
+let cors;
 for (let i = 0; i < args.length; i++) {
   if (args[i] === "--token") token = args[++i];
+  else if (args[i] === "--cors") cors = JSON.parse(args[++i]);
   else port = Number(args[i]);
+}
+if (cors && typeof cors.originRegex === "string") {
+  cors.origin = new RegExp(cors.originRegex);
+  delete cors.originRegex;
 }
 
 const app = buildApp([
   nodeExposure.with({
-    http: { basePath: "/__runner", listen: { port, host: "127.0.0.1" }, auth: { token } },
+    http: { basePath: "/__runner", listen: { port, host: "127.0.0.1" }, auth: { token }, ...(cors ? { cors } : {}) },
   }),
 ]);
 let runtime;

@@ -47,6 +47,10 @@ Tasks (by taskId; input is the decoded "input"):
   app.tasks.big {bytes} (or header x-big-bytes) -> streams that many bytes, honouring the window
 Events: app.events.notify (returns payload), app.events.par (parallel),
   app.events.fail (error).
+Auth messages (feature "auth" in GW_WORKER_FEATURES): the verdict comes
+  from the request's x-auth header: allow | deny (401) | forbid (403) |
+  bad (bad shape) | garbage (a non-JSON line, no reply) | stream | die |
+  never (no reply); absent: deny.
 """
 import base64
 import hashlib
@@ -286,6 +290,29 @@ def run_task(m):
             legacy_err(i, 404, "NOT_FOUND", "Task %s not found" % tid)
 
 
+def run_auth(m):
+    """Delegated auth: the verdict named by the request's x-auth header."""
+    i = m["id"]
+    how = ((m.get("context") or {}).get("headers") or {}).get("x-auth", "deny")
+    log("auth", id=i, how=how)
+    if how == "allow":
+        ok(i, has_result=False)
+    elif how == "deny":
+        err(i, 401, {"message": "Unauthorized", "code": "UNAUTHORIZED"})
+    elif how == "forbid":
+        err(i, 403, {"message": "no", "code": "FORBIDDEN"})
+    elif how == "bad":
+        send({"id": i, "ok": "yes"})
+    elif how == "garbage":
+        send_raw(b"not json\n")
+    elif how == "stream":
+        send({"id": i, "ok": True, "stream": {}})
+    elif how == "die":
+        log("die")
+        os._exit(3)
+    # "never": no reply (the gateway's 5 s auth timeout rejects)
+
+
 def run_event(m):
     i = m["id"]
     eid = m.get("eventId")
@@ -381,7 +408,7 @@ def on_line(line):
     elif t in ("data", "end", "file", "ack"):
         on_frame(m)
     elif t == "auth":
-        ok(m["id"], has_result=False)
+        run_auth(m)
 
 
 def main():
