@@ -578,7 +578,8 @@ static int build_context(struct cv_gw_req *r, bool with_auth)
         static const char *const skip[] = {
             "connection", "keep-alive", "proxy-connection", "transfer-encoding",
             "te",         "trailer",    "upgrade",          "content-length"};
-        bool drop = !with_auth && has_ci(x->name, x->name_len, gw->auth_header);
+        bool drop = (!with_auth && has_ci(x->name, x->name_len, gw->auth_header)) ||
+                    (r->no_ctx && has_ci(x->name, x->name_len, "x-runner-context"));
         for (size_t k = 0; !drop && k < sizeof skip / sizeof skip[0]; k++)
             drop = has_ci(x->name, x->name_len, skip[k]);
         /* Repeats are joined at their first occurrence. */
@@ -722,6 +723,30 @@ void gw_fail_call(struct cv_gw_req *r, int status, const char *code, const char 
     reply_error(r->gw, r->h, r->rid, status, code, msg);
 }
 
+/* Replaces a graph body (§7.1) by the tree it stands for. Returns 0, 400
+ * (undecodable: a bad record, a cycle, a dangling ref) or 413 (the tree
+ * written out exceeds the worker line limit: shared refs are duplicated). */
+static int resolve_graph(struct cv_gw_req *r)
+{
+    char why[128];
+    json_t *t = cv_rj_decode((const char *)cv_buf_head(&r->body), r->body.len, why, sizeof why);
+    if (t == NULL) {
+        cv_log_debug("gateway: %s: graph body refused: %s (rid %s)", r->id, why, r->rid);
+        return 400;
+    }
+    struct cv_buf b;
+    cv_buf_init(&b, GW_GRAPH_MAX);
+    int rc = cv_rj_encode(t, &b);
+    json_decref(t);
+    if (rc < 0) {
+        cv_buf_fini(&b);
+        return rc == CV_ETOOBIG ? 413 : 400;
+    }
+    cv_buf_fini(&r->body);
+    r->body = b;
+    return 0;
+}
+
 static void json_ready(struct cv_gw_req *r)
 {
     struct cv_gateway *gw = r->gw;
@@ -740,7 +765,23 @@ static void json_ready(struct cv_gw_req *r)
     if (r->call.kind == CV_GW_EVENT) {
         struct cv_rj_top top;
         memset(&top, 0, sizeof top);
-        if (n > 0 && cv_rj_top_scan(p, n, &top) != 0) {
+        int bad = n > 0 && cv_rj_top_scan(p, n, &top) != 0 ? 400 : 0;
+        if (bad == 0 && top.is_graph) {
+            /* Events have no "body" form (§10): resolve the graph here, then
+             * take payload and returnPayload from the resolved object. */
+            bad = resolve_graph(r);
+            p = (char *)cv_buf_head(&r->body);
+            n = r->body.len;
+            memset(&top, 0, sizeof top);
+            if (bad == 0 && cv_rj_top_scan(p, n, &top) != 0)
+                bad = 400;
+        }
+        if (bad == 413) {
+            r->answered = true;
+            reply_error(gw, r->h, r->rid, 413, "PAYLOAD_TOO_LARGE", "Payload too large");
+            return;
+        }
+        if (bad != 0) {
             r->answered = true;
             reply_error(gw, r->h, r->rid, 400, "INVALID_JSON", "Invalid JSON body");
             return;
@@ -888,7 +929,8 @@ static void admit(struct cv_gateway *gw, struct cv_http1_req *h, const char *rid
     cv_buf_init(&r->body, mode == CV_GW_MODE_JSON ? gw->max_json : 0);
     cv_buf_init(&r->held, 1u << 24);
     const struct cv_http_header *rc = find_hdr(hd, "x-runner-context", &count);
-    if (count == 1 && !(io && io->no_ctx))
+    r->no_ctx = io && io->no_ctx;
+    if (count == 1 && !r->no_ctx)
         r->runner_ctx = strndup(rc->value, rc->value_len);
     cv_http1_req_set_data(h, r);
     gw->ncalls++;

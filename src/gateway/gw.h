@@ -24,6 +24,8 @@ struct cv_http1_cbs;
 #define GW_STREAM_IDLE_MS 60000
 #define GW_MAX_POOLS 8
 #define GW_RID_MAX 132
+/* A graph event body, resolved into a tree, at most (the worker line limit). */
+#define GW_GRAPH_MAX (16u * 1024 * 1024)
 
 enum { GW_DL = 0, GW_IDLE = 1, GW_GRACE = 2, GW_AUTHQ = 3, GW_NTIMERS = 4 };
 
@@ -85,6 +87,7 @@ struct cv_gw_req {
     bool authing;       /* waiting for delegated auth (be is the auth backend) */
     bool auth_end_seen; /* on_end came while authing (an empty body) */
     bool auth_queued, auth_ok;
+    bool no_ctx;        /* per-id allow_async_context=false: x-runner-context dropped */
     unsigned dl_class;  /* deadline class (gw->dls) */
     int route;          /* the route (codec/gwroute.h), kept while authing */
     char *context;            /* owned */

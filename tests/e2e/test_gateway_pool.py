@@ -884,3 +884,84 @@ def test_auth_worker_legacy_v2(gw):
     assert (st, envelope(body)["result"]) == (200, 2)
     st, _, body = g.task("app.tasks.add", {"a": 1, "b": 1}, headers={"x-runner-token": "x", "x-auth": "deny"})
     assert (st, envelope(body)["error"]) == (401, UNAUTH)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Per-id settings: --deadline-for, --no-async-context
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_deadline_for_one_id(gw):
+    g = gw(extra=["--deadline", "20000", "--deadline-for", "app.tasks.never=400",
+                  "--deadline-for", "app.tasks.whoami=1500", "--deadline-for", "app.events.notify=2500"])
+    ready(g)
+    st, _, body = g.task("app.tasks.never")
+    assert (st, envelope(body)["error"]) == (504, {"message": "Task timed out", "code": "TASK_TIMEOUT"})
+    g.wait_for(lambda: [c for c in g.received("cancel") if c.get("reason") == "timeout"], what="cancel")
+    # what each call is told it has left
+    sent = lambda tid: [t for t in g.received("task") if t["taskId"] == tid][-1]["deadlineMs"]
+    g.task("app.tasks.whoami")
+    assert 1000 < sent("app.tasks.whoami") <= 1500
+    g.task("app.tasks.echo", 1)
+    assert 15000 < sent("app.tasks.echo") <= 20000
+    g.event("app.events.notify", {"x": 1})
+    assert 2000 < g.received("event")[-1]["deadlineMs"] <= 2500
+    # the slow id with a short deadline did not disturb the others
+    st, _, body = g.task("app.tasks.slow", {"ms": 600})
+    assert (st, envelope(body)["result"]) == (200, "slept")
+
+
+def test_no_async_context_for_one_id(gw):
+    g = gw(extra=["--no-async-context", "app.tasks.whoami"])
+    ready(g)
+    ctx = '{"app.ctx.user":"{\\"id\\":\\"u1\\"}"}'
+    st, _, body = g.task("app.tasks.whoami", headers={"x-runner-context": ctx})
+    c = envelope(body)["result"]["context"]
+    assert st == 200 and "runnerContext" not in c and "x-runner-context" not in c["headers"]
+    st, _, body = g.call("/__runner/task/app.tasks.bad", b'{"input":{"v":"ok"}}', {"x-runner-context": ctx})
+    task = [t for t in g.received("task") if t["taskId"] == "app.tasks.bad"][-1]
+    assert task["context"]["runnerContext"] == ctx
+
+
+def mp_body(b, manifest, files=(), fields=()):
+    out = ("--%s\r\nContent-Disposition: form-data; name=\"__manifest\"\r\n\r\n%s\r\n" % (b, manifest)).encode()
+    for name, data in fields:
+        out += ("--%s\r\nContent-Disposition: form-data; name=\"%s\"\r\n\r\n" % (b, name)).encode() + data + b"\r\n"
+    for fid, data in files:
+        out += (("--%s\r\nContent-Disposition: form-data; name=\"file:%s\"; filename=\"%s.bin\"\r\n"
+                 "Content-Type: application/octet-stream\r\n\r\n") % (b, fid, fid)).encode() + data + b"\r\n"
+    return out + ("--%s--\r\n" % b).encode()
+
+
+def test_multipart_limit_flags(gw):
+    g = gw(extra=["--max-file-size", "1000", "--max-files", "2", "--max-fields", "2", "--max-field-size", "300",
+                  "--max-parts", "4"])
+    ready(g)
+    b = "----lim"
+    ct = {"content-type": "multipart/form-data; boundary=" + b}
+
+    def man(*ids):
+        return json.dumps({"input": {k: {"$runnerFile": "File", "id": k, "meta": {"name": k}} for k in ids}})
+
+    def run(body):
+        st, _, resp = g.call("/__runner/task/app.tasks.files", body, ct)
+        return st, envelope(resp)
+
+    # within every limit (a 1000-byte file, 2 files, the manifest plus one field, 4 parts)
+    st, e = run(mp_body(b, man("a", "b"), files=[("a", b"x" * 1000), ("b", b"y")], fields=[("note", b"n")]))
+    assert st == 200 and e["result"]["files"]["a"]["bytes"] == 1000, e
+    cases = [
+        (mp_body(b, man("a"), files=[("a", b"x" * 1001)]), "File size limit exceeded"),
+        (mp_body(b, man("a", "b", "c"), files=[("a", b"1"), ("b", b"2"), ("c", b"3")]), "Files limit exceeded"),
+        (mp_body(b, man("a"), files=[("a", b"1")], fields=[("f1", b"1"), ("f2", b"2")]), "Fields limit exceeded"),
+        (mp_body(b, json.dumps({"input": {"pad": "p" * 400}})), "Field limit exceeded"),
+    ]
+    for body, msg in cases:
+        st, e = run(body)
+        assert (st, e["error"]) == (413, {"message": msg, "code": "PAYLOAD_TOO_LARGE"}), msg
+    # parts: 5 parts with the other limits raised
+    g2 = gw(extra=["--max-parts", "4", "--max-fields", "10"])
+    ready(g2)
+    body = mp_body(b, man("a"), files=[("a", b"1")], fields=[("f%d" % i, b"v") for i in range(3)])
+    st, _, resp = g2.call("/__runner/task/app.tasks.files", body, ct)
+    assert (st, envelope(resp)["error"]["message"]) == (413, "Parts limit exceeded")
