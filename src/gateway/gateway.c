@@ -7,9 +7,12 @@
  * backend (backend.h). Backends answer through the cv_gw_req_* functions
  * below, which write the envelopes and headers of §4 and §5.
  *
- * Deadlines: every call waits in one FIFO list (all calls share the same
- * deadline, so admission order is expiry order) served by one timer; a
- * streaming call moves to a second list ordered by last activity.
+ * Deadlines: every call waits in the FIFO list of its deadline class
+ * (calls of one class share one deadline length, so admission order is
+ * expiry order; see gw.h) and one timer serves them all; a streaming call
+ * moves to a second list ordered by last activity. Delegated auth (§5.1)
+ * pauses the request and runs as a call of kind CV_GW_AUTH; its verdict
+ * is acted on from the loop (on_authq).
  * Options, start and stop are in lifecycle.c; multipart in upload.c;
  * envelopes in envelope.c; the native backend in native.c. */
 #include "culvert/gateway.h"
