@@ -285,13 +285,9 @@ static void slow_cancel(struct cv_gw_ctx *c, void *ud)
     uv_close((uv_handle_t *)&s->t, (uv_close_cb)free);
 }
 
-static void t_slow(struct cv_gw_ctx *c, void *ud)
+/* Answers c with "done" after ms (for an auth call: admits). */
+static void slow_start(struct cv_gw_ctx *c, uint64_t ms)
 {
-    (void)ud;
-    double ms = 0;
-    const json_t *in = cv_gw_input(c);
-    if (json_is_object(in))
-        cv_rj_number(cv_rj_get(in, "ms"), &ms);
     struct slow *s = calloc(1, sizeof *s);
     if (s == NULL) {
         cv_gw_fail(c, 500, "INTERNAL_ERROR", "oom");
@@ -300,8 +296,18 @@ static void t_slow(struct cv_gw_ctx *c, void *ud)
     s->c = c;
     uv_timer_init(g_loop, &s->t);
     s->t.data = s;
-    uv_timer_start(&s->t, slow_fire, ms > 0 && ms < 1e9 ? (uint64_t)ms : 0, 0);
+    uv_timer_start(&s->t, slow_fire, ms, 0);
     cv_gw_on_cancel(c, slow_cancel, s);
+}
+
+static void t_slow(struct cv_gw_ctx *c, void *ud)
+{
+    (void)ud;
+    double ms = 0;
+    const json_t *in = cv_gw_input(c);
+    if (json_is_object(in))
+        cv_rj_number(cv_rj_get(in, "ms"), &ms);
+    slow_start(c, ms > 0 && ms < 1e9 ? (uint64_t)ms : 0);
 }
 
 /* ---- delegated auth (--auth-key K) ---- */
@@ -319,16 +325,7 @@ static void a_key(struct cv_gw_ctx *c, void *ud)
     if (k != NULL && strcmp(k, g_auth_key) == 0) {
         cv_gw_reply(c, NULL);
     } else if (k != NULL && strncmp(k, g_auth_key, n) == 0 && strcmp(k + n, "-later") == 0) {
-        struct slow *s = calloc(1, sizeof *s);
-        if (s == NULL) {
-            cv_gw_fail(c, 500, "INTERNAL_ERROR", "oom");
-            return;
-        }
-        s->c = c;
-        uv_timer_init(g_loop, &s->t);
-        s->t.data = s;
-        uv_timer_start(&s->t, slow_fire, 50, 0); /* its reply admits (an auth result is ignored) */
-        cv_gw_on_cancel(c, slow_cancel, s);
+        slow_start(c, 50);
     } else if (k == NULL || strcmp(k, "never") != 0) {
         cv_gw_fail(c, 403, "FORBIDDEN", "bad key");
     }

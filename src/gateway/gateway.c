@@ -874,6 +874,25 @@ static const struct gw_idopt *find_idopt(const struct cv_gateway *gw, const char
     return NULL;
 }
 
+/* A new call for backend be (answers 500 itself if out of memory). */
+static struct cv_gw_req *req_new(struct cv_gateway *gw, struct cv_http1_req *h,
+                                 struct cv_gw_backend *be, const char *rid, const char *id,
+                                 size_t idlen)
+{
+    struct cv_gw_req *r = calloc(1, sizeof *r + idlen + 1);
+    if (r == NULL) {
+        reply_error(gw, h, rid, 500, "INTERNAL_ERROR", "Internal Error");
+        return NULL;
+    }
+    r->gw = gw;
+    r->h = h;
+    r->be = be;
+    memcpy(r->rid, rid, GW_RID_MAX);
+    memcpy(r->id, id, idlen);
+    r->id[idlen] = '\0';
+    return r;
+}
+
 /* After auth: discovery, or steps 6-8 and the start of a call. */
 static void admit(struct cv_gateway *gw, struct cv_http1_req *h, const char *rid, int route,
                   const char *id, size_t idlen)
@@ -915,16 +934,9 @@ static void admit(struct cv_gateway *gw, struct cv_http1_req *h, const char *rid
         reply_error(gw, h, rid, 413, "PAYLOAD_TOO_LARGE", "Payload too large"); /* unread */
         return;
     }
-    struct cv_gw_req *r = calloc(1, sizeof *r + idlen + 1);
-    if (r == NULL) {
-        reply_error(gw, h, rid, 500, "INTERNAL_ERROR", "Internal Error");
+    struct cv_gw_req *r = req_new(gw, h, be, rid, id, idlen);
+    if (r == NULL)
         return;
-    }
-    r->gw = gw;
-    r->h = h;
-    r->be = be;
-    memcpy(r->rid, rid, GW_RID_MAX);
-    memcpy(r->id, id, idlen + 1);
     r->call.kind = kind;
     r->call.mode = mode;
     const struct gw_idopt *io = gw->nids ? find_idopt(gw, id) : NULL;
@@ -953,19 +965,12 @@ static int build_context(struct cv_gw_req *r, bool with_auth);
 static void ask_auth(struct cv_gateway *gw, struct cv_http1_req *h, const char *rid, int route,
                      const char *id, size_t idlen)
 {
-    struct cv_gw_req *r = calloc(1, sizeof *r + idlen + 1);
-    if (r == NULL) {
-        reply_error(gw, h, rid, 500, "INTERNAL_ERROR", "Internal Error");
+    struct cv_gw_req *r = req_new(gw, h, gw->auth_be, rid, id ? id : "", idlen);
+    if (r == NULL)
         return;
-    }
-    r->gw = gw;
-    r->h = h;
-    r->be = gw->auth_be;
     r->authing = true;
     r->route = route;
     r->dl_class = GW_DL_AUTH;
-    memcpy(r->rid, rid, GW_RID_MAX);
-    memcpy(r->id, id ? id : "", idlen + 1);
     r->call.kind = CV_GW_AUTH;
     r->call.id = r->id;
     r->call.rid = r->rid;

@@ -412,7 +412,7 @@ static int setup(struct cv_gateway *gw, const struct cv_gateway_opts *o)
     }
     if (gw->ntokens == 0 && !gw->allow_anonymous)
         cv_log_warn("gateway: no token configured and anonymous access not allowed: every call "
-                    "answers 500 AUTH_NOT_CONFIGURED");
+                    "answers 500 AUTH_NOT_CONFIGURED (unless delegated auth is added)");
     return 0;
 }
 
