@@ -378,10 +378,11 @@ static const char *const k_events[] = {"app.events.notify", "app.events.par"};
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: gateway_native [--listen HOST:PORT] [--token T]... [--allow-anonymous] "
-                    "[--allow-task ID]... [--allow-event ID]... [--deadline MS] "
-                    "[--max-octet BYTES] [--base-path P] [--cors-origin O] "
-                    "[--cors-credentials true] [--cors-expose H] [--cors-max-age S] [--auth-key K]\n");
+    fprintf(stderr,
+            "usage: gateway_native [--listen HOST:PORT] [--token T]... [--allow-anonymous] "
+            "[--allow-task ID]... [--allow-event ID]... [--deadline MS] "
+            "[--max-octet BYTES] [--base-path P] [--cors-origin O] "
+            "[--cors-credentials true] [--cors-expose H] [--cors-max-age S] [--auth-key K]\n");
     return 2;
 }
 

@@ -87,9 +87,9 @@ struct cv_gw_req {
     bool authing;       /* waiting for delegated auth (be is the auth backend) */
     bool auth_end_seen; /* on_end came while authing (an empty body) */
     bool auth_queued, auth_ok;
-    bool no_ctx;        /* per-id allow_async_context=false: x-runner-context dropped */
-    unsigned dl_class;  /* deadline class (gw->dls) */
-    int route;          /* the route (codec/gwroute.h), kept while authing */
+    bool no_ctx;              /* per-id allow_async_context=false: x-runner-context dropped */
+    unsigned dl_class;        /* deadline class (gw->dls) */
+    int route;                /* the route (codec/gwroute.h), kept while authing */
     char *context;            /* owned */
     char *runner_ctx;         /* owned: x-runner-context when present once */
     struct gw_hcopy *hcopies; /* owned */
@@ -137,7 +137,7 @@ struct cv_gateway {
     struct gw_idopt *ids;
     size_t nids;
     struct cv_gw_backend *auth_be; /* delegated auth (borrowed pool), or NULL */
-    struct cv_mp_limits mp; /* multipart limits (§8.3) */
+    struct cv_mp_limits mp;        /* multipart limits (§8.3) */
     uv_timer_t timers[GW_NTIMERS];
     struct gw_list authq; /* auth verdicts to act on (linked by link[GW_DL]) */
     size_t ncalls;

@@ -170,7 +170,8 @@ static int dispatch(struct worker *w, struct preq *pr)
         if (!p->auth_warned) {
             p->auth_warned = true;
             cv_log_warn("gateway: delegated auth asked of worker %u, which has no \"auth\" "
-                        "feature: rejected", w->index);
+                        "feature: rejected",
+                        w->index);
         }
         return CV_EINVAL;
     }
