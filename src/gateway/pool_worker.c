@@ -420,9 +420,10 @@ static int spawn(struct worker *w)
     w->ping_id = 0;
     w->silence_at = 0;
     w->timeouts = 0;
-    w->max_in_flight = 64;
+    w->max_in_flight =
+        w->pool->max_inflight && w->pool->max_inflight < 64 ? w->pool->max_inflight : 64;
     w->window = 1024 * 1024;
-    w->f_cancel = w->f_streams = false;
+    w->f_cancel = w->f_streams = w->f_auth = false;
     w->ready_at = 0;
     cv_buf_init(&w->rx, CV_CWP_MAX_LINE + 2);
     cv_buf_init(&w->tx, (size_t)CV_CWP_MAX_LINE * 2);

@@ -506,6 +506,15 @@ def test_max_inflight_flag_caps_the_hello(gw):
     assert max(e["inflight"] for e in slow) == 2
 
 
+def test_max_inflight_flag_legacy(gw):
+    # No hello to cap: the legacy default (64) is capped instead.
+    g = gw(workers=1, protocol="runner-ipc-v1", extra=["--max-inflight", "1"])
+    res = parallel([lambda: g.task("app.tasks.slow", {"ms": 200}) for _ in range(3)])
+    assert all(r[0] == 200 for r in res), res
+    slow = [e for e in g.events("task") if e["taskId"] == "app.tasks.slow"]
+    assert len(slow) == 3 and max(e["inflight"] for e in slow) == 1
+
+
 def test_least_loaded_dispatch(gw):
     g = gw(workers=2)
     ready(g, 2)
