@@ -32,8 +32,10 @@ struct cv_http_server_limits {
 int cv_http_server_set_limits(struct cv_http_server *srv, const struct cv_http_server_limits *l);
 /* Connections refused by the per-address rate limit so far. */
 uint64_t cv_http_server_rate_limited(const struct cv_http_server *srv);
-/* Speak TLS (server context, borrowed: it must outlive srv) on connections
- * accepted from now on; NULL: plain. */
+/* Speak TLS (server context, borrowed until the next call or close: each
+ * connection takes its own reference) on connections accepted from now on;
+ * NULL: plain. Calling it again replaces the certificates for new
+ * connections only. */
 void cv_http_server_set_tls(struct cv_http_server *srv, struct cv_tls_ctx *tls);
 /* The bound port. */
 uint16_t cv_http_server_port(const struct cv_http_server *srv);

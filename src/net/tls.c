@@ -70,6 +70,7 @@
     X(SSL_get_version)                                                                             \
     X(SSL_is_init_finished)                                                                        \
     X(SSL_new)                                                                                     \
+    X(SSL_pending)                                                                                 \
     X(SSL_read)                                                                                    \
     X(SSL_set1_host)                                                                               \
     X(SSL_set_SSL_CTX)                                                                             \
@@ -183,6 +184,7 @@ struct cv_tls_ctx {
     SSL_CTX **ctx; /* owned: one per certificate (servers), or one */
     X509 **leaf;   /* borrowed from ctx[i]: for SNI matching */
     size_t n;
+    int refs; /* the creator's, plus one per connection made from it */
     bool server, insecure;
 };
 
@@ -191,7 +193,7 @@ struct cv_tls {
     BIO *rbio;              /* owned by ssl */
     BIO *wbio;              /* owned by ssl: appends to out */
     struct cv_buf out;      /* ciphertext for the socket */
-    struct cv_tls_ctx *ctx; /* borrowed */
+    struct cv_tls_ctx *ctx; /* a counted reference */
     bool shut;
     char err[200];
 };
@@ -236,7 +238,7 @@ static void ossl_reason(char *buf, size_t len, const char *fallback)
 
 void cv_tls_ctx_free(struct cv_tls_ctx *c)
 {
-    if (c == NULL)
+    if (c == NULL || --c->refs > 0)
         return;
     for (size_t i = 0; i < c->n; i++)
         SSL_CTX_free(c->ctx[i]);
@@ -264,6 +266,7 @@ static struct cv_tls_ctx *ctx_alloc(size_t n, bool server)
         return NULL;
     }
     c->server = server;
+    c->refs = 1;
     return c;
 }
 
@@ -459,7 +462,6 @@ static struct cv_tls *conn_new(struct cv_tls_ctx *ctx, bool server)
     struct cv_tls *t = calloc(1, sizeof *t);
     if (t == NULL)
         return NULL;
-    t->ctx = ctx;
     t->ssl = SSL_new(ctx->ctx[0]);
     t->rbio = BIO_new(BIO_s_mem());
     t->wbio = BIO_new(out_method);
@@ -473,6 +475,8 @@ static struct cv_tls *conn_new(struct cv_tls_ctx *ctx, bool server)
     }
     /* An empty read BIO means "wait for more", not end of file. */
     BIO_set_mem_eof_return(t->rbio, -1);
+    t->ctx = ctx;
+    ctx->refs++; /* the servername callback and ctx->insecure outlive a reload */
     cv_buf_init(&t->out, SIZE_MAX);
     BIO_set_data(t->wbio, t);
     BIO_set_init(t->wbio, 1);
@@ -517,6 +521,7 @@ void cv_tls_free(struct cv_tls *t)
         return;
     SSL_free(t->ssl); /* frees both BIOs */
     cv_buf_fini(&t->out);
+    cv_tls_ctx_free(t->ctx);
     free(t);
 }
 
@@ -590,6 +595,11 @@ int cv_tls_write(struct cv_tls *t, const void *p, size_t n)
         n -= (size_t)r;
     }
     return 0;
+}
+
+size_t cv_tls_buffered(const struct cv_tls *t)
+{
+    return BIO_ctrl_pending(t->rbio) + (size_t)SSL_pending(t->ssl);
 }
 
 struct cv_buf *cv_tls_out(struct cv_tls *t)

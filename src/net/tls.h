@@ -37,6 +37,10 @@ struct cv_tls_ctx *cv_tls_ctx_new_server(const struct cv_tls_cert *certs, size_t
  * Returns NULL with err set when ca_file cannot be loaded. */
 struct cv_tls_ctx *cv_tls_ctx_new_client(const char *ca_file, bool insecure, char *err,
                                          size_t errlen);
+/* Drops the caller's reference. Contexts are reference-counted: every
+ * connection made from one holds it, so a context can be replaced (the
+ * relay's certificate reload) and freed by its owner while connections made
+ * from it live on; it goes when the last of them is freed. NULL is fine. */
 void cv_tls_ctx_free(struct cv_tls_ctx *ctx);
 /* True for a client context made with insecure. */
 bool cv_tls_ctx_is_insecure(const struct cv_tls_ctx *ctx);
@@ -51,9 +55,9 @@ int cv_tls_client_setup(const char *ca_file, bool insecure, char *err, size_t er
 struct cv_tls_ctx *cv_tls_client_default(char *err, size_t errlen);
 void cv_tls_client_cleanup(void);
 
-/* A connection. Client: host is sent as SNI (unless it is an IP literal) and
- * checked against the peer's certificate (DNS name or IP address) unless the
- * context is insecure. Returns NULL when out of memory. */
+/* A connection; it holds a reference to ctx until cv_tls_free. Client: host is sent as SNI (unless
+ * it is an IP literal) and checked against the peer's certificate (DNS name or IP address) unless
+ * the context is insecure. Returns NULL when out of memory. */
 struct cv_tls *cv_tls_new_client(struct cv_tls_ctx *ctx, const char *host);
 struct cv_tls *cv_tls_new_server(struct cv_tls_ctx *ctx);
 void cv_tls_free(struct cv_tls *t);
@@ -71,6 +75,9 @@ int cv_tls_read(struct cv_tls *t, void *buf, size_t cap);
 /* Encrypts n bytes (all of them: the write BIO grows). Returns 0 or CV_EPROTO.
  * Only after the handshake. */
 int cv_tls_write(struct cv_tls *t, const void *p, size_t n);
+/* Input the engine holds and has not returned as plaintext yet: ciphertext
+ * fed and not processed, plus decrypted bytes of the current record. */
+size_t cv_tls_buffered(const struct cv_tls *t);
 /* Ciphertext waiting to be written to the socket (no maximum): the caller
  * consumes what it wrote, or swaps the buffer with an empty one of its own
  * (cv_buf_init(b, SIZE_MAX)). */
