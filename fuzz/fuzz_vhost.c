@@ -22,7 +22,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     enum cv_vhost_route r = cv_vhost_route(&h, "example.com", &name, &len);
     if (r != CV_VHOST_BAD && (name < (const char *)data || name + len > (const char *)data + hl))
         abort();
-    size_t n = cv_vhost_rewrite((const char *)data, (size_t)hl, &h, "192.0.2.1", out,
+    const char *proto = (data[0] & 1) ? "https" : "http";
+    size_t n = cv_vhost_rewrite((const char *)data, (size_t)hl, &h, "192.0.2.1", proto, out,
                                 CV_VHOST_REWRITE_MAX((size_t)hl));
     if (n == 0)
         abort(); /* CV_VHOST_REWRITE_MAX is always enough */

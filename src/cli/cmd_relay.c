@@ -51,10 +51,13 @@ static void usage(FILE *f)
             "  --domain BASE          serve agents' named exposures as NAME.BASE (with\n"
             "                         --http-listen: HTTP virtual hosts by Host header)\n"
             "  --http-listen HOST:PORT  HTTP virtual-host front door (needs --domain)\n"
+            "  --https-listen HOST:PORT  the same over TLS: https://NAME.BASE, terminated here\n"
+            "                         with the --tls-cert chosen by SNI (needs --domain and\n"
+            "                         --tls-cert/--tls-key)\n"
             "  --tls-cert FILE        PEM certificate chain: the --listen port speaks TLS\n"
             "                         (agents dial wss://); repeat with --tls-key for more\n"
             "                         certificates, chosen by the client's SNI name (the\n"
-            "                         first is the default)\n"
+            "                         first is the default); SIGHUP reads the files again\n"
             "  --tls-key FILE         PEM private key of the matching --tls-cert\n"
             "  --tls-listen HOST:PORT  SNI router: TLS connections for NAME.BASE (see --domain)\n"
             "                         pass untouched to the agent exposing tls:LOCAL:NAME\n"
@@ -141,7 +144,7 @@ static const struct option longopts[] = {
         {"config", required_argument, NULL, 'F'},
         {"domain", required_argument, NULL, 'M'}, {"http-listen", required_argument, NULL, 'W'},
         {"tls-cert", required_argument, NULL, 'c'}, {"tls-key", required_argument, NULL, 'k'},
-        {"tls-listen", required_argument, NULL, 'S'},
+        {"tls-listen", required_argument, NULL, 'S'}, {"https-listen", required_argument, NULL, 's'},
         {NULL, 0, NULL, 0}};
 
 #define MAX_CERTS 16
@@ -174,8 +177,9 @@ static bool domain_ok(const char *d)
     }
 }
 
-/* --http-listen's host (the relay reads it once, at start). */
-static char http_host[CV_ADDR_STRLEN];
+/* --http-listen's and --https-listen's hosts (the relay reads them once, at
+ * start). */
+static char http_host[CV_ADDR_STRLEN], https_host[CV_ADDR_STRLEN];
 
 static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, size_t hostlen,
                  char *admin, size_t adminlen, struct tls_args *tls)
@@ -256,6 +260,14 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
             }
             o->http_host = http_host;
             break;
+        case 's':
+            if (cv_addr_split(optarg, https_host, sizeof https_host, &o->https_port) != 0) {
+                cv_cli_error("culvert relay: ", "--https-listen wants HOST:PORT with a numeric "
+                             "host, got '%s'\n", optarg);
+                return 2;
+            }
+            o->https_host = https_host;
+            break;
         case 'a': o->any_port = true; break;
         case 'T': o->token = optarg; break;
         case 'A': o->allow_anonymous = true; break;
@@ -295,6 +307,14 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
         cv_cli_error("culvert relay: ", "unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
+    return -1;
+}
+
+/* Flags that only make sense together: checked on the whole configuration
+ * (file and command line), not on each config-file entry alone. Returns -1
+ * if they fit, else the exit status 2 (reported). */
+static int check_combos(const struct cv_relay_opts *o, const struct tls_args *tls)
+{
     if (tls->ncert != tls->nkey) {
         cv_cli_error("culvert relay: ", "--tls-cert and --tls-key come in pairs (got %zu "
                      "certificates and %zu keys)\n", tls->ncert, tls->nkey);
@@ -305,15 +325,27 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
                         "--http-listen HOST:PORT (--http-listen was given alone)\n");
         return 2;
     }
+    if (o->https_host != NULL && o->domain == NULL) {
+        cv_cli_error("culvert relay: ", "HTTPS virtual hosts need --domain BASE "
+                     "(--https-listen was given without it)\n");
+        return 2;
+    }
+    if (o->https_host != NULL && tls->ncert == 0) {
+        cv_cli_error("culvert relay: ", "--https-listen terminates TLS: it needs at least one "
+                     "--tls-cert FILE --tls-key FILE pair\n");
+        return 2;
+    }
     if (o->tls_listen_host != NULL && o->domain == NULL) {
         cv_cli_error("culvert relay: ", "the SNI router routes NAME.BASE: --tls-listen needs "
                         "--domain BASE\n");
         return 2;
     }
-    if (o->domain != NULL && o->http_host == NULL && o->tls_listen_host == NULL) {
+    if (o->domain != NULL && o->http_host == NULL && o->https_host == NULL &&
+        o->tls_listen_host == NULL) {
         cv_cli_error("culvert relay: ", "--domain BASE needs a front door (--domain was given "
-                        "alone): --http-listen HOST:PORT (HTTP virtual hosts) and/or --tls-listen "
-                        "HOST:PORT (SNI router)\n");
+                        "alone): --http-listen HOST:PORT (HTTP virtual hosts), --https-listen "
+                        "HOST:PORT (the same over TLS) and/or --tls-listen HOST:PORT (SNI "
+                        "router)\n");
         return 2;
     }
     return -1;
@@ -371,6 +403,8 @@ static struct relay_conf *load(int argc, char **argv, int *code, char *err, size
     int rc = c->argv ? parse(n, c->argv, &c->o, c->host, sizeof c->host, c->admin, sizeof c->admin,
                              &c->tls)
                      : 1;
+    if (rc < 0)
+        rc = check_combos(&c->o, &c->tls);
     if (rc >= 0) {
         conf_free(c);
         *code = rc;
@@ -394,6 +428,7 @@ static struct relay_conf *load(int argc, char **argv, int *code, char *err, size
 
 struct run {
     struct cv_relay *relay;
+    struct cv_tls_ctx *tls; /* owned: the certificates new connections get; NULL: plain */
     struct cv_cli_signals sig;
     uv_signal_t hup;
     struct relay_conf *conf; /* what the relay runs with (it borrows its strings) */
@@ -412,6 +447,33 @@ static void stop(void *data)
 static bool same(const char *a, const char *b)
 {
     return (a == NULL && b == NULL) || (a && b && strcmp(a, b) == 0);
+}
+
+/* Reads the certificate files of a new configuration. Returns 0 with *out
+ * set (NULL: nothing to change), or -1 after logging why the reload is
+ * refused. */
+static int reload_certs(struct run *run, const struct relay_conf *nc, struct cv_tls_ctx **out)
+{
+    *out = NULL;
+    if (run->tls == NULL) {
+        if (nc->tls.ncert > 0)
+            cv_log_warn("configuration reload: the relay started without TLS; --tls-cert "
+                        "takes effect on restart only");
+        return 0;
+    }
+    if (nc->tls.ncert == 0) {
+        cv_log_warn("configuration reload: TLS cannot be turned off live; the running "
+                    "certificates are kept");
+        return 0;
+    }
+    char err[600];
+    *out = cv_tls_ctx_new_server(nc->tls.c, nc->tls.ncert, err, sizeof err);
+    if (*out == NULL) {
+        cv_log_error("configuration reload refused, keeping the running certificates and "
+                     "configuration: TLS: %s", err);
+        return -1;
+    }
+    return 0;
 }
 
 /* SIGHUP: reads the configuration again. A bad file is refused with its
@@ -435,14 +497,30 @@ static void on_hup(uv_signal_t *h, int signum)
         !same(o->admin_host ? run->conf->admin : NULL, n->admin_host ? nc->admin : NULL) ||
         o->admin_port != n->admin_port || !same(o->public_bind, n->public_bind) ||
         o->ping_interval_ms != n->ping_interval_ms || o->pong_timeout_ms != n->pong_timeout_ms ||
-        !same(o->domain, n->domain) || o->http_port != n->http_port)
-        cv_log_warn("configuration reload: listen, admin, public-bind, ping, domain and "
-                    "http-listen settings take effect on restart only; the running values are kept");
+        !same(o->domain, n->domain) || o->http_port != n->http_port ||
+        !same(o->https_host, n->https_host) || o->https_port != n->https_port)
+        cv_log_warn("configuration reload: listen, admin, public-bind, ping, domain, "
+                    "http-listen and https-listen settings take effect on restart only; the "
+                    "running values are kept");
+    struct cv_tls_ctx *tls;
+    if (reload_certs(run, nc, &tls) != 0) {
+        conf_free(nc);
+        return;
+    }
     int rc = cv_relay_reload(run->relay, n);
     if (rc != 0) {
         cv_log_error("configuration reload refused, keeping the running one: %s", cv_strerror(rc));
+        cv_tls_ctx_free(tls);
         conf_free(nc);
         return;
+    }
+    if (tls != NULL) {
+        /* Live TLS connections hold their own reference to the old context. */
+        cv_relay_set_tls(run->relay, tls);
+        cv_tls_ctx_free(run->tls);
+        run->tls = tls;
+        cv_log_info("TLS certificates reloaded: %zu (first %s)", nc->tls.ncert,
+                    nc->tls.c[0].cert_file);
     }
     cv_log_info("configuration reloaded%s%s: %s, allow-ports %u-%u, conn-rate %g/%g",
                 cv_cli_conf_path(run->argc, run->argv) ? " from " : "",
@@ -464,7 +542,7 @@ int cv_cmd_relay(int argc, char **argv)
         return rc;
     }
     struct cv_relay_opts *o = &c->o;
-    /* Certificates are read once, at start (a reload keeps them). */
+    /* Certificates are read at start and again on SIGHUP (on_hup). */
     struct cv_tls_ctx *tls = NULL;
     if (c->tls.ncert > 0) {
         tls = cv_tls_ctx_new_server(c->tls.c, c->tls.ncert, err, sizeof err);
@@ -479,12 +557,13 @@ int cv_cmd_relay(int argc, char **argv)
         cv_log_warn("--allow-anonymous: peers without a token are admitted; anyone who reaches "
                     "%s:%u can register as any agent", c->host, o->port);
     uv_loop_t *loop = uv_default_loop();
-    struct run run = {.conf = c, .argc = argc, .argv = argv};
+    struct run run = {.conf = c, .tls = tls, .argc = argc, .argv = argv};
     rc = cv_relay_start(loop, o, &run.relay);
     if (rc != 0) {
         fprintf(stderr, "culvert relay: cannot start on %s:%u%s%s%s: %s\n", c->host, o->port,
                 o->admin_host ? " (admin " : "", o->admin_host ? "listener included)" : "",
-                o->http_host ? " (or the --http-listen address)" : "", cv_strerror(rc));
+                o->http_host || o->https_host ? " (or a --http-listen/--https-listen address)" : "",
+                cv_strerror(rc));
         conf_free(c);
         cv_tls_ctx_free(tls);
         return 1;
@@ -505,10 +584,13 @@ int cv_cmd_relay(int argc, char **argv)
     if (o->http_host)
         printf("culvert relay HTTP virtual hosts http://NAME.%s on %s:%u\n", o->domain,
                o->http_host, cv_relay_http_port(run.relay));
+    if (o->https_host)
+        printf("culvert relay HTTPS virtual hosts https://NAME.%s on %s:%u\n", o->domain,
+               o->https_host, cv_relay_https_port(run.relay));
     fflush(stdout);
     uv_run(loop, UV_RUN_DEFAULT);
     uv_loop_close(loop);
     conf_free(run.conf);
-    cv_tls_ctx_free(tls);
+    cv_tls_ctx_free(run.tls);
     return 0;
 }

@@ -119,7 +119,7 @@ static void put(struct out *o, const char *s, size_t n)
 static void puts_(struct out *o, const char *s) { put(o, s, strlen(s)); }
 
 size_t cv_vhost_rewrite(const char *head, size_t head_len, const struct cv_http_head *h,
-                        const char *client_ip, char *out, size_t cap)
+                        const char *client_ip, const char *proto, char *out, size_t cap)
 {
     struct out o = {.p = out, .cap = cap};
     const char *end = head + head_len;
@@ -155,7 +155,9 @@ size_t cv_vhost_rewrite(const char *head, size_t head_len, const struct cv_http_
         puts_(&o, client_ip);
         puts_(&o, "\r\n");
     }
-    puts_(&o, "X-Forwarded-Proto: http\r\n");
+    puts_(&o, "X-Forwarded-Proto: ");
+    puts_(&o, proto);
+    puts_(&o, "\r\n");
     if (host) {
         puts_(&o, "X-Forwarded-Host: ");
         put(&o, host->value, host->value_len);

@@ -9,8 +9,8 @@
  * Rewriting keeps every byte of the head except: X-Forwarded-Proto and
  * X-Forwarded-Host lines are dropped (a visitor could forge them), ", IP"
  * is appended to the last X-Forwarded-For line (or such a line is added),
- * and `X-Forwarded-Proto: http` and `X-Forwarded-Host: HOST` (the Host
- * header as sent) are added at the end. */
+ * and `X-Forwarded-Proto: http` (or https: the visitor's scheme) and
+ * `X-Forwarded-Host: HOST` (the Host header as sent) are added at the end. */
 #ifndef CV_VHOST_H
 #define CV_VHOST_H
 
@@ -34,9 +34,10 @@ enum cv_vhost_route cv_vhost_route(const struct cv_http_head *h, const char *bas
 #define CV_VHOST_REWRITE_MAX(head_len) (2 * (head_len) + 256)
 
 /* Writes the forwarded form of the request head head[0..head_len) (parsed
- * into h) into out, for a visitor at client_ip (text, no port). Returns the
- * length, or 0 if it does not fit in cap. */
+ * into h) into out, for a visitor at client_ip (text, no port) that spoke
+ * scheme proto ("http" or "https", at most 8 bytes). Returns the length, or
+ * 0 if it does not fit in cap. */
 size_t cv_vhost_rewrite(const char *head, size_t head_len, const struct cv_http_head *h,
-                        const char *client_ip, char *out, size_t cap);
+                        const char *client_ip, const char *proto, char *out, size_t cap);
 
 #endif

@@ -45,8 +45,11 @@ void relay_stats_handshake(struct relay_stats *st, uint64_t ns)
     st->hs_sum += s;
 }
 
-static const char *front_name(uint8_t kind)
+static const char *front_name(const struct conn *c)
 {
+    uint8_t kind = c->kind;
+    if (kind == FRONT_HTTP && vhost_is_tls(c))
+        return "https-vhost";
     static const char *const names[] = {
         [FRONT_SESSION] = "session", [FRONT_TCP] = "tcp-port", [FRONT_UDP] = "udp-port",
         [FRONT_HTTP] = "http-vhost"};
@@ -116,11 +119,11 @@ static json_t *streams_json(struct cv_relay *r)
             const struct conn *c = t->conns.slots[i].val;
             if (c == NULL)
                 continue;
-            json_array_append_new(
-                arr, json_pack("{s:s,s:I,s:s,s:s,s:I,s:I}", "agent", t->id, "id",
-                               (json_int_t)c->tid, "proto", proto_name(c->proto), "front",
-                               front_name(c->kind), "bytes_to_agent", (json_int_t)c->up,
-                               "bytes_from_agent", (json_int_t)c->down));
+            json_array_append_new(arr, json_pack("{s:s,s:I,s:s,s:s,s:I,s:I}", "agent", t->id, "id",
+                                                 (json_int_t)c->tid, "proto", proto_name(c->proto),
+                                                 "front", front_name(c), "bytes_to_agent",
+                                                 (json_int_t)c->up, "bytes_from_agent",
+                                                 (json_int_t)c->down));
         }
     }
     return json_pack("{s:o}", "streams", arr);
@@ -163,18 +166,27 @@ static json_t *stats_json(struct cv_relay *r)
     const struct relay_stats *st = &r->stats;
     struct gauges g;
     gauges(r, &g);
-    return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f}", "started",
-                     (json_int_t)r->started, "agents", (json_int_t)(g.agents_native + g.agents_compat),
-                     "sessions", (json_int_t)g.sessions, "streams", (json_int_t)g.streams,
-                     "exposures", (json_int_t)g.exposures, "agents_total",
-                     (json_int_t)st->agents_total, "sessions_total", (json_int_t)st->sessions_total,
-                     "streams_total", (json_int_t)st->streams_total, "stream_errors_total",
-                     (json_int_t)st->stream_errors, "auth_failures_total",
-                     (json_int_t)st->auth_failures, "expose_refusals_total",
-                     (json_int_t)st->expose_refusals, "bytes_to_agents_total",
-                     (json_int_t)st->bytes_to_agents, "bytes_from_agents_total",
-                     (json_int_t)st->bytes_from_agents, "handshakes_total",
-                     (json_int_t)st->hs_count, "handshake_seconds_sum", st->hs_sum);
+    json_t *o = json_pack(
+        "{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f}", "started",
+        (json_int_t)r->started, "agents", (json_int_t)(g.agents_native + g.agents_compat),
+        "sessions", (json_int_t)g.sessions, "streams", (json_int_t)g.streams, "exposures",
+        (json_int_t)g.exposures, "agents_total", (json_int_t)st->agents_total, "sessions_total",
+        (json_int_t)st->sessions_total, "streams_total", (json_int_t)st->streams_total,
+        "stream_errors_total", (json_int_t)st->stream_errors, "auth_failures_total",
+        (json_int_t)st->auth_failures, "expose_refusals_total", (json_int_t)st->expose_refusals,
+        "bytes_to_agents_total", (json_int_t)st->bytes_to_agents, "bytes_from_agents_total",
+        (json_int_t)st->bytes_from_agents, "handshakes_total", (json_int_t)st->hs_count,
+        "handshake_seconds_sum", st->hs_sum);
+    json_t *v = json_pack("{s:I,s:{s:I,s:I},s:I,s:I}", "requests_total",
+                          (json_int_t)st->vhost_requests, "connections_total", "http",
+                          (json_int_t)st->vhost_conns[0], "https", (json_int_t)st->vhost_conns[1],
+                          "tls_handshakes_total", (json_int_t)st->vhost_tls_handshakes,
+                          "tls_handshake_failures_total", (json_int_t)st->vhost_tls_failures);
+    if (o != NULL && v != NULL)
+        json_object_set_new(o, "vhost", v);
+    else
+        json_decref(v);
+    return o;
 }
 
 static void metrics_text(struct cv_relay *r, struct cv_buf *b)
@@ -203,12 +215,25 @@ static void metrics_text(struct cv_relay *r, struct cv_buf *b)
     cv_prom_metric(b, "culvert_relay_expose_refusals_total", "counter",
                    "Public port requests refused.", st->expose_refusals);
     cv_prom_metric(b, "culvert_relay_rate_limited_total", "counter",
-                   "Connections refused by the per-address rate limit.",
-                   r->srv ? cv_http_server_rate_limited(r->srv) : 0);
+                   "Connections refused by the per-address rate limit (agent listener and SNI "
+                   "router; the virtual hosts count theirs as answers with status 429).",
+                   (r->srv ? cv_http_server_rate_limited(r->srv) : 0) + st->sni_rate_limited);
     cv_prom_metric(b, "culvert_relay_names", "gauge",
                    "Names (http and tls) held for agents now.", g.names);
     cv_prom_metric(b, "culvert_relay_vhost_requests_total", "counter",
                    "Requests forwarded by the HTTP virtual hosts.", st->vhost_requests);
+    cv_prom_head(b, "culvert_relay_vhost_connections_total", "counter",
+                 "Visitor connections accepted by the virtual hosts, by scheme.");
+    cv_prom_value(b, "culvert_relay_vhost_connections_total", "scheme=\"http\"",
+                  st->vhost_conns[0]);
+    cv_prom_value(b, "culvert_relay_vhost_connections_total", "scheme=\"https\"",
+                  st->vhost_conns[1]);
+    cv_prom_head(b, "culvert_relay_vhost_tls_handshakes_total", "counter",
+                 "TLS handshakes of HTTPS virtual-host visitors, by result.");
+    cv_prom_value(b, "culvert_relay_vhost_tls_handshakes_total", "result=\"ok\"",
+                  st->vhost_tls_handshakes);
+    cv_prom_value(b, "culvert_relay_vhost_tls_handshakes_total", "result=\"failed\"",
+                  st->vhost_tls_failures);
     cv_prom_head(b, "culvert_relay_vhost_answers_total", "counter",
                  "Answers the HTTP virtual hosts gave themselves (unknown host, agent gone, ...).");
     for (size_t i = 0; i < RELAY_VHOST_STATUSES; i++) {

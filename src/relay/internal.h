@@ -22,6 +22,7 @@ struct session;
 struct exposure;
 struct visitor;
 struct vhost;
+struct cv_ratelimit;
 
 /* FRONT_HTTP: a visitor of the HTTP virtual-host front door (vhost.c). */
 enum front_kind { FRONT_SESSION, FRONT_TCP, FRONT_UDP, FRONT_HTTP };
@@ -113,6 +114,10 @@ struct relay_stats {
     uint64_t hs_bucket[RELAY_HS_BUCKETS]; /* not cumulative: one count per bucket */
     uint64_t vhost_requests;    /* request heads forwarded by the HTTP virtual hosts */
     uint64_t vhost_answers[RELAY_VHOST_STATUSES]; /* the relay's own answers, by status */
+    uint64_t vhost_conns[2];       /* visitor connections accepted: [0] HTTP, [1] HTTPS */
+    uint64_t vhost_tls_handshakes; /* HTTPS visitors' TLS handshakes completed */
+    uint64_t vhost_tls_failures;   /* ... and failed (bad ClientHello, alerts) */
+    uint64_t sni_rate_limited;     /* SNI router connections closed by the per-address rate */
 };
 
 struct relay_admin;
@@ -150,11 +155,12 @@ struct cv_relay {
     struct named *names;       /* named exposures, held and gone */
     size_t names_gone;         /* entries with t NULL (bounded) */
     struct vhost *vhost;       /* HTTP virtual hosts; NULL unless opts.http_host */
+    struct vhost *vhost_tls;   /* the same over TLS; NULL unless opts.https_host */
     char domain[256];          /* opts.domain, lowercased (opts.domain points here) */
     /* Owned copies of the address strings in opts (opts points here): the
      * caller's strings may go away, e.g. on a config reload. */
     char own_host[64], own_public_bind[64], own_admin_host[64], own_http_host[64],
-        own_tls_listen_host[64];
+        own_https_host[64], own_tls_listen_host[64];
     uint16_t tls_front_port;   /* port routing tls names by SNI; 0: none (tlsfront.c sets it) */
     struct tlsfront *tlsfront; /* the SNI router; NULL unless opts.tls_listen_host */
 };
@@ -227,6 +233,8 @@ void names_each(struct tunnel *t, void (*fn)(void *ud, const struct named *n), v
 
 /* tlsfront.c: the SNI router (--tls-listen). */
 int tlsfront_start(struct cv_relay *r);
+/* Applies r->opts.conn_rate/burst to f (NULL: none). 0 or CV_ENOMEM. */
+int tlsfront_set_limits(struct cv_relay *r, struct tlsfront *f);
 void tlsfront_stop(struct cv_relay *r);
 
 /* vhost.c */
@@ -239,6 +247,8 @@ bool vhost_write(struct conn *c, const uint8_t *p, size_t n);
 void vhost_detach(struct conn *c);
 void vhost_error(struct conn *c, const uint8_t *p, size_t n);
 void vhosts_resume(struct tunnel *t);
+/* c's visitor came through --https-listen (admin API). */
+bool vhost_is_tls(const struct conn *c);
 
 /* admin.c */
 int relay_admin_start(struct cv_relay *r);
@@ -248,6 +258,10 @@ void relay_stats_handshake(struct relay_stats *st, uint64_t ns);
 
 /* relay.c */
 void relay_handle_closed(uv_handle_t *h);
+/* Replaces *slot (freed) with a per-address limiter for r->opts.conn_rate
+ * and conn_burst, or NULL when the rate is 0. Returns 0, or CV_ENOMEM with
+ * *slot unchanged. */
+int relay_rate_renew(struct cv_relay *r, struct cv_ratelimit **slot);
 void relay_maybe_free(struct cv_relay *r);
 
 #endif

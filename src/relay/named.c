@@ -59,16 +59,20 @@ static void reply(struct tunnel *t, uint8_t kind, uint32_t num, uint16_t port, c
 /* The front door serving kind, and the address visitors use. */
 static uint16_t front_port(struct cv_relay *r, uint8_t kind)
 {
-    return kind == CV_KH_HTTP ? cv_relay_http_port(r) : r->tls_front_port;
+    if (kind != CV_KH_HTTP)
+        return r->tls_front_port;
+    /* The plain door when there is one, else the HTTPS one. */
+    return cv_relay_http_port(r) ? cv_relay_http_port(r) : cv_relay_https_port(r);
 }
 
 static void format_url(struct cv_relay *r, uint8_t kind, const char *name, char *out, size_t cap)
 {
     uint16_t port = front_port(r, kind);
-    if (kind == CV_KH_HTTP && port == 80)
-        snprintf(out, cap, "http://%s.%s/", name, r->opts.domain);
+    bool tls = kind == CV_KH_HTTP && cv_relay_http_port(r) == 0;
+    if (kind == CV_KH_HTTP && port == (tls ? 443 : 80))
+        snprintf(out, cap, "%s://%s.%s/", tls ? "https" : "http", name, r->opts.domain);
     else if (kind == CV_KH_HTTP)
-        snprintf(out, cap, "http://%s.%s:%u/", name, r->opts.domain, port);
+        snprintf(out, cap, "%s://%s.%s:%u/", tls ? "https" : "http", name, r->opts.domain, port);
     else
         snprintf(out, cap, "%s.%s:%u", name, r->opts.domain, port);
 }

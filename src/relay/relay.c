@@ -19,6 +19,7 @@
 #include "core/err.h"
 #include "core/limits.h"
 #include "core/log.h"
+#include "core/ratelimit.h"
 #include "net/addr.h"
 #include "net/http_server.h"
 #include "relay/internal.h"
@@ -388,8 +389,10 @@ int cv_relay_start(uv_loop_t *loop, const struct cv_relay_opts *opts, struct cv_
 {
     if ((opts->token == NULL || opts->token[0] == 0) && !opts->allow_anonymous)
         return CV_EINVAL;
-    if (opts->http_host && (opts->domain == NULL || opts->domain[0] == 0))
+    if ((opts->http_host || opts->https_host) && (opts->domain == NULL || opts->domain[0] == 0))
         return CV_EINVAL; /* virtual hosts need a BASE */
+    if (opts->https_host && opts->tls == NULL)
+        return CV_EINVAL; /* HTTPS needs certificates */
     struct cv_relay *r = calloc(1, sizeof *r);
     if (r == NULL)
         return CV_ENOMEM;
@@ -399,6 +402,7 @@ int cv_relay_start(uv_loop_t *loop, const struct cv_relay_opts *opts, struct cv_
         !own_str(r->own_public_bind, sizeof r->own_public_bind, &r->opts.public_bind) ||
         !own_str(r->own_admin_host, sizeof r->own_admin_host, &r->opts.admin_host) ||
         !own_str(r->own_http_host, sizeof r->own_http_host, &r->opts.http_host) ||
+        !own_str(r->own_https_host, sizeof r->own_https_host, &r->opts.https_host) ||
         !own_str(r->own_tls_listen_host, sizeof r->own_tls_listen_host, &r->opts.tls_listen_host)) {
         free(r);
         return CV_EINVAL;
@@ -468,7 +472,8 @@ int cv_relay_reload(struct cv_relay *r, const struct cv_relay_opts *o)
     double rate = r->opts.conn_rate, burst = r->opts.conn_burst;
     r->opts.conn_rate = o->conn_rate;
     r->opts.conn_burst = o->conn_burst;
-    if ((rate != o->conn_rate || burst != o->conn_burst) && (rc = vhost_set_limits(r)) != 0) {
+    if ((rate != o->conn_rate || burst != o->conn_burst) &&
+        ((rc = vhost_set_limits(r)) != 0 || (rc = tlsfront_set_limits(r, r->tlsfront)) != 0)) {
         r->opts.conn_rate = rate;
         r->opts.conn_burst = burst;
         return rc;
@@ -482,6 +487,26 @@ int cv_relay_reload(struct cv_relay *r, const struct cv_relay_opts *o)
     r->opts.handshake_ms = o->handshake_ms;
     r->opts.conn_rate = o->conn_rate;
     r->opts.conn_burst = o->conn_burst;
+    return 0;
+}
+
+int relay_rate_renew(struct cv_relay *r, struct cv_ratelimit **slot)
+{
+    struct cv_ratelimit *rl = NULL;
+    if (r->opts.conn_rate > 0 &&
+        (rl = cv_ratelimit_new(r->opts.conn_rate, r->opts.conn_burst, 4096)) == NULL)
+        return CV_ENOMEM;
+    cv_ratelimit_free(*slot);
+    *slot = rl;
+    return 0;
+}
+
+int cv_relay_set_tls(struct cv_relay *r, struct cv_tls_ctx *tls)
+{
+    if (r->stopping || r->opts.tls == NULL || tls == NULL)
+        return CV_EINVAL;
+    r->opts.tls = tls;
+    cv_http_server_set_tls(r->srv, tls);
     return 0;
 }
 

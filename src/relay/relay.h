@@ -31,7 +31,10 @@ struct cv_relay_opts {
     const char *domain;        /* BASE of named exposures (NAME.BASE); NULL: none */
     const char *http_host;     /* HTTP virtual-host listener; needs domain */
     uint16_t http_port;        /* 0: ephemeral */
-    struct cv_tls_ctx *tls;    /* borrowed: the listener speaks TLS (wss://); NULL: plain */
+    const char *https_host;    /* HTTPS virtual-host listener (needs domain and tls); NULL: none */
+    uint16_t https_port;       /* 0: ephemeral */
+    struct cv_tls_ctx *tls;    /* borrowed: certificates of the listener (which then speaks
+                                * TLS: wss://) and of https_host; NULL: plain */
     const char *tls_listen_host; /* SNI router for `tls` names (passed through); NULL: none */
     uint16_t tls_listen_port;    /* 0: ephemeral */
 };
@@ -51,12 +54,20 @@ int cv_relay_start(uv_loop_t *loop, const struct cv_relay_opts *opts, struct cv_
  * or CV_EINVAL (no token without allow_anonymous; bad limits) with nothing
  * changed. */
 int cv_relay_reload(struct cv_relay *r, const struct cv_relay_opts *opts);
+/* Replaces the server certificates (a reload): connections accepted from
+ * now on use tls, live ones keep the context they were made with (contexts
+ * are reference-counted). tls is borrowed like opts.tls; the caller may free
+ * the old one after this call. Returns 0, or CV_EINVAL if the relay was
+ * started without TLS (a listener cannot start speaking it) or tls is NULL. */
+int cv_relay_set_tls(struct cv_relay *r, struct cv_tls_ctx *tls);
 /* The bound port. */
 uint16_t cv_relay_port(const struct cv_relay *r);
 /* The admin listener's bound port (0 if there is none). */
 uint16_t cv_relay_admin_port(const struct cv_relay *r);
 /* The HTTP virtual-host listener's bound port (0 if there is none). */
 uint16_t cv_relay_http_port(const struct cv_relay *r);
+/* The HTTPS virtual-host listener's bound port (0 if there is none). */
+uint16_t cv_relay_https_port(const struct cv_relay *r);
 /* The SNI router's bound port (0 if there is none). */
 uint16_t cv_relay_tls_port(const struct cv_relay *r);
 /* Stops listening and closes every tunnel and session; r is freed once they

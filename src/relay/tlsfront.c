@@ -11,7 +11,9 @@
  * A name nobody claimed gets a fatal unrecognized_name alert, a name whose
  * agent left (or cannot take another stream) an internal_error alert; both
  * are logged with the name. Connections that send no whole ClientHello
- * within the handshake deadline, or send something else, are closed. */
+ * within the handshake deadline, or send something else, are closed, and
+ * so are those over the per-address connection rate (--conn-rate), at
+ * once, before anything is read or routed. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +25,7 @@
 #include "core/err.h"
 #include "core/limits.h"
 #include "core/log.h"
+#include "core/ratelimit.h"
 #include "net/addr.h"
 #include "relay/internal.h"
 
@@ -48,7 +51,18 @@ struct tlsfront {
     uv_tcp_t listener;
     struct cv_relay *r;
     struct hello *pending;
+    struct cv_ratelimit *rl; /* owned; NULL: no per-address limit */
 };
+
+/* True if the connection from ss is over the per-address rate. */
+static bool over_rate(struct tlsfront *f, const struct sockaddr_storage *ss, uint64_t now)
+{
+    if (f->rl == NULL)
+        return false;
+    uint8_t key[16];
+    cv_ratelimit_key(ss, key);
+    return cv_ratelimit_take(f->rl, key, now) > 0;
+}
 
 static void on_hello_closed(uv_handle_t *h)
 {
@@ -195,8 +209,16 @@ static void on_connection(uv_stream_t *l, int status)
     }
     struct sockaddr_storage ss;
     int sl = sizeof ss;
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0)
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
         cv_addr_str((struct sockaddr *)&ss, c->peer, sizeof c->peer);
+        if (over_rate(f, &ss, uv_now(l->loop))) {
+            /* Nothing a TLS client could read fits here: close. */
+            cv_log_debug("tls: %s: too many connections, closed", c->peer);
+            f->r->stats.sni_rate_limited++;
+            hello_close(c);
+            return;
+        }
+    }
     uint64_t ms = f->r->opts.handshake_ms ? f->r->opts.handshake_ms : CV_LIMIT_HANDSHAKE_MS;
     uv_timer_start(&c->timer, on_deadline, ms, 0);
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
@@ -211,6 +233,11 @@ static void on_listener_closed(uv_handle_t *h)
     relay_maybe_free(r);
 }
 
+int tlsfront_set_limits(struct cv_relay *r, struct tlsfront *f)
+{
+    return f == NULL ? 0 : relay_rate_renew(r, &f->rl);
+}
+
 int tlsfront_start(struct cv_relay *r)
 {
     if (r->opts.tls_listen_host == NULL)
@@ -222,6 +249,10 @@ int tlsfront_start(struct cv_relay *r)
     if (f == NULL)
         return CV_ENOMEM;
     f->r = r;
+    if (tlsfront_set_limits(r, f) != 0) {
+        free(f);
+        return CV_ENOMEM;
+    }
     uv_tcp_init(r->loop, &f->listener);
     f->listener.data = f;
     r->closing_handles++;
@@ -229,6 +260,7 @@ int tlsfront_start(struct cv_relay *r)
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&f->listener, 1024, on_connection);
     if (rc != 0) {
+        cv_ratelimit_free(f->rl);
         uv_close((uv_handle_t *)&f->listener, on_listener_closed);
         return rc;
     }
@@ -247,5 +279,7 @@ void tlsfront_stop(struct cv_relay *r)
     r->tlsfront = NULL;
     while (f->pending)
         hello_close(f->pending);
+    cv_ratelimit_free(f->rl);
+    f->rl = NULL;
     uv_close((uv_handle_t *)&f->listener, on_listener_closed);
 }

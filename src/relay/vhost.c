@@ -41,6 +41,7 @@
 #include "core/log.h"
 #include "core/ratelimit.h"
 #include "net/addr.h"
+#include "net/tls.h"
 #include "relay/internal.h"
 
 /* A connection idle this long in both directions is closed. */
@@ -58,6 +59,7 @@ struct vhost {
     struct cv_ratelimit *rl;
     struct hvisitor *all;
     uint16_t port;
+    bool tls; /* --https-listen: visitors speak TLS (certificates: r->opts.tls) */
 };
 
 enum hv_state {
@@ -87,6 +89,22 @@ struct hvisitor {
     struct cv_chunked ck;    /* HV_CHUNKED */
     bool bound, writing, fin_pending, reading, closing, eof, responded;
     uint64_t forwarded;      /* request heads sent to the agent */
+    /* TLS (--https-listen): the transport under everything above. Reads
+     * are ciphertext fed to the engine, and plaintext is taken out of it
+     * only as far as the request side can move (so credit and the head
+     * limit bound it as for plain reads); writes are encrypted into `out`.
+     * plain_out/plain_infl: plaintext bytes behind out/infl, the credit
+     * returned to the agent when they are written. */
+    struct cv_tls *tls; /* owned; NULL: plain TCP */
+    bool tls_open, tls_shut;
+    bool tls_more; /* the engine may hold plaintext not taken yet */
+    bool draining;
+    size_t plain_out, plain_infl;
+    /* An Upgrade request went to the backend: later requests wait until
+     * its response head says 101 (raw pass-through) or anything else (HTTP
+     * parsing goes on). rsp gathers that response head. */
+    bool upgrade_wait;
+    struct cv_buf rsp;
     int pending_status;      /* answer after the backend's FIN (421/400/431), 0: none */
     char pending_text[256];
     char name[CV_KH_NAME_MAX + 1]; /* bound name */
@@ -108,6 +126,8 @@ static void count_answer(struct cv_relay *r, int status)
 }
 
 static uint8_t rxbuf[CV_LIMIT_NATIVE_PAYLOAD];
+/* Ciphertext as read from a TLS visitor, fed to its engine at once. */
+static uint8_t tlsbuf[64 * 1024];
 static char headbuf[CV_VHOST_REWRITE_MAX(CV_LIMIT_HTTP_HEAD)];
 
 static void pump(struct hvisitor *hv);
@@ -124,6 +144,8 @@ static void on_hv_closed(uv_handle_t *h)
     cv_buf_fini(&hv->in);
     cv_buf_fini(&hv->out);
     cv_buf_fini(&hv->infl);
+    cv_buf_fini(&hv->rsp);
+    cv_tls_free(hv->tls);
     free(hv);
     r->closing_handles--;
     relay_maybe_free(r);
@@ -230,10 +252,35 @@ static void on_shutdown(uv_shutdown_t *req, int status)
         uv_timer_start(&hv->timer, on_linger_timeout, VHOST_LINGER_MS, 0);
 }
 
+/* Moves the ciphertext the TLS engine produced into out. */
+static int tls_take(struct hvisitor *hv)
+{
+    struct cv_buf *b = cv_tls_out(hv->tls);
+    if (b->len == 0)
+        return 0;
+    if (cv_buf_append(&hv->out, cv_buf_head(b), b->len) != 0)
+        return CV_ETOOBIG;
+    cv_buf_consume(b, b->len);
+    return 0;
+}
+
 static void maybe_shutdown(struct hvisitor *hv)
 {
     if (!hv->fin_pending || hv->writing || hv->out.len > 0 || hv->closing)
         return;
+    if (hv->tls && hv->tls_open && !hv->tls_shut) {
+        /* close_notify first, so the visitor sees a clean end of the stream. */
+        hv->tls_shut = true;
+        cv_tls_shutdown(hv->tls);
+        if (tls_take(hv) != 0) {
+            hv_close(hv);
+            return;
+        }
+        if (hv->out.len > 0) {
+            flush_out(hv);
+            return;
+        }
+    }
     hv->fin_pending = false;
     hv->sreq.data = hv;
     if (uv_shutdown(&hv->sreq, (uv_stream_t *)&hv->tcp, on_shutdown) != 0 && hv->c == NULL)
@@ -243,9 +290,10 @@ static void maybe_shutdown(struct hvisitor *hv)
 static void on_write(uv_write_t *req, int status)
 {
     struct hvisitor *hv = req->data;
-    size_t n = hv->infl.len;
+    size_t n = hv->tls ? hv->plain_infl : hv->infl.len;
     hv->writing = false;
-    cv_buf_consume(&hv->infl, n);
+    hv->plain_infl = 0;
+    cv_buf_consume(&hv->infl, hv->infl.len);
     if (hv->closing)
         return;
     if (status < 0) {
@@ -264,9 +312,15 @@ static void flush_out(struct hvisitor *hv)
         maybe_shutdown(hv);
         return;
     }
+    /* Swapped whole, caps included: out keeps its maximum. */
+    size_t max = hv->out.max;
     struct cv_buf t = hv->infl;
     hv->infl = hv->out;
     hv->out = t;
+    hv->out.max = max;
+    hv->infl.max = SIZE_MAX;
+    hv->plain_infl = hv->plain_out;
+    hv->plain_out = 0;
     uv_buf_t b = uv_buf_init((char *)cv_buf_head(&hv->infl), (unsigned)hv->infl.len);
     hv->wreq.data = hv;
     if (uv_write(&hv->wreq, (uv_stream_t *)&hv->tcp, &b, 1, on_write) == 0)
@@ -279,6 +333,15 @@ static void flush_out(struct hvisitor *hv)
  * bytes written at once, or -1 if the visitor is gone. */
 static long write_out(struct hvisitor *hv, const uint8_t *p, size_t n)
 {
+    if (hv->tls) {
+        /* Encrypted into out and written by flush_out; nothing counts as
+         * written at once (credit follows on_write). */
+        if (!hv->tls_open || hv->tls_shut || cv_tls_write(hv->tls, p, n) != 0 || tls_take(hv) != 0)
+            return -1;
+        hv->plain_out += n;
+        flush_out(hv);
+        return 0;
+    }
     size_t done = 0;
     if (!hv->writing && hv->out.len == 0) {
         uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
@@ -333,6 +396,10 @@ static void answer(struct hvisitor *hv, int status, const char *fmt, ...)
     cv_log_debug("vhost %s: %d: %.*s", hv->ip, status, bn - 1, body);
     count_answer(hv->r, status);
     release_conn(hv);
+    if (hv->tls && !hv->tls_open) { /* no TLS session to answer in (408): close */
+        hv_close(hv);
+        return;
+    }
     if (write_out(hv, (const uint8_t *)resp, (size_t)n) < 0) {
         hv_abort(hv);
         return;
@@ -380,6 +447,48 @@ static void answer_502(struct hvisitor *hv)
 
 /* ---- the hooks stream.c calls -------------------------------------------- */
 
+/* The backend's bytes while an Upgrade request waits for its answer: the
+ * first final response head decides. 101: everything passes through raw
+ * from now on; anything else: the upgrade did not happen and the next
+ * request is parsed (and routed and rewritten) as usual. Interim 1xx heads
+ * are skipped. Responses to requests a visitor pipelined ahead of its
+ * Upgrade would be taken for its answer: clients wait for those before
+ * asking to upgrade (RFC 9110 §7.8 leaves pipelined upgrades undefined).
+ * Returns false if the head is malformed or too large (the connection is
+ * then aborted). */
+static bool watch_upgrade(struct hvisitor *hv, const uint8_t *p, size_t n)
+{
+    while (n > 0 && hv->upgrade_wait) {
+        size_t k = hv->rsp.max - hv->rsp.len < n ? hv->rsp.max - hv->rsp.len : n;
+        if (cv_buf_append(&hv->rsp, p, k) != 0)
+            return false;
+        p += k;
+        n -= k;
+        for (;;) {
+            struct cv_http_head h;
+            int hl = cv_http_parse_response((const char *)cv_buf_head(&hv->rsp), hv->rsp.len,
+                                            CV_LIMIT_HTTP_HEAD, &h);
+            if (hl == CV_EAGAIN && hv->rsp.len < hv->rsp.max)
+                break;
+            if (hl < 0)
+                return false;
+            if (h.status >= 100 && h.status < 200 && h.status != 101) {
+                cv_buf_consume(&hv->rsp, (size_t)hl);
+                continue;
+            }
+            hv->upgrade_wait = false;
+            if (h.status == 101)
+                hv->state = HV_RAW;
+            else
+                cv_log_debug("vhost %s: upgrade refused by the service (%d): back to HTTP", hv->ip,
+                             h.status);
+            cv_buf_reset(&hv->rsp);
+            break;
+        }
+    }
+    return true;
+}
+
 bool vhost_write(struct conn *c, const uint8_t *p, size_t n)
 {
     struct hvisitor *hv = c->hv;
@@ -395,6 +504,15 @@ bool vhost_write(struct conn *c, const uint8_t *p, size_t n)
         return true;
     }
     hv->responded = true;
+    bool decided = false;
+    if (hv->upgrade_wait) {
+        if (!watch_upgrade(hv, p, n)) {
+            cv_log_debug("vhost %s: malformed answer to an upgrade request", hv->ip);
+            hv_abort(hv);
+            return false;
+        }
+        decided = !hv->upgrade_wait;
+    }
     long done = write_out(hv, p, n);
     if (done < 0) {
         hv_abort(hv);
@@ -403,6 +521,11 @@ bool vhost_write(struct conn *c, const uint8_t *p, size_t n)
     hv->active = uv_now(hv->tcp.loop);
     if (done > 0)
         front_consumed(c, (size_t)done, hv->out.len == 0);
+    if (decided && c->hv == hv) { /* requests (or raw bytes) held back move now */
+        pump(hv);
+        if (!hv->closing)
+            update_reading(hv);
+    }
     return true;
 }
 
@@ -562,16 +685,17 @@ static size_t take_head(struct hvisitor *hv, const uint8_t *p, size_t n)
         stall(hv);
         return 0;
     }
-    size_t out = cv_vhost_rewrite((const char *)p, (size_t)hl, &h, hv->ip, headbuf, cap);
+    size_t out = cv_vhost_rewrite((const char *)p, (size_t)hl, &h, hv->ip,
+                                  hv->tls ? "https" : "http", headbuf, cap);
     hv->forwarded++;
     hv->r->stats.vhost_requests++;
     hv->head_start = 0;
     front_data(hv->c, (const uint8_t *)headbuf, out);
     if (hv->c == NULL)
         return 0; /* aborted; answered by detach */
-    if (h.upgrade) {
-        hv->state = HV_RAW;
-    } else if (h.chunked) {
+    if (h.upgrade) /* later requests wait for the answer (watch_upgrade) */
+        hv->upgrade_wait = true;
+    if (h.chunked) {
         hv->state = HV_CHUNKED;
         cv_chunked_init(&hv->ck, VHOST_CHUNK_EXTRA);
     } else if (h.content_length > 0) {
@@ -633,6 +757,8 @@ static size_t consume(struct hvisitor *hv, const uint8_t *p, size_t n)
     size_t used = 0;
     while (used < n && !hv->closing) {
         size_t k;
+        if (hv->state == HV_HEAD && hv->upgrade_wait)
+            break; /* the next bytes are a request or upgraded: the answer says which */
         if (hv->state == HV_HEAD)
             k = take_head(hv, p + used, n - used);
         else if (hv->state == HV_LENGTH || hv->state == HV_CHUNKED || hv->state == HV_RAW)
@@ -665,12 +791,21 @@ static bool want_read(const struct hvisitor *hv)
     return !hv->bound || room(hv) > 0;
 }
 
+/* Plaintext the request side can take in one read. */
+static size_t read_cap(const struct hvisitor *hv)
+{
+    size_t n = hv->bound ? room(hv) : CV_LIMIT_HTTP_HEAD;
+    return n ? n : 1;
+}
+
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
     (void)hint;
     struct hvisitor *hv = h->data;
-    size_t n = hv->bound ? room(hv) : CV_LIMIT_HTTP_HEAD;
-    *buf = uv_buf_init((char *)rxbuf, (unsigned)(n ? n : 1));
+    if (hv->tls) /* ciphertext: fed to the engine at once */
+        *buf = uv_buf_init((char *)tlsbuf, sizeof tlsbuf);
+    else
+        *buf = uv_buf_init((char *)rxbuf, (unsigned)read_cap(hv));
 }
 
 /* Does p[0..n) contain CR LF CR LF? */
@@ -688,38 +823,37 @@ static bool has_head_end(const uint8_t *p, size_t n)
     return false;
 }
 
-static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+/* The visitor ended its side (n == UV_EOF) or the socket failed. */
+static void got_eof(struct hvisitor *hv, ssize_t n)
 {
-    struct hvisitor *hv = s->data;
-    if (n == 0 || hv->closing)
-        return;
-    if (n < 0) {
-        uv_read_stop(s);
-        hv->reading = false;
-        hv->eof = true;
-        unstall(hv);
-        if (n != UV_EOF)
-            hv_abort(hv);
-        else if (hv->c && !hv->c->fin_to_agent && hv->state != HV_DONE)
-            front_data(hv->c, NULL, 0); /* FIN: responses still come back */
-        else if (hv->c == NULL)
-            finish(hv);
-        return;
-    }
-    const uint8_t *p = (const uint8_t *)buf->base;
-    hv->active = uv_now(s->loop);
+    uv_read_stop((uv_stream_t *)&hv->tcp);
+    hv->reading = false;
+    hv->eof = true;
+    unstall(hv);
+    if (n != UV_EOF)
+        hv_abort(hv);
+    else if (hv->c && !hv->c->fin_to_agent && hv->state != HV_DONE)
+        front_data(hv->c, NULL, 0); /* FIN: responses still come back */
+    else if (hv->c == NULL)
+        finish(hv);
+}
+
+/* Request bytes (plaintext) from the visitor. */
+static void got_data(struct hvisitor *hv, const uint8_t *p, size_t n)
+{
+    hv->active = uv_now(hv->tcp.loop);
     if (hv->state == HV_HEAD && hv->in.len == 0 && hv->head_start == 0)
         hv->head_start = hv->active;
     if (hv->in.len == 0) {
-        size_t k = consume(hv, p, (size_t)n);
-        if (k < (size_t)n && !hv->closing && hv->state != HV_DONE &&
-            cv_buf_append(&hv->in, p + k, (size_t)n - k) != 0) {
+        size_t k = consume(hv, p, n);
+        if (k < n && !hv->closing && hv->state != HV_DONE &&
+            cv_buf_append(&hv->in, p + k, n - k) != 0) {
             hv_abort(hv);
             return;
         }
     } else {
         size_t old = hv->in.len;
-        if (cv_buf_append(&hv->in, p, (size_t)n) != 0) {
+        if (cv_buf_append(&hv->in, p, n) != 0) {
             hv_abort(hv);
             return;
         }
@@ -734,12 +868,96 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     update_reading(hv);
 }
 
+/* Writes what the TLS engine produced (handshake flights, tickets). */
+static int tls_send(struct hvisitor *hv)
+{
+    if (tls_take(hv) != 0)
+        return CV_ETOOBIG;
+    flush_out(hv);
+    return 0;
+}
+
+/* Advances the TLS handshake, then takes plaintext out of the engine as
+ * long as the request side wants it. */
+static void tls_drain(struct hvisitor *hv)
+{
+    if (!hv->tls_open) {
+        int rc = cv_tls_handshake(hv->tls);
+        if (tls_send(hv) != 0) {
+            hv_close(hv);
+            return;
+        }
+        if (rc == CV_EAGAIN || hv->closing)
+            return;
+        if (rc != 0) {
+            cv_log_debug("vhost %s: TLS handshake failed: %s", hv->ip, cv_tls_error(hv->tls));
+            hv->r->stats.vhost_tls_failures++;
+            finish(hv); /* the alert goes out, then the socket closes */
+            return;
+        }
+        hv->tls_open = true;
+        hv->r->stats.vhost_tls_handshakes++;
+    }
+    hv->draining = true;
+    hv->tls_more = false;
+    while (!hv->closing && hv->state != HV_LINGER) {
+        if (!want_read(hv) || hv->stalled_on != NULL) {
+            hv->tls_more = true; /* what is left waits for credit or a drained link */
+            break;
+        }
+        int r = cv_tls_read(hv->tls, rxbuf, read_cap(hv));
+        if (r == CV_EAGAIN)
+            break;
+        if (r < 0) {
+            if (r != UV_EOF)
+                cv_log_debug("vhost %s: TLS: %s", hv->ip, cv_tls_error(hv->tls));
+            hv->draining = false;
+            got_eof(hv, r == UV_EOF ? UV_EOF : UV_ECONNRESET);
+            return;
+        }
+        got_data(hv, rxbuf, (size_t)r);
+    }
+    hv->draining = false;
+    if (hv->closing || hv->state == HV_LINGER)
+        return;
+    if (tls_send(hv) != 0) { /* reading may have produced output (key updates) */
+        hv_abort(hv);
+        return;
+    }
+    update_reading(hv);
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+    struct hvisitor *hv = s->data;
+    if (n == 0 || hv->closing)
+        return;
+    if (n < 0) {
+        got_eof(hv, n);
+        return;
+    }
+    if (hv->tls == NULL) {
+        got_data(hv, (const uint8_t *)buf->base, (size_t)n);
+        return;
+    }
+    hv->active = uv_now(s->loop);
+    if (cv_tls_feed(hv->tls, buf->base, (size_t)n) != 0) {
+        hv_abort(hv);
+        return;
+    }
+    tls_drain(hv);
+}
+
 /* Reads while requests can move; a stalled visitor waits for
  * vhosts_resume (credit or a drained link). */
 static void update_reading(struct hvisitor *hv)
 {
     if (hv->closing || hv->state == HV_LINGER)
         return;
+    if (hv->tls_more && !hv->draining && want_read(hv) && hv->stalled_on == NULL) {
+        tls_drain(hv); /* plaintext the engine held while the request side waited */
+        return;
+    }
     if (want_read(hv) && hv->stalled_on == NULL) {
         if (!hv->reading && uv_read_start((uv_stream_t *)&hv->tcp, on_alloc, on_read) == 0)
             hv->reading = true;
@@ -780,7 +998,7 @@ static void on_tick(uv_timer_t *tm)
     if (hv->closing || hv->state == HV_LINGER)
         return;
     uint64_t now = uv_now(tm->loop), hs = hv->r->opts.handshake_ms;
-    bool head_wait = hv->state == HV_HEAD && !hv->eof;
+    bool head_wait = hv->state == HV_HEAD && !hv->eof && !hv->upgrade_wait;
     if (head_wait && hv->in.len > 0 && hv->head_start == 0)
         hv->head_start = now; /* the rest of a read that ended a body */
     if (head_wait && hv->head_start && now - hv->head_start >= hs) {
@@ -818,6 +1036,7 @@ static void on_connection(uv_stream_t *l, int status)
     cv_buf_init(&hv->in, CV_LIMIT_HTTP_HEAD + sizeof rxbuf);
     cv_buf_init(&hv->out, CV_FLOW_WINDOW_MAX + 1024 * 1024);
     cv_buf_init(&hv->infl, SIZE_MAX);
+    cv_buf_init(&hv->rsp, CV_LIMIT_HTTP_HEAD);
     hv->next = vh->all;
     if (vh->all)
         vh->all->prev = hv;
@@ -828,6 +1047,11 @@ static void on_connection(uv_stream_t *l, int status)
     }
     uv_tcp_nodelay(&hv->tcp, 1);
     hv->born = hv->active = hv->head_start = uv_now(l->loop);
+    r->stats.vhost_conns[vh->tls]++;
+    if (vh->tls && (r->opts.tls == NULL || (hv->tls = cv_tls_new_server(r->opts.tls)) == NULL)) {
+        hv_close(hv);
+        return;
+    }
     struct sockaddr_storage ss;
     int len = sizeof ss;
     snprintf(hv->ip, sizeof hv->ip, "unknown");
@@ -840,6 +1064,14 @@ static void on_connection(uv_stream_t *l, int status)
             uint8_t key[16];
             cv_ratelimit_key(&ss, key);
             uint64_t wait = cv_ratelimit_take(vh->rl, key, uv_now(l->loop));
+            if (wait > 0 && hv->tls) {
+                /* Before its TLS handshake a visitor cannot read an answer:
+                 * close at once, the cheapest refusal. */
+                cv_log_debug("vhost %s: too many connections, closed", hv->ip);
+                count_answer(r, 429);
+                hv_close(hv);
+                return;
+            }
             if (wait > 0) {
                 /* Retry-After is not expressible through answer(): write it here. */
                 char resp[256];
@@ -867,19 +1099,19 @@ static void on_connection(uv_stream_t *l, int status)
     update_reading(hv);
 }
 
-int vhost_start(struct cv_relay *r)
+static int listen_on(struct cv_relay *r, const char *host, uint16_t port, bool tls,
+                     struct vhost **out)
 {
     const struct cv_relay_opts *o = &r->opts;
-    if (o->domain == NULL || o->http_host == NULL)
-        return 0;
     struct sockaddr_storage ss;
-    if (cv_addr_from(o->http_host, o->http_port, &ss) != 0)
+    if (cv_addr_from(host, port, &ss) != 0)
         return CV_EINVAL;
     struct vhost *vh = calloc(1, sizeof *vh);
     if (vh == NULL)
         return CV_ENOMEM;
     vh->r = r;
-    if (o->conn_rate > 0 && (vh->rl = cv_ratelimit_new(o->conn_rate, o->conn_burst, 4096)) == NULL) {
+    vh->tls = tls;
+    if (relay_rate_renew(r, &vh->rl) != 0) {
         free(vh);
         return CV_ENOMEM;
     }
@@ -896,23 +1128,37 @@ int vhost_start(struct cv_relay *r)
     int len = sizeof ss;
     uv_tcp_getsockname(&vh->tcp, (struct sockaddr *)&ss, &len);
     vh->port = cv_addr_port((struct sockaddr *)&ss);
-    r->vhost = vh;
-    cv_log_info("HTTP virtual hosts NAME.%s on %s:%u", o->domain, o->http_host, vh->port);
+    *out = vh;
+    cv_log_info("%s virtual hosts NAME.%s on %s:%u", tls ? "HTTPS" : "HTTP", o->domain, host,
+                vh->port);
+    return 0;
+}
+
+static void stop_one(struct cv_relay *r, struct vhost **slot);
+
+int vhost_start(struct cv_relay *r)
+{
+    const struct cv_relay_opts *o = &r->opts;
+    if (o->domain == NULL)
+        return 0;
+    if (o->https_host != NULL && o->tls == NULL)
+        return CV_EINVAL; /* HTTPS needs certificates */
+    int rc = 0;
+    if (o->http_host != NULL &&
+        (rc = listen_on(r, o->http_host, o->http_port, false, &r->vhost)) != 0)
+        return rc;
+    if (o->https_host != NULL &&
+        (rc = listen_on(r, o->https_host, o->https_port, true, &r->vhost_tls)) != 0) {
+        stop_one(r, &r->vhost);
+        return rc;
+    }
     return 0;
 }
 
 int vhost_set_limits(struct cv_relay *r)
 {
-    struct vhost *vh = r->vhost;
-    if (vh == NULL)
-        return 0;
-    struct cv_ratelimit *rl = NULL;
-    if (r->opts.conn_rate > 0 &&
-        (rl = cv_ratelimit_new(r->opts.conn_rate, r->opts.conn_burst, 4096)) == NULL)
-        return CV_ENOMEM;
-    cv_ratelimit_free(vh->rl);
-    vh->rl = rl;
-    return 0;
+    int rc = r->vhost ? relay_rate_renew(r, &r->vhost->rl) : 0;
+    return rc != 0 || r->vhost_tls == NULL ? rc : relay_rate_renew(r, &r->vhost_tls->rl);
 }
 
 static void on_listener_closed(uv_handle_t *h)
@@ -924,21 +1170,37 @@ static void on_listener_closed(uv_handle_t *h)
     relay_maybe_free(r);
 }
 
-void vhost_stop(struct cv_relay *r)
+static void stop_one(struct cv_relay *r, struct vhost **slot)
 {
-    struct vhost *vh = r->vhost;
+    struct vhost *vh = *slot;
     if (vh == NULL)
         return;
     while (vh->all)
         hv_abort(vh->all);
     cv_ratelimit_free(vh->rl);
     vh->rl = NULL;
-    r->vhost = NULL;
+    *slot = NULL;
     r->closing_handles++;
     uv_close((uv_handle_t *)&vh->tcp, on_listener_closed);
+}
+
+void vhost_stop(struct cv_relay *r)
+{
+    stop_one(r, &r->vhost);
+    stop_one(r, &r->vhost_tls);
 }
 
 uint16_t cv_relay_http_port(const struct cv_relay *r)
 {
     return r->vhost ? r->vhost->port : 0;
+}
+
+bool vhost_is_tls(const struct conn *c)
+{
+    return c->hv != NULL && c->hv->tls != NULL;
+}
+
+uint16_t cv_relay_https_port(const struct cv_relay *r)
+{
+    return r->vhost_tls ? r->vhost_tls->port : 0;
 }

@@ -45,6 +45,17 @@ def stream_sha(n):
     return h.hexdigest()
 
 
+def read_head(f):
+    """One request head from a file over a socket, or None at end of stream."""
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        line = f.readline(65536)
+        if not line:
+            return None
+        head += line
+    return head
+
+
 class Origin:
     """HTTP/1.1 origin: GET /head echoes the raw request head, POST /upload hashes the body, GET
     /download?n=N[&chunked=1] streams N bytes, anything else answers 'NAME PATH'."""
@@ -82,12 +93,9 @@ class Origin:
         f = c.makefile("rb")
         try:
             while True:
-                head = b""
-                while not head.endswith(b"\r\n\r\n"):
-                    line = f.readline(65536)
-                    if not line:
-                        return
-                    head += line
+                head = read_head(f)
+                if head is None:
+                    return
                 self.heads.append(head)
                 lines = head.decode("latin-1").split("\r\n")
                 method, target, _ = lines[0].split(" ", 2)
@@ -705,6 +713,58 @@ def test_concurrent_visitors_on_two_names(culvert, origins):
     for t in threads:
         t.join(25)
     assert errors == []
+
+
+def refusing_origin(c):
+    """An origin that refuses upgrades and keeps the connection: 400 to a request with Upgrade, 200 echoing
+    the head to anything else, all on one keep-alive connection."""
+    f = c.makefile("rb")
+    while True:
+        head = read_head(f)
+        if head is None:
+            return
+        if b"\r\nupgrade:" in head.lower():
+            body = b"no upgrade here"
+            c.sendall(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n\r\n%s"
+                      % (len(body), body))
+        else:
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(head), head))
+
+
+def read_final(s, buf=b""):
+    """read_response after the interim 1xx heads (checked to be 100 Continue)."""
+    while True:
+        while b"\r\n\r\n" not in buf:
+            d = s.recv(65536)
+            assert d, "closed before a response head"
+            buf += d
+        if not buf.startswith(b"HTTP/1.1 1"):
+            return read_response(s, buf)
+        assert buf.startswith(b"HTTP/1.1 100 ")
+        buf = buf.split(b"\r\n\r\n", 1)[1]
+
+
+def test_upgrade_refused_by_service_goes_back_to_http(culvert, tcp_service):
+    """The service answers an Upgrade request with something other than 101: the connection is not raw
+    pass-through, the next request on it is parsed, routed and rewritten as usual."""
+    relay = vhost_relay(culvert)
+    svc = tcp_service(refusing_origin)
+    expose(culvert, relay, "agent-ref", svc.port, "ref")
+    s = connect(relay)
+    s.sendall(b"GET /ws HTTP/1.1\r\nHost: ref.test.local\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+              b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    st, _, body, rest = read_final(s)
+    assert st == 400 and body == b"no upgrade here" and rest == b""
+    s.sendall(b"GET /head HTTP/1.1\r\nHost: ref.test.local\r\nX-Forwarded-For: 10.1.2.3\r\n\r\n")
+    st, _, body, _ = read_response(s)
+    lines = body.decode("latin-1").split("\r\n")
+    assert st == 200 and lines[0] == "GET /head HTTP/1.1"
+    assert "X-Forwarded-For: 10.1.2.3, 127.0.0.1" in lines and "X-Forwarded-Proto: http" in lines
+    # A request for another host on it is not forwarded (it would be in raw mode).
+    s.sendall(b"GET / HTTP/1.1\r\nHost: other.test.local\r\n\r\n")
+    st, _, body, _ = read_response(s)
+    assert st == 421
+    s.close()
 
 
 def test_head_trickled_byte_by_byte(culvert, origins):

@@ -58,15 +58,20 @@ static void test_route(void **state)
                      CV_VHOST_BAD);
 }
 
-static const char *rewrite(const char *req, const char *ip)
+static const char *rewrite_as(const char *req, const char *ip, const char *proto)
 {
     static char out[4096];
     int hl = parse(req);
     assert_true(hl > 0);
-    size_t n = cv_vhost_rewrite(req, (size_t)hl, &head, ip, out, sizeof out - 1);
+    size_t n = cv_vhost_rewrite(req, (size_t)hl, &head, ip, proto, out, sizeof out - 1);
     assert_true(n > 0);
     out[n] = 0;
     return out;
+}
+
+static const char *rewrite(const char *req, const char *ip)
+{
+    return rewrite_as(req, ip, "http");
 }
 
 static void test_rewrite(void **state)
@@ -89,11 +94,18 @@ static void test_rewrite(void **state)
                                 "1.2.3.4"),
                         "GET / HTTP/1.1\r\nX-Forwarded-For:1.2.3.4\r\nHost: a.example.com\r\n"
                         "X-Forwarded-Proto: http\r\nX-Forwarded-Host: a.example.com\r\n\r\n");
+    /* An HTTPS visitor: Proto says so, a forged one is still dropped. */
+    assert_string_equal(rewrite_as("GET / HTTP/1.1\r\nHost: a.example.com\r\n"
+                                   "X-Forwarded-Proto: http\r\n\r\n",
+                                   "1.2.3.4", "https"),
+                        "GET / HTTP/1.1\r\nHost: a.example.com\r\nX-Forwarded-For: 1.2.3.4\r\n"
+                        "X-Forwarded-Proto: https\r\nX-Forwarded-Host: a.example.com\r\n\r\n");
     /* Too small a buffer: 0. */
     const char *req = "GET / HTTP/1.1\r\nHost: a.example.com\r\n\r\n";
     char small[40];
     int hl = parse(req);
-    assert_int_equal(cv_vhost_rewrite(req, (size_t)hl, &head, "1.2.3.4", small, sizeof small), 0);
+    assert_int_equal(
+        cv_vhost_rewrite(req, (size_t)hl, &head, "1.2.3.4", "http", small, sizeof small), 0);
 }
 
 int main(void)
