@@ -186,8 +186,10 @@ static int run_llhttp(llhttp_type_t type, const char *p, size_t n, struct cv_htt
 
 /* Finds the end of the head ("\r\n\r\n") in p[0..n) while refusing bare CR,
  * bare LF and NUL, which llhttp would tolerate in places and which let two
- * parsers disagree on where a message ends (request smuggling). Returns the
- * head length, CV_EAGAIN if no end yet, or CV_EPROTO. */
+ * parsers disagree on where a message ends (request smuggling), and any line
+ * that starts with whitespace: obs-fold (RFC 9112 §5.2), which llhttp folds
+ * silently into an empty value before it, so the per-value check never sees
+ * it. Returns the head length, CV_EAGAIN if no end yet, or CV_EPROTO. */
 static int scan_head(const char *p, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
@@ -203,6 +205,8 @@ static int scan_head(const char *p, size_t n)
                 return CV_EPROTO;
             if (i >= 3 && p[i - 2] == '\n')
                 return (int)(i + 1);
+            if (i + 1 < n && (p[i + 1] == ' ' || p[i + 1] == '\t'))
+                return CV_EPROTO;
             break;
         default:
             break;

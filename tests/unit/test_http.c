@@ -254,6 +254,13 @@ static void test_garbage(void **state)
                      CV_EPROTO);
     assert_int_equal(cv_http_parse_request(S("GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n"), MAXH, &h),
                      CV_EPROTO); /* obs-fold */
+    /* obs-fold after an empty value (llhttp folds it in without a trace). */
+    assert_int_equal(cv_http_parse_request(S("GET / HTTP/1.1\r\nX:\r\n b\r\n\r\n"), MAXH, &h),
+                     CV_EPROTO);
+    assert_int_equal(cv_http_parse_request(S("GET / HTTP/1.1\r\n\tX: b\r\n\r\n"), MAXH, &h),
+                     CV_EPROTO);
+    assert_int_equal(cv_http_parse_response(S("HTTP/1.1 200 OK\r\nX:\r\n\tb\r\n\r\n"), MAXH, &h),
+                     CV_EPROTO);
     assert_int_equal(cv_http_parse_request(S("GET / HTTP/1.1\r\nX : a\r\n\r\n"), MAXH, &h),
                      CV_EPROTO);
     assert_int_equal(cv_http_parse_request(S("GET / HTTP/9.9\r\n\r\n"), MAXH, &h), CV_EPROTO);
