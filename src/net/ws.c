@@ -695,14 +695,24 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
                        : uv_buf_init((char *)shared_rx, sizeof shared_rx);
         return;
     }
+    /* A large frame split by a read: read exactly its rest, so that it
+     * leaves rx whole and what follows lands in shared_rx, rather than
+     * the start of the next frame trailing in rx, to be moved to the front
+     * (a memmove of up to the read size) before the read after. */
     size_t want = 64 * 1024;
-    if (ws->need > ws->rx.len && ws->need - ws->rx.len > want)
+    bool exact = false;
+    if (ws->need > ws->rx.len && (ws->need >= want || ws->need - ws->rx.len > want)) {
         want = ws->need - ws->rx.len;
+        exact = true;
+    }
     if (cv_buf_reserve(&ws->rx, want) != 0 && cv_buf_reserve(&ws->rx, 1) != 0) {
         *buf = uv_buf_init(NULL, 0);
         return;
     }
-    *buf = uv_buf_init((char *)cv_buf_tail(&ws->rx), (unsigned)cv_buf_tailroom(&ws->rx));
+    size_t room = cv_buf_tailroom(&ws->rx);
+    if (exact && room > want)
+        room = want;
+    *buf = uv_buf_init((char *)cv_buf_tail(&ws->rx), (unsigned)room);
 }
 
 static void on_read_eof(struct cv_ws *ws, ssize_t nread)
