@@ -5,9 +5,8 @@
 
 #include "core/err.h"
 
-/* Storage above this size is released when the buffer empties, so that an
+/* Storage above CV_BUF_KEEP is released when the buffer empties, so that an
  * idle connection does not keep a burst's worth of memory. */
-#define KEEP_BYTES (64 * 1024)
 
 void cv_buf_init(struct cv_buf *b, size_t max)
 {
@@ -71,9 +70,23 @@ void cv_buf_consume(struct cv_buf *b, size_t n)
     b->len -= n;
     if (b->len == 0) {
         b->off = 0;
-        if (b->cap > KEEP_BYTES)
+        if (b->cap > CV_BUF_KEEP)
             cv_buf_fini(b);
     }
+}
+
+void cv_buf_drop(struct cv_buf *b, size_t n)
+{
+    b->off += n;
+    b->len -= n;
+    if (b->len == 0)
+        b->off = 0;
+}
+
+void cv_buf_trim(struct cv_buf *b)
+{
+    if (b->len == 0 && b->cap > CV_BUF_KEEP)
+        cv_buf_fini(b);
 }
 
 void cv_buf_reset(struct cv_buf *b)

@@ -28,6 +28,16 @@ int cv_buf_append(struct cv_buf *b, const void *p, size_t n);
 void cv_buf_consume(struct cv_buf *b, size_t n);
 /* Discards the contents, keeping the storage. */
 void cv_buf_reset(struct cv_buf *b);
+/* Drops n bytes from the head (n <= len), keeping the storage even once
+ * empty: for a buffer about to be refilled (a stream that keeps flowing),
+ * which would otherwise be freed and grown again by reallocs each round.
+ * The owner releases it with cv_buf_trim once the flow stops. */
+void cv_buf_drop(struct cv_buf *b, size_t n);
+/* Storage an empty buffer may keep (larger storage goes once it empties). */
+#define CV_BUF_KEEP (64 * 1024)
+/* Frees the storage of an empty buffer larger than CV_BUF_KEEP (the
+ * cv_buf_consume rule). */
+void cv_buf_trim(struct cv_buf *b);
 
 static inline uint8_t *cv_buf_head(const struct cv_buf *b) { return b->data + b->off; }
 static inline uint8_t *cv_buf_tail(const struct cv_buf *b) { return b->data + b->off + b->len; }

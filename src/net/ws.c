@@ -304,7 +304,7 @@ static void on_write(uv_write_t *req, int status)
 {
     struct cv_ws *ws = req->data;
     ws->writing = false;
-    cv_buf_consume(&ws->infl, ws->infl.len);
+    cv_buf_drop(&ws->infl, ws->infl.len); /* storage kept for the next batch; see on_tick */
     if (ws->state == ST_CLOSED)
         return;
     if (status < 0) {
@@ -374,7 +374,7 @@ static void write_infl(struct cv_ws *ws)
     uv_buf_t now = uv_buf_init((char *)cv_buf_head(&ws->infl), (unsigned)ws->infl.len);
     int w = uv_try_write((uv_stream_t *)&ws->tcp, &now, 1);
     if (w > 0)
-        cv_buf_consume(&ws->infl, (size_t)w);
+        cv_buf_drop(&ws->infl, (size_t)w); /* storage kept: see on_tick */
     else if (w != UV_EAGAIN && w != UV_ENOSYS) {
         set_reason(ws, CV_WS_ABNORMAL, uv_strerror(w));
         do_close(ws);
@@ -682,7 +682,7 @@ static void process_rx(struct cv_ws *ws)
 {
     size_t used = parse_some(ws, cv_buf_head(&ws->rx), ws->rx.len);
     if (ws->state != ST_CLOSED)
-        cv_buf_consume(&ws->rx, used);
+        cv_buf_drop(&ws->rx, used); /* the next frame split by a read reuses it */
 }
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
@@ -695,14 +695,24 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
                        : uv_buf_init((char *)shared_rx, sizeof shared_rx);
         return;
     }
+    /* A large frame split by a read: read exactly its rest, so that it
+     * leaves rx whole and what follows lands in shared_rx, rather than
+     * the start of the next frame trailing in rx, to be moved to the front
+     * (a memmove of up to the read size) before the read after. */
     size_t want = 64 * 1024;
-    if (ws->need > ws->rx.len && ws->need - ws->rx.len > want)
+    bool exact = false;
+    if (ws->need > ws->rx.len && (ws->need >= want || ws->need - ws->rx.len > want)) {
         want = ws->need - ws->rx.len;
+        exact = true;
+    }
     if (cv_buf_reserve(&ws->rx, want) != 0 && cv_buf_reserve(&ws->rx, 1) != 0) {
         *buf = uv_buf_init(NULL, 0);
         return;
     }
-    *buf = uv_buf_init((char *)cv_buf_tail(&ws->rx), (unsigned)cv_buf_tailroom(&ws->rx));
+    size_t room = cv_buf_tailroom(&ws->rx);
+    if (exact && room > want)
+        room = want;
+    *buf = uv_buf_init((char *)cv_buf_tail(&ws->rx), (unsigned)room);
 }
 
 static void on_read_eof(struct cv_ws *ws, ssize_t nread)
@@ -949,6 +959,13 @@ static void on_tick(uv_timer_t *t)
         }
         do_close(ws);
         return;
+    }
+    /* Storage the data path kept for the next burst goes once it is idle
+     * (held at most one tick after the traffic stops). */
+    cv_buf_trim(&ws->rx);
+    if (!ws->writing) {
+        cv_buf_trim(&ws->infl);
+        cv_buf_trim(&ws->pend);
     }
     if (ws->state == ST_OPEN)
         keepalive(ws, now);

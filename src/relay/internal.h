@@ -148,6 +148,10 @@ struct cv_relay {
     int closing_handles; /* public listeners and visitors still closing */
     struct conn *graveyard; /* dead conns, freed from the reaper timer */
     uv_timer_t reaper;
+    /* TCP visitors between two writes that keep their buffers' storage for
+     * the next one; the reaper timer frees it once they stay idle. */
+    struct visitor *spare;
+    uint64_t spare_since;
     bool stopping;
     struct relay_stats stats;
     struct relay_admin *admin; /* NULL unless opts.admin_host */
@@ -172,6 +176,10 @@ struct conn *conn_new(struct tunnel *t, uint8_t kind, uint8_t proto);
  * callback (so pointers held up the stack stay valid; check c->dead). */
 void conn_free(struct conn *c);
 void conns_reap(struct cv_relay *r);
+void visitors_trim(struct cv_relay *r);
+/* Runs the reaper (conns_reap, visitors_trim) in ms, replacing any earlier
+ * schedule. */
+void reaper_start(struct cv_relay *r, uint64_t ms);
 void conn_abort(struct conn *c, const char *why);
 void close_at_agent(struct conn *c);
 void tunnel_msg(struct tunnel *t, uint8_t *data, size_t len);

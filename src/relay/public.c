@@ -50,6 +50,7 @@ struct visitor {
     struct visitor *next;    /* UDP: in x->flows */
     struct tunnel *stalled_on; /* TCP: on this tunnel's stalled list */
     struct visitor *snext;
+    struct visitor *spnext, **spprev; /* TCP: on r->spare (spprev != NULL) */
     /* TCP */
     uv_tcp_t tcp;
     uv_write_t wreq;
@@ -91,11 +92,66 @@ static void unstall(struct visitor *v)
     v->snext = NULL;
 }
 
+/* ---- spare buffer storage ------------------------------------------------
+ * A visitor's output buffers keep their storage between writes: a download
+ * that pauses for a moment would otherwise free it and grow it again by
+ * reallocs (copying what is queued) on every round. Storage an idle visitor
+ * keeps is freed by the reaper timer SPARE_MS later. */
+
+#define SPARE_MS 250
+
+static void spare_del(struct visitor *v)
+{
+    if (v->spprev == NULL)
+        return;
+    *v->spprev = v->spnext;
+    if (v->spnext)
+        v->spnext->spprev = v->spprev;
+    v->spnext = NULL;
+    v->spprev = NULL;
+}
+
+static void spare_add(struct visitor *v)
+{
+    if (v->spprev != NULL || (v->infl.cap <= CV_BUF_KEEP && v->out.cap <= CV_BUF_KEEP))
+        return;
+    struct cv_relay *r = v->r;
+    if (r->spare == NULL) {
+        r->spare_since = uv_now(r->loop);
+        reaper_start(r, SPARE_MS);
+    }
+    v->spnext = r->spare;
+    if (r->spare)
+        r->spare->spprev = &v->spnext;
+    r->spare = v;
+    v->spprev = &r->spare;
+}
+
+void visitors_trim(struct cv_relay *r)
+{
+    if (r->spare == NULL)
+        return;
+    uint64_t now = uv_now(r->loop);
+    if (now - r->spare_since < SPARE_MS) {
+        reaper_start(r, SPARE_MS - (now - r->spare_since));
+        return;
+    }
+    while (r->spare) {
+        struct visitor *v = r->spare;
+        spare_del(v);
+        if (!v->writing) { /* else it is busy again: kept, listed again when idle */
+            cv_buf_trim(&v->infl);
+            cv_buf_trim(&v->out);
+        }
+    }
+}
+
 static void visitor_close(struct visitor *v)
 {
     if (v->closing)
         return;
     v->closing = true;
+    spare_del(v);
     unstall(v);
     uv_close((uv_handle_t *)&v->tcp, on_visitor_closed);
 }
@@ -201,7 +257,7 @@ static void on_write(uv_write_t *req, int status)
     struct visitor *v = req->data;
     size_t n = v->infl.len;
     v->writing = false;
-    cv_buf_consume(&v->infl, n);
+    cv_buf_drop(&v->infl, n); /* kept for the next round: see flush_out */
     if (v->closing)
         return;
     if (status < 0) {
@@ -222,6 +278,8 @@ static void on_write(uv_write_t *req, int status)
 static void flush_out(struct visitor *v)
 {
     if (v->writing || v->out.len == 0 || v->closing) {
+        if (!v->writing && !v->closing)
+            spare_add(v);
         maybe_shutdown(v);
         return;
     }

@@ -218,6 +218,12 @@ static void block(struct conn *c)
 static void on_reap(uv_timer_t *t)
 {
     conns_reap(t->data);
+    visitors_trim(t->data);
+}
+
+void reaper_start(struct cv_relay *r, uint64_t ms)
+{
+    uv_timer_start(&r->reaper, on_reap, ms, 0);
 }
 
 void conns_reap(struct cv_relay *r)
@@ -250,7 +256,7 @@ void conn_free(struct conn *c)
     cv_buf_fini(&c->fq);
     c->grave_next = c->r->graveyard;
     c->r->graveyard = c;
-    uv_timer_start(&c->r->reaper, on_reap, 0, 0);
+    reaper_start(c->r, 0);
 }
 
 /* Tells the agent the connection is over (the only way to free its entry)

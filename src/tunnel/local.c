@@ -619,7 +619,11 @@ static void on_write(uv_write_t *req, int status)
     struct cv_lconn *c = req->data;
     size_t written = c->out.len;
     c->write_busy = false;
-    cv_buf_consume(&c->out, c->out.len);
+    /* The storage is kept for the next round (start_write hands it to
+     * pend): a stream that pauses between writes would otherwise free it
+     * and grow it again by reallocs, copying what is queued, each time.
+     * on_sweep frees what an idle stream keeps. */
+    cv_buf_drop(&c->out, c->out.len);
     if (c->state == S_CLOSING)
         return;
     if (status < 0) {
@@ -1071,6 +1075,10 @@ static void on_sweep(uv_timer_t *t)
             cv_log_debug("%s: id %u: slow reader, %zu bytes queued", h->o.name, c->id,
                          queued(c));
             press_end(c, true);
+        }
+        if (!c->write_busy) { /* storage kept between writes (on_write) */
+            cv_buf_trim(&c->out);
+            cv_buf_trim(&c->pend);
         }
         if (c->deadline != 0 && c->deadline <= now && c->state != S_CLOSING)
             expire(c);

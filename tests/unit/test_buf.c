@@ -115,6 +115,44 @@ static void test_reserve_commit_reset(void **state)
     cv_buf_fini(&b);
 }
 
+/* cv_buf_drop keeps a large buffer's storage for the next round (a stream
+ * that keeps flowing); cv_buf_trim frees it once it stays empty. */
+static void test_drop_trim(void **state)
+{
+    (void)state;
+    struct cv_buf b;
+    cv_buf_init(&b, 1 << 20);
+    assert_int_equal(cv_buf_reserve(&b, 200000), 0);
+    memset(cv_buf_tail(&b), 'x', 200000);
+    cv_buf_commit(&b, 200000);
+    size_t cap = b.cap;
+    uint8_t *data = b.data;
+    cv_buf_drop(&b, 150000);
+    assert_int_equal(b.len, 50000);
+    assert_int_equal(b.off, 150000);
+    cv_buf_trim(&b); /* not empty: nothing freed */
+    assert_ptr_equal(b.data, data);
+    cv_buf_drop(&b, 50000);
+    assert_int_equal(b.len, 0);
+    assert_int_equal(b.off, 0); /* the next append starts at the front */
+    assert_ptr_equal(b.data, data);
+    assert_int_equal(b.cap, cap);
+    assert_int_equal(cv_buf_append(&b, "ab", 2), 0);
+    assert_ptr_equal(b.data, data); /* reused, no new allocation */
+    assert_memory_equal(cv_buf_head(&b), "ab", 2);
+    cv_buf_drop(&b, 2);
+    cv_buf_trim(&b);
+    assert_null(b.data);
+    assert_int_equal(b.cap, 0);
+
+    /* Small storage is kept by trim, as by consume. */
+    assert_int_equal(cv_buf_append(&b, "z", 1), 0);
+    cv_buf_drop(&b, 1);
+    cv_buf_trim(&b);
+    assert_non_null(b.data);
+    cv_buf_fini(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -122,6 +160,7 @@ int main(void)
         cmocka_unit_test(test_append_consume),
         cmocka_unit_test(test_compaction),
         cmocka_unit_test(test_reserve_commit_reset),
+        cmocka_unit_test(test_drop_trim),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
