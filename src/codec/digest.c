@@ -52,3 +52,21 @@ void cv_hmac_sha256(const void *key, size_t klen, const void *msg, size_t n,
     OPENSSL_cleanse(inner, sizeof inner);
     OPENSSL_cleanse(&ctx, sizeof ctx);
 }
+
+bool cv_secret_eq(const void *given, size_t glen, const void *secret, size_t slen)
+{
+    const volatile uint8_t *g = given;
+    const volatile uint8_t *s = secret;
+    unsigned diff = 0;
+    size_t j = 0;
+    if (slen == 0)
+        return glen == 0;
+    for (size_t i = 0; i < glen; i++) {
+        diff |= (unsigned)(g[i] ^ s[j]);
+        /* j = (j + 1) % slen without a division or a branch on slen */
+        j++;
+        j &= (size_t)0 - (size_t)(j < slen);
+    }
+    diff |= (unsigned)((glen ^ slen) != 0);
+    return diff == 0;
+}

@@ -9,6 +9,7 @@
 #ifndef CV_DIGEST_H
 #define CV_DIGEST_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -22,5 +23,12 @@ void cv_sha256(const void *p, size_t n, uint8_t out[CV_SHA256_LEN]);
 /* HMAC-SHA256(key, msg) (RFC 2104). */
 void cv_hmac_sha256(const void *key, size_t klen, const void *msg, size_t n,
                     uint8_t out[CV_SHA256_LEN]);
+/* Whether given[0..glen) equals secret[0..slen), in time that depends on
+ * glen only (the caller's length, which the peer already knows): every
+ * given byte is compared with the secret read cyclically, and the length
+ * difference is folded in at the end. A hash of both sides hides the length
+ * as well but costs a SHA-256 block per check, a measurable share of a
+ * gateway request at 80k req/s. slen must be > 0. */
+bool cv_secret_eq(const void *given, size_t glen, const void *secret, size_t slen);
 
 #endif

@@ -58,5 +58,8 @@ bool cv_http_has_token(const char *value, size_t len, const char *token);
 
 /* Returns the standard reason phrase for status ("Unknown" if none). */
 const char *cv_http_reason(int status);
+/* Node's reason phrase (http.STATUS_CODES; "unknown" if none), for the
+ * paths whose clients compare with a Node server. */
+const char *cv_http_reason_node(int status);
 
 #endif

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/buf.h"
 #include "core/err.h"
 
 /* 2^53: integers up to this magnitude are exact JS numbers. */
@@ -26,8 +27,12 @@ static size_t js_number(double x, char *out)
         out[0] = '0'; /* -0 too */
         return 1;
     }
-    if (x > -MAX_EXACT_INT && x < MAX_EXACT_INT && x == (double)(long long)x)
-        return (size_t)snprintf(out, 32, "%lld", (long long)x);
+    if (x > -MAX_EXACT_INT && x < MAX_EXACT_INT && x == (double)(long long)x) {
+        long long i = (long long)x;
+        size_t neg = i < 0;
+        out[0] = '-';
+        return neg + cv_u64_dec(out + neg, neg ? (uint64_t)-i : (uint64_t)i);
+    }
 
     /* Shortest round trip: for each precision p, the correctly rounded
      * p-digit decimal, or its neighbour in the last digit (at powers of two

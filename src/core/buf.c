@@ -53,7 +53,7 @@ int cv_buf_reserve(struct cv_buf *b, size_t n)
     return 0;
 }
 
-int cv_buf_append(struct cv_buf *b, const void *p, size_t n)
+int cv_buf_append_slow(struct cv_buf *b, const void *p, size_t n)
 {
     int rc = cv_buf_reserve(b, n);
     if (rc != 0)
@@ -62,6 +62,25 @@ int cv_buf_append(struct cv_buf *b, const void *p, size_t n)
         memcpy(cv_buf_tail(b), p, n);
     b->len += n;
     return 0;
+}
+
+size_t cv_u64_dec(char *out, uint64_t v)
+{
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    return n;
+}
+
+int cv_buf_append_u64(struct cv_buf *b, uint64_t v)
+{
+    char d[20];
+    return cv_buf_append(b, d, cv_u64_dec(d, v));
 }
 
 void cv_buf_consume(struct cv_buf *b, size_t n)

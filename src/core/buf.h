@@ -6,6 +6,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 struct cv_buf {
     uint8_t *data; /* owned */
@@ -22,8 +23,16 @@ void cv_buf_fini(struct cv_buf *b);
 /* Makes room for n more bytes at the tail. Returns 0, CV_ETOOBIG if len + n
  * would exceed max, or CV_ENOMEM. */
 int cv_buf_reserve(struct cv_buf *b, size_t n);
-/* Appends n bytes. Returns 0, CV_ETOOBIG or CV_ENOMEM (buffer unchanged). */
-int cv_buf_append(struct cv_buf *b, const void *p, size_t n);
+/* Appends n bytes. Returns 0, CV_ETOOBIG or CV_ENOMEM (buffer unchanged).
+ * Inline when the bytes fit (the common case: response heads are built from
+ * many small appends); cv_buf_append_slow grows the storage. */
+int cv_buf_append_slow(struct cv_buf *b, const void *p, size_t n);
+static inline int cv_buf_append(struct cv_buf *b, const void *p, size_t n);
+/* Appends v in decimal. Returns as cv_buf_append. */
+int cv_buf_append_u64(struct cv_buf *b, uint64_t v);
+/* Writes v in decimal to out (at least 20 bytes, not terminated); returns
+ * the length. */
+size_t cv_u64_dec(char *out, uint64_t v);
 /* Drops n bytes from the head (n <= len). Frees storage once empty and large. */
 void cv_buf_consume(struct cv_buf *b, size_t n);
 /* Discards the contents, keeping the storage. */
@@ -44,5 +53,14 @@ static inline uint8_t *cv_buf_tail(const struct cv_buf *b) { return b->data + b-
 static inline size_t cv_buf_tailroom(const struct cv_buf *b) { return b->cap - b->off - b->len; }
 /* Marks n bytes written at the tail (after cv_buf_reserve) as data. */
 static inline void cv_buf_commit(struct cv_buf *b, size_t n) { b->len += n; }
+
+static inline int cv_buf_append(struct cv_buf *b, const void *p, size_t n)
+{
+    if (n == 0 || cv_buf_tailroom(b) < n || b->len + n > b->max)
+        return cv_buf_append_slow(b, p, n);
+    memcpy(cv_buf_tail(b), p, n);
+    b->len += n;
+    return 0;
+}
 
 #endif

@@ -102,7 +102,8 @@ struct cv_gateway {
     uv_loop_t *loop;             /* borrowed */
     struct cv_http1_server *srv; /* owned */
     char *base;                  /* normalised base path */
-    uint8_t (*tokens)[32];       /* SHA-256 of each token */
+    char **tokens;               /* owned copies, wiped when freed */
+    size_t *token_lens;
     size_t ntokens;
     char *auth_header;
     bool allow_anonymous, discovery_disabled;

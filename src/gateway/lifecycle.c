@@ -274,7 +274,11 @@ static void gw_free(struct cv_gateway *gw)
     if (gw == NULL)
         return;
     free(gw->base);
-    free(gw->tokens);
+    for (size_t i = 0; gw->tokens != NULL && i < gw->ntokens; i++)
+        if (gw->tokens[i] != NULL)
+            explicit_bzero(gw->tokens[i], gw->token_lens[i]);
+    free_list(gw->tokens, gw->ntokens);
+    free(gw->token_lens);
     free(gw->auth_header);
     free_list(gw->tasks, gw->ntasks);
     free_list(gw->events, gw->nevents);
@@ -366,11 +370,11 @@ static int setup(struct cv_gateway *gw, const struct cv_gateway_opts *o)
         return CV_EINVAL;
     }
     gw->ntokens = o->ntokens;
-    gw->tokens = calloc(o->ntokens + 1, CV_SHA256_LEN);
-    if (gw->tokens == NULL)
-        return CV_ENOMEM;
+    gw->token_lens = calloc(o->ntokens + 1, sizeof *gw->token_lens);
+    if (gw->token_lens == NULL || (rc = copy_list(&gw->tokens, o->tokens, o->ntokens)) < 0)
+        return gw->token_lens == NULL ? CV_ENOMEM : rc;
     for (size_t i = 0; i < o->ntokens; i++)
-        cv_sha256(o->tokens[i], strlen(o->tokens[i]), gw->tokens[i]);
+        gw->token_lens[i] = strlen(gw->tokens[i]);
     gw->auth_header = strdup(o->auth_header);
     if (gw->auth_header == NULL)
         return CV_ENOMEM;

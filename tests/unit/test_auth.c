@@ -12,6 +12,7 @@
 #include <openssl/hmac.h>
 
 #include "codec/auth.h"
+#include "codec/digest.h"
 #include "core/err.h"
 
 #define SECRET "s3cret-relay"
@@ -491,6 +492,24 @@ static void test_oversized(void **state)
     assert_int_equal(cv_auth_check(SECRET, tok, n, NULL, NOW), CV_AUTH_OK);
 }
 
+/* cv_secret_eq: equal only for the same bytes and length, whatever the
+ * given length (shorter, longer, a multiple of the secret). */
+static void test_secret_eq(void **state)
+{
+    (void)state;
+    assert_true(cv_secret_eq("secret", 6, "secret", 6));
+    assert_false(cv_secret_eq("secreT", 6, "secret", 6));
+    assert_false(cv_secret_eq("Secret", 6, "secret", 6));
+    assert_false(cv_secret_eq("secre", 5, "secret", 6));
+    assert_false(cv_secret_eq("secrets", 7, "secret", 6));
+    assert_false(cv_secret_eq("secretsecret", 12, "secret", 6)); /* the cyclic read */
+    assert_false(cv_secret_eq("", 0, "secret", 6));
+    assert_false(cv_secret_eq("s", 1, "s\0", 2));
+    assert_true(cv_secret_eq("s\0", 2, "s\0", 2));
+    assert_true(cv_secret_eq("", 0, "", 0));
+    assert_false(cv_secret_eq("x", 1, "", 0));
+}
+
 static void test_reasons(void **state)
 {
     assert_string_equal(cv_auth_reason(CV_AUTH_OK), "ok");
@@ -517,6 +536,7 @@ int main(void)
         cmocka_unit_test(test_exp),
         cmocka_unit_test(test_oversized),
         cmocka_unit_test(test_reasons),
+        cmocka_unit_test(test_secret_eq),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

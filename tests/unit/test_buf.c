@@ -153,6 +153,31 @@ static void test_drop_trim(void **state)
     cv_buf_fini(&b);
 }
 
+/* Decimal formatting, and the inline append honouring max once storage
+ * is already there (storage larger than max must not let bytes past it). */
+static void test_u64_and_inline_max(void **state)
+{
+    (void)state;
+    char d[20];
+    assert_int_equal(cv_u64_dec(d, 0), 1);
+    assert_memory_equal(d, "0", 1);
+    assert_int_equal(cv_u64_dec(d, 1234567890), 10);
+    assert_memory_equal(d, "1234567890", 10);
+    assert_int_equal(cv_u64_dec(d, UINT64_MAX), 20);
+    assert_memory_equal(d, "18446744073709551615", 20);
+
+    struct cv_buf b;
+    cv_buf_init(&b, 100);
+    assert_int_equal(cv_buf_append_u64(&b, 42), 0);
+    assert_int_equal(b.len, 2);
+    assert_memory_equal(cv_buf_head(&b), "42", 2);
+    b.max = 10; /* lowered below the storage already held */
+    assert_int_equal(cv_buf_append(&b, "12345678", 8), 0);
+    assert_int_equal(cv_buf_append(&b, "x", 1), CV_ETOOBIG);
+    assert_int_equal(b.len, 10);
+    cv_buf_fini(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -161,6 +186,7 @@ int main(void)
         cmocka_unit_test(test_compaction),
         cmocka_unit_test(test_reserve_commit_reset),
         cmocka_unit_test(test_drop_trim),
+        cmocka_unit_test(test_u64_and_inline_max),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -296,6 +296,10 @@ static void test_helpers(void **state)
     assert_string_equal(cv_http_reason(502), "Bad Gateway");
     assert_string_equal(cv_http_reason(999), "Unknown");
     assert_string_equal(cv_http_reason(-1), "Unknown");
+    assert_string_equal(cv_http_reason(413), "Content Too Large");
+    assert_string_equal(cv_http_reason_node(413), "Payload Too Large");
+    assert_string_equal(cv_http_reason_node(418), "I'm a Teapot");
+    assert_string_equal(cv_http_reason_node(999), "unknown");
 }
 
 int main(void)
