@@ -1,6 +1,7 @@
 #include "codec/http.h"
 
 #include <limits.h>
+#include <stddef.h>
 #include <string.h>
 #include <strings.h>
 
@@ -64,6 +65,7 @@ static int on_header_field(llhttp_t *p, const char *at, size_t n)
             c->too_many = true;
             return -1;
         }
+        memset(&h->headers[h->nheaders], 0, sizeof h->headers[0]);
         h->nheaders++;
         c->in_value = false;
     }
@@ -113,7 +115,11 @@ static bool is_tchar(unsigned char ch)
 {
     if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9'))
         return true;
-    return ch != '\0' && strchr("!#$%&'*+-.^_`|~", ch) != NULL;
+    switch (ch) {
+    case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+':
+    case '-': case '.': case '^': case '_': case '`': case '|': case '~': return true;
+    default: return false;
+    }
 }
 
 /* llhttp in its default (lenient) build lets spaces into header names and
@@ -162,7 +168,7 @@ static int run_llhttp(llhttp_type_t type, const char *p, size_t n, struct cv_htt
     llhttp_t parser;
     struct ctx c = {.h = h};
 
-    memset(h, 0, sizeof(*h));
+    memset(h, 0, offsetof(struct cv_http_head, headers)); /* slots are cleared as used */
     h->is_request = type == HTTP_REQUEST;
     h->content_length = -1;
     llhttp_settings_init(&st);
@@ -189,30 +195,34 @@ static int run_llhttp(llhttp_type_t type, const char *p, size_t n, struct cv_htt
  * parsers disagree on where a message ends (request smuggling), and any line
  * that starts with whitespace: obs-fold (RFC 9112 §5.2), which llhttp folds
  * silently into an empty value before it, so the per-value check never sees
- * it. Returns the head length, CV_EAGAIN if no end yet, or CV_EPROTO. */
+ * it. Returns the head length, CV_EAGAIN if no end yet, or CV_EPROTO.
+ * Line by line with memchr (vectorised in libc): a byte loop here was a
+ * tenth of the gateway's user time per request. */
 static int scan_head(const char *p, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        switch (p[i]) {
-        case '\0':
-            return CV_EPROTO;
-        case '\r':
-            if (i + 1 < n && p[i + 1] != '\n')
-                return CV_EPROTO;
-            break;
-        case '\n':
-            if (i == 0 || p[i - 1] != '\r')
-                return CV_EPROTO;
-            if (i >= 3 && p[i - 2] == '\n')
-                return (int)(i + 1);
-            if (i + 1 < n && (p[i + 1] == ' ' || p[i + 1] == '\t'))
-                return CV_EPROTO;
-            break;
-        default:
+    size_t i = 0; /* start of the current line */
+    int rc = CV_EAGAIN;
+    for (;;) {
+        const char *cr = memchr(p + i, '\r', n - i);
+        size_t k = cr != NULL ? (size_t)(cr - p) : n; /* the line is p[i..k) */
+        if (memchr(p + i, '\n', k - i) != NULL)
+            return CV_EPROTO; /* a LF without its CR */
+        if (cr == NULL || k + 1 == n)
+            break; /* incomplete (a CR at the very end waits for its LF) */
+        if (p[k + 1] != '\n')
+            return CV_EPROTO; /* a CR without its LF */
+        if (k == i && i > 0) {
+            rc = (int)(k + 2); /* the empty line */
+            n = k + 2;
             break;
         }
+        i = k + 2;
+        if (i < n && (p[i] == ' ' || p[i] == '\t'))
+            return CV_EPROTO; /* obs-fold */
     }
-    return CV_EAGAIN;
+    if (memchr(p, '\0', n) != NULL)
+        return CV_EPROTO;
+    return rc;
 }
 
 static int parse(llhttp_type_t type, const char *p, size_t n, size_t max_head,

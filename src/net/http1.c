@@ -17,6 +17,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stddef.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
@@ -71,7 +72,6 @@ struct conn {
 
 struct cv_http1_req {
     struct conn *c;           /* borrowed */
-    struct cv_http_head head; /* slices into raw */
     char *raw;                /* the head bytes, then the path (same allocation) */
     const char *path, *query; /* into raw */
     void *data;               /* borrowed, the handler's */
@@ -84,6 +84,8 @@ struct cv_http1_req {
     uint64_t discarded;  /* ... how many so far */
     int64_t resp_len; /* declared Content-Length, -1 if none */
     uint64_t resp_sent;
+    /* Last: only its used header slots are copied (the array is 2 KiB). */
+    struct cv_http_head head; /* slices into raw */
 };
 
 static void pump(struct conn *c);
@@ -449,13 +451,14 @@ static struct cv_http1_req *req_new(struct conn *c, const struct cv_http_head *h
     struct cv_http1_req *r = malloc(sizeof *r + len + h->target_len + 1);
     if (r == NULL)
         return NULL;
-    memset(r, 0, sizeof *r);
+    memset(r, 0, offsetof(struct cv_http1_req, head));
     char *raw = (char *)(r + 1);
     const char *from = (const char *)cv_buf_head(&c->rx);
     memcpy(raw, from, len);
     r->c = c;
     r->raw = raw;
-    r->head = *h;
+    memcpy(&r->head, h,
+           offsetof(struct cv_http_head, headers) + h->nheaders * sizeof h->headers[0]);
     rebase(&r->head.method, from, raw);
     rebase(&r->head.target, from, raw);
     for (size_t i = 0; i < r->head.nheaders; i++) {
