@@ -238,6 +238,32 @@ def test_idle_keepalive_timeout_closes(h1):
     s.close()
 
 
+def test_deadlines_move_later_and_earlier(h1):
+    """Deadlines are timestamps checked when the timer fires: a kept-alive connection whose idle deadline
+    is later than the head deadline it had (0.3 s) must outlive the head deadline, then close at the idle one (2.5 s);
+    a head started afterwards gets the short deadline back (408)."""
+    _, port = h1("--head-timeout-ms", "300", "--idle-timeout-ms", "2500")
+    s, rd = raw(port)
+    s.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert rd.response()[2] == b"hello\n"
+    time.sleep(0.8)  # past the head deadline, inside the idle one
+    s.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert rd.response()[2] == b"hello\n"
+    t0 = time.monotonic()
+    assert rd.at_eof(timeout=6)
+    assert 2.0 < time.monotonic() - t0 < 5
+    s.close()
+    s, rd = raw(port)
+    s.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert rd.response()[2] == b"hello\n"
+    time.sleep(0.5)
+    s.sendall(b"GET /hello HTTP/1.1\r\n")  # a head begun while the timer is set for the idle deadline
+    t0 = time.monotonic()
+    st = rd.response()[0]
+    assert st == 408 and time.monotonic() - t0 < 1.0
+    s.close()
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Request bodies
 
