@@ -105,6 +105,10 @@ int cv_rj_select_input(const char *compact, size_t len, const char **text, size_
  * Returns the tree (caller owns one reference) or NULL with a reason in
  * why[0..whylen) (why may be NULL). Not on the pass-through hot path. */
 json_t *cv_rj_decode(const char *in, size_t len, char *why, size_t whylen);
+/* cv_rj_decode of a text cv_rj_compact already checked and compacted (or
+ * a whole value sliced out of one, as the gateway's call inputs are): the
+ * check and the copy are skipped. */
+json_t *cv_rj_decode_compact(const char *in, size_t len, char *why, size_t whylen);
 
 /* Accessors (the unescaped view of a wire-form tree). All accept any
  * json_t (or NULL) and answer "no" for the wrong kind of node. */

@@ -896,25 +896,68 @@ static char *infinities(const char *p, size_t n, size_t *out_len)
     return (char *)b.data; /* off is 0: nothing was consumed */
 }
 
+/* Whether walk() would return a copy of v equal to v (tree form): no
+ * typed record, no key with the escape prefix or one that would gain it,
+ * no unsafe key, not too deep. The usual input is such a tree, and then
+ * the copy (a tenth of a native call's instructions) is skipped. */
+static bool plain(const json_t *v, int depth)
+{
+    if (depth > CV_RJ_MAX_DEPTH)
+        return false;
+    if (json_is_array(v)) {
+        for (size_t i = 0; i < json_array_size(v); i++)
+            if (!plain(json_array_get(v, i), depth + 1))
+                return false;
+        return true;
+    }
+    if (!json_is_object(v))
+        return true;
+    const char *k;
+    size_t kl;
+    json_t *c;
+    json_object_keylen_foreach((json_t *)v, k, kl, c)
+    {
+        if (needs_escape(k, kl) || is_unsafe_key(k, kl) || !plain(c, depth + 1))
+            return false;
+    }
+    return true;
+}
+
+static json_t *decode(const char *in, size_t len, bool compacted, char *why, size_t whylen);
+
 json_t *cv_rj_decode(const char *in, size_t len, char *why, size_t whylen)
+{
+    return decode(in, len, false, why, whylen);
+}
+
+json_t *cv_rj_decode_compact(const char *in, size_t len, char *why, size_t whylen)
+{
+    return decode(in, len, true, why, whylen);
+}
+
+static json_t *decode(const char *in, size_t len, bool compacted, char *why, size_t whylen)
 {
     struct dec d = {.why = why, .whylen = whylen};
     const char *reason = NULL;
     json_t *root = NULL, *out = NULL;
-    char *buf = malloc(len ? len : 1);
-    size_t n;
+    char *own = NULL;
+    const char *buf = in;
+    size_t n = len;
 
     if (why != NULL && whylen > 0)
         why[0] = '\0';
-    if (buf == NULL) {
-        fail(&d, "out of memory");
-        goto out;
-    }
-    /* Our own strict check first: jansson alone would accept some texts
-     * JSON.parse refuses and has no depth limit of ours. */
-    if (cv_rj_compact(in, len, buf, &n, &reason) != 0) {
-        fail(&d, "%s", reason);
-        goto out;
+    if (!compacted) {
+        if ((own = malloc(len ? len : 1)) == NULL) {
+            fail(&d, "out of memory");
+            goto out;
+        }
+        /* Our own strict check first: jansson alone would accept some texts
+         * JSON.parse refuses and has no depth limit of ours. */
+        if (cv_rj_compact(in, len, own, &n, &reason) != 0) {
+            fail(&d, "%s", reason);
+            goto out;
+        }
+        buf = own;
     }
     json_error_t err;
     root = json_loadb(buf, n, JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL | JSON_ALLOW_NUL, &err);
@@ -945,6 +988,8 @@ json_t *cv_rj_decode(const char *in, size_t len, char *why, size_t whylen)
             goto out;
         }
         out = walk(&d, json_object_get(root, "root"), 0, &h);
+    } else if (plain(root, 0)) {
+        out = json_incref(root);
     } else {
         out = walk(&d, root, 0, &h);
     }
@@ -954,6 +999,6 @@ out:
     free(d.slots);
     json_decref(d.ids);
     json_decref(root);
-    free(buf);
+    free(own);
     return out;
 }

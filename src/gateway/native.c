@@ -114,7 +114,7 @@ static int nat_start(struct cv_gw_backend *b, struct cv_gw_req *req, const struc
     cv_gw_req_set_data(req, c);
     if (call->mode != CV_GW_MODE_OCTET) {
         char why[128];
-        c->input = cv_rj_decode(call->input, call->input_len, why, sizeof why);
+        c->input = cv_rj_decode_compact(call->input, call->input_len, why, sizeof why);
         if (c->input == NULL) {
             cv_log_debug("gateway: %s: input refused: %s (rid %s)", call->id, why, call->rid);
             cv_gw_req_fail(req, 400, "INVALID_JSON", "Invalid JSON body");

@@ -485,6 +485,18 @@ static void rt(const char *in, const char *want)
     assert_non_null(v2);
     char *out2 = encode(v2);
     assert_string_equal(out, out2);
+    /* The decoder for compact text (native inputs) builds the same tree. */
+    char *c = malloc(strlen(in) + 1);
+    size_t cl;
+    assert_non_null(c);
+    assert_int_equal(cv_rj_compact(in, strlen(in), c, &cl, NULL), 0);
+    json_t *v3 = cv_rj_decode_compact(c, cl, why, sizeof why);
+    assert_non_null(v3);
+    char *out3 = encode(v3);
+    assert_string_equal(out, out3);
+    free(c);
+    free(out3);
+    json_decref(v3);
     free(out);
     free(out2);
     json_decref(v);
