@@ -3,6 +3,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "codec/http.h"
 #include "core/err.h"
 
 int cv_gwr_base_norm(const char *in, char *out, size_t cap)
@@ -221,11 +222,12 @@ bool cv_gwr_rid_ok(const char *v, size_t len, size_t *off, size_t *n)
     return true;
 }
 
+/* Whether needle (lower case) occurs in s[0..n), ignoring ASCII case. */
 static bool has_ci(const char *s, size_t n, const char *needle)
 {
     size_t k = strlen(needle);
     for (size_t i = 0; i + k <= n; i++)
-        if (strncasecmp(s + i, needle, k) == 0)
+        if ((s[i] | 0x20) == needle[0] && cv_http_ieq(s + i, needle, k))
             return true;
     return false;
 }
@@ -238,7 +240,7 @@ enum cv_gwr_mode cv_gwr_mode(const char *ct, size_t len)
         return CV_GWR_MODE_MULTIPART;
     static const char oct[] = "application/octet-stream";
     size_t k = sizeof oct - 1;
-    if (len >= k && strncasecmp(ct, oct, k) == 0 && (len == k || ct[k] == ';'))
+    if (len >= k && cv_http_ieq(ct, oct, k) && (len == k || ct[k] == ';'))
         return CV_GWR_MODE_OCTET;
     return CV_GWR_MODE_JSON;
 }

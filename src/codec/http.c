@@ -268,7 +268,7 @@ const struct cv_http_header *cv_http_find(const struct cv_http_head *h, const ch
 
     for (size_t i = 0; i < h->nheaders; i++) {
         const struct cv_http_header *hd = &h->headers[i];
-        if (hd->name_len == n && strncasecmp(hd->name, name, n) == 0)
+        if (hd->name_len == n && cv_http_ieq(hd->name, name, n))
             return hd;
     }
     return NULL;
@@ -289,7 +289,7 @@ bool cv_http_has_token(const char *value, size_t len, const char *token)
         end = i;
         while (end > start && is_ows(value[end - 1]))
             end--;
-        if (end > start && end - start == tlen && strncasecmp(value + start, token, tlen) == 0)
+        if (end > start && end - start == tlen && cv_http_ieq(value + start, token, tlen))
             return true;
     }
     return false;

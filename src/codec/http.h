@@ -53,6 +53,25 @@ int cv_http_parse_response(const char *p, size_t n, size_t max_head, struct cv_h
 /* Finds the first header named name (case-insensitive). NULL if absent. */
 const struct cv_http_header *cv_http_find(const struct cv_http_head *h, const char *name);
 
+/* ASCII case-insensitive equality of a[0..n) and b[0..n) (header names,
+ * tokens): no locale, and a short loop instead of a libc call for the few
+ * bytes of a name. */
+static inline bool cv_http_ieq(const char *a, const char *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char x = (unsigned char)a[i], y = (unsigned char)b[i];
+        if (x != y) {
+            if ((unsigned char)(x - 'A') < 26)
+                x = (unsigned char)(x + 32);
+            if ((unsigned char)(y - 'A') < 26)
+                y = (unsigned char)(y + 32);
+            if (x != y)
+                return false;
+        }
+    }
+    return true;
+}
+
 /* True if the comma-separated header value contains token (case-insensitive). */
 bool cv_http_has_token(const char *value, size_t len, const char *token);
 

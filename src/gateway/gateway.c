@@ -40,7 +40,7 @@
 static bool has_ci(const char *s, size_t n, const char *lit)
 {
     size_t k = strlen(lit);
-    return n == k && strncasecmp(s, lit, k) == 0;
+    return n == k && cv_http_ieq(s, lit, k);
 }
 
 /* The request header named name (case-insensitive): *count occurrences,
@@ -53,7 +53,7 @@ static const struct cv_http_header *find_hdr(const struct cv_http_head *h, const
     *count = 0;
     for (size_t i = 0; i < h->nheaders; i++) {
         const struct cv_http_header *x = &h->headers[i];
-        if (x->name_len == k && strncasecmp(x->name, name, k) == 0) {
+        if (x->name_len == k && cv_http_ieq(x->name, name, k)) {
             if ((*count)++ == 0)
                 first = x;
         }
@@ -580,7 +580,7 @@ static int build_context(struct cv_gw_req *r, bool with_auth)
         /* Repeats are joined at their first occurrence. */
         for (size_t j = 0; !drop && j < i; j++)
             drop = hd->headers[j].name_len == x->name_len &&
-                   strncasecmp(hd->headers[j].name, x->name, x->name_len) == 0;
+                   cv_http_ieq(hd->headers[j].name, x->name, x->name_len);
         if (drop || !cv_gwr_utf8_ok((const uint8_t *)x->value, x->value_len))
             continue;
         char name[256];
@@ -596,7 +596,7 @@ static int build_context(struct cv_gw_req *r, bool with_auth)
             rc = APPEND(&b, ":\"");
         for (size_t j = i; rc == 0 && j < hd->nheaders; j++) {
             const struct cv_http_header *y = &hd->headers[j];
-            if (y->name_len != x->name_len || strncasecmp(y->name, x->name, x->name_len) != 0 ||
+            if (y->name_len != x->name_len || !cv_http_ieq(y->name, x->name, x->name_len) ||
                 !cv_gwr_utf8_ok((const uint8_t *)y->value, y->value_len))
                 continue;
             if (j != i)
