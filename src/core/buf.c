@@ -36,7 +36,9 @@ int cv_buf_reserve(struct cv_buf *b, size_t n)
         return 0;
     }
     size_t want = b->len + n;
-    size_t ncap = b->cap ? b->cap : 4096;
+    /* A first allocation this small stays in malloc's per-thread cache
+     * (buffers of one small request: a JSON body, an encoded result). */
+    size_t ncap = b->cap ? b->cap : 256;
     while (ncap < want)
         ncap *= 2;
     if (ncap > b->max)

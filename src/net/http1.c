@@ -42,6 +42,8 @@ struct cv_http1_server {
     struct cv_http1_opts opts;
     void *data;         /* borrowed */
     struct conn *conns; /* owned list of open connections */
+    struct cv_http1_req *spare; /* owned: retired requests kept for reuse */
+    size_t nspare;
     uint16_t port;
     bool unlistened, listener_closed, free_pending;
 };
@@ -73,7 +75,8 @@ struct conn {
 };
 
 struct cv_http1_req {
-    struct conn *c;           /* borrowed */
+    struct conn *c;           /* borrowed; the next spare while in the server's list */
+    size_t size;              /* of the allocation */
     char *raw;                /* the head bytes, then the path (same allocation) */
     const char *path, *query; /* into raw */
     void *data;               /* borrowed, the handler's */
@@ -472,14 +475,46 @@ static void rebase(const char **s, const char *from, char *to)
         *s = to + (*s - from);
 }
 
+/* Requests of the usual size share one allocation size, and the server keeps
+ * up to SPARE_MAX retired ones for reuse: the request with its 2 KiB header
+ * table is too large for malloc's per-thread cache, and its malloc and free
+ * took the slow path on every request. */
+#define REQ_STD (sizeof(struct cv_http1_req) + 2048)
+#define SPARE_MAX 64
+
+static void req_free(struct conn *c, struct cv_http1_req *r)
+{
+    struct cv_http1_server *srv = c->srv;
+    if (r == NULL)
+        return;
+    if (r->size == REQ_STD && srv != NULL && srv->nspare < SPARE_MAX) {
+        r->c = (struct conn *)srv->spare;
+        srv->spare = r;
+        srv->nspare++;
+        return;
+    }
+    free(r);
+}
+
 /* Copies the head out of rx (which the body will overwrite) and points the
  * slices at the copy, which follows the request in one allocation. */
 static struct cv_http1_req *req_new(struct conn *c, const struct cv_http_head *h, size_t len)
 {
-    struct cv_http1_req *r = malloc(sizeof *r + len + h->target_len + 1);
-    if (r == NULL)
-        return NULL;
+    size_t need = sizeof(struct cv_http1_req) + len + h->target_len + 1, size;
+    struct cv_http1_req *r = NULL;
+    struct cv_http1_server *srv = c->srv;
+    if (need <= REQ_STD && srv != NULL && srv->spare != NULL) {
+        r = srv->spare;
+        srv->spare = (struct cv_http1_req *)r->c;
+        srv->nspare--;
+        size = REQ_STD;
+    } else {
+        size = need <= REQ_STD ? REQ_STD : need;
+        if ((r = malloc(size)) == NULL)
+            return NULL;
+    }
     memset(r, 0, offsetof(struct cv_http1_req, head));
+    r->size = size;
     char *raw = (char *)(r + 1);
     const char *from = (const char *)cv_buf_head(&c->rx);
     memcpy(raw, from, len);
@@ -719,7 +754,7 @@ static bool step_wait(struct conn *c)
     c->cbs.on_done(r, 0);
     if (c->closing)
         return false;
-    free(r);
+    req_free(c, r);
     c->req = NULL;
     if (!keep) {
         enter_linger(c);
@@ -977,6 +1012,12 @@ void cv_http1_server_close(struct cv_http1_server *srv)
         return;
     while (srv->conns)
         conn_close(srv->conns, CV_ECLOSED); /* unlinks it */
+    while (srv->spare != NULL) {
+        struct cv_http1_req *r = srv->spare;
+        srv->spare = (struct cv_http1_req *)r->c;
+        free(r);
+    }
+    srv->nspare = 0;
     if (!srv->unlistened)
         uv_close((uv_handle_t *)&srv->tcp, (uv_close_cb)free);
     else if (srv->listener_closed)
