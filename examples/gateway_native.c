@@ -7,7 +7,7 @@
  *                  [--allow-task ID]... [--allow-event ID]... [--deadline MS]
  *                  [--max-octet BYTES] [--base-path P] [--cors-origin O]
  *                  [--cors-credentials true] [--cors-expose H] [--cors-max-age S]
- *                  [--auth-key K]
+ *                  [--auth-key K] [--max-file-size BYTES] [--spool-dir DIR]
  *
  * Without --allow-* flags every id below is allow-listed except
  * app.tasks.hidden. Prints "listening on http://HOST:PORT" once bound
@@ -382,7 +382,8 @@ static int usage(void)
             "usage: gateway_native [--listen HOST:PORT] [--token T]... [--allow-anonymous] "
             "[--allow-task ID]... [--allow-event ID]... [--deadline MS] "
             "[--max-octet BYTES] [--base-path P] [--cors-origin O] "
-            "[--cors-credentials true] [--cors-expose H] [--cors-max-age S] [--auth-key K]\n");
+            "[--cors-credentials true] [--cors-expose H] [--cors-max-age S] [--auth-key K] "
+            "[--max-file-size BYTES] [--spool-dir DIR]\n");
     return 2;
 }
 
@@ -436,6 +437,10 @@ int main(int argc, char **argv)
             o.cors.max_age = (int)strtol(v, NULL, 10);
         } else if (strcmp(k, "--auth-key") == 0) {
             g_auth_key = v;
+        } else if (strcmp(k, "--max-file-size") == 0) {
+            o.mp_file_size = strtoull(v, NULL, 10);
+        } else if (strcmp(k, "--spool-dir") == 0) {
+            o.spool_dir = v;
         } else {
             return usage();
         }

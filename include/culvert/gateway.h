@@ -78,6 +78,10 @@ struct cv_gateway_opts {
     uint32_t mp_fields;
     uint64_t mp_field_size;
     uint32_t mp_parts;
+    /* Where multipart file parts that come before the manifest are spooled
+     * past 256 KiB per request (unnamed temporary files); NULL: $TMPDIR,
+     * else /tmp. Checked at start (CV_EINVAL if no file can be made). */
+    const char *spool_dir;
 };
 void cv_gateway_opts_init(struct cv_gateway_opts *o);
 

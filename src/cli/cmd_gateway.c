@@ -74,6 +74,9 @@ static void usage(FILE *f)
             "  --max-fields N            multipart: non-file fields at most (default 100)\n"
             "  --max-field-size BYTES    multipart: one field, the manifest too (default 1048576)\n"
             "  --max-parts N             multipart: parts at most (default: no limit)\n"
+            "  --spool-dir DIR           multipart: file parts sent before the manifest go to\n"
+            "                            unnamed temporary files here past 256 KiB per request\n"
+            "                            (default $TMPDIR, else /tmp; checked at start)\n"
             "  --stream-idle MS          cut a streamed response silent this long (default 60000)\n"
             "  --log-level LEVEL         error, warn, info, debug or trace (default info)\n"
             "  -h, --help                show this help\n");
@@ -255,6 +258,7 @@ static int parse(int argc, char **argv, struct cfg *c)
         {"max-fields", required_argument, NULL, 1003},
         {"max-field-size", required_argument, NULL, 1004},
         {"max-parts", required_argument, NULL, 1005},
+        {"spool-dir", required_argument, NULL, 1006},
         {NULL, 0, NULL, 0}};
     struct cv_gateway_id_opts *io;
     regex_t re;
@@ -363,6 +367,13 @@ static int parse(int argc, char **argv, struct cfg *c)
             }
             *(ch == 1002 ? &c->o.mp_files : ch == 1003 ? &c->o.mp_fields : &c->o.mp_parts) =
                 (uint32_t)v;
+            break;
+        case 1006:
+            if (*optarg == '\0') {
+                fprintf(stderr, "culvert gateway: --spool-dir wants a directory\n");
+                return 2;
+            }
+            c->o.spool_dir = optarg;
             break;
         case 'C': c->cors.credentials = true; break;
         case 'x': c->cors.exposed_headers = optarg; break;

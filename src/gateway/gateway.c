@@ -1140,6 +1140,8 @@ void cv_gw_req_consumed(struct cv_gw_req *req, size_t n)
         req->paused = false;
         cv_http1_req_resume(req->h);
     }
+    if (req->up != NULL)
+        gw_upload_consumed(req);
 }
 
 /* ------------------------------------------------------------------ */

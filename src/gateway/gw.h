@@ -20,6 +20,12 @@ struct cv_http1_cbs;
 /* Request-stream bytes a backend may hold unconsumed before the HTTP body
  * is paused (per call). */
 #define GW_INFLIGHT_MAX (1024 * 1024)
+/* Multipart file parts that come before the manifest (upload.c): bytes
+ * kept in memory per request (across its parts), the rest is spooled to
+ * a temporary file; read back in chunks of GW_SPOOL_CHUNK, at most
+ * GW_INFLIGHT_MAX per request and loop turn. */
+#define GW_SPOOL_MEM_MAX (256 * 1024)
+#define GW_SPOOL_CHUNK (64 * 1024)
 /* Once streaming, a response silent this long is truncated (§11). */
 #define GW_STREAM_IDLE_MS 60000
 #define GW_MAX_POOLS 8
@@ -139,6 +145,12 @@ struct cv_gateway {
     size_t nids;
     struct cv_gw_backend *auth_be; /* delegated auth (borrowed pool), or NULL */
     struct cv_mp_limits mp;        /* multipart limits (§8.3) */
+    char *spool_dir;               /* owned: where early file parts are spooled */
+    /* Uploads whose replay of early parts goes on next loop turn, from an
+     * idle handle (upload.c): a zero timer restarted in its own callback
+     * would run again before any I/O (libuv < 1.45). */
+    struct gw_upload *replayq, *replayq_tail;
+    uv_idle_t replay_idle;
     uv_timer_t timers[GW_NTIMERS];
     struct gw_list authq; /* auth verdicts to act on (linked by link[GW_DL]) */
     size_t ncalls;
@@ -170,6 +182,9 @@ void gw_upload_end(struct cv_gw_req *r);
 bool gw_upload_hold(struct cv_gw_req *r, int status, const void *body, size_t len);
 /* The call is over (deadline): stop parsing. */
 void gw_upload_abort(struct cv_gw_req *r);
+/* The backend consumed request-stream bytes: a replay of early parts
+ * waiting for room goes on (from the loop, never synchronously). */
+void gw_upload_consumed(struct cv_gw_req *r);
 void gw_upload_free(struct cv_gw_req *r);
 
 #endif

@@ -14,6 +14,7 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "gateway/gw.h"
+#include "gateway/spool.h"
 #include "net/http1.h"
 
 #define APPEND(b, lit) cv_buf_append(b, lit, sizeof(lit) - 1)
@@ -280,6 +281,7 @@ static void gw_free(struct cv_gateway *gw)
     free_list(gw->tokens, gw->ntokens);
     free(gw->token_lens);
     free(gw->auth_header);
+    free(gw->spool_dir);
     free_list(gw->tasks, gw->ntasks);
     free_list(gw->events, gw->nevents);
     free(gw->cors_actual);
@@ -356,6 +358,21 @@ static int setup_ids(struct cv_gateway *gw, const struct cv_gateway_opts *o)
     return 0;
 }
 
+/* Early multipart file parts are spooled there: refuse to start if a
+ * file cannot be made in it, rather than failing uploads later. */
+static int setup_spool(struct cv_gateway *gw, const struct cv_gateway_opts *o)
+{
+    const char *dir = o->spool_dir && *o->spool_dir ? o->spool_dir : cv_spool_default_dir();
+    int rc = cv_spool_check_dir(dir);
+    if (rc < 0) {
+        cv_log_error("gateway: spool directory '%s' is not a writable directory: %s", dir,
+                     cv_strerror(rc));
+        return CV_EINVAL;
+    }
+    gw->spool_dir = strdup(dir);
+    return gw->spool_dir ? 0 : CV_ENOMEM;
+}
+
 static int setup(struct cv_gateway *gw, const struct cv_gateway_opts *o)
 {
     int rc = validate(o);
@@ -401,6 +418,8 @@ static int setup(struct cv_gateway *gw, const struct cv_gateway_opts *o)
         gw->mp.max_field = o->mp_field_size;
     if (o->mp_parts)
         gw->mp.max_parts = o->mp_parts;
+    if ((rc = setup_spool(gw, o)) < 0)
+        return rc;
     gw->max_json = o->max_json_body ? o->max_json_body : 2u * 1024 * 1024;
     gw->max_octet = o->max_octet_body;
     gw->stream_idle_ms = o->stream_idle_ms ? o->stream_idle_ms : GW_STREAM_IDLE_MS;
@@ -460,6 +479,8 @@ int cv_gateway_start(uv_loop_t *loop, const struct cv_gateway_opts *opts, struct
         uv_timer_init(loop, &gw->timers[i]);
         gw->timers[i].data = gw;
     }
+    uv_idle_init(loop, &gw->replay_idle);
+    gw->replay_idle.data = gw;
     *out = gw;
     return 0;
 }
@@ -536,9 +557,10 @@ static void finish_stop(struct cv_gateway *gw)
 {
     if (gw->shutdowns_pending > 0 || !gw->server_closed || gw->closing_timers > 0)
         return;
-    gw->closing_timers = GW_NTIMERS;
+    gw->closing_timers = GW_NTIMERS + 1;
     for (int i = 0; i < GW_NTIMERS; i++)
         uv_close((uv_handle_t *)&gw->timers[i], on_timer_closed);
+    uv_close((uv_handle_t *)&gw->replay_idle, on_timer_closed);
 }
 
 static void on_backend_down(struct cv_gw_backend *b, void *ud)

@@ -3,11 +3,17 @@
  * The call starts as soon as the __manifest field decodes; its input is
  * the manifest's "input" member, byte for byte, with the file sentinels
  * in place. File parts ("file:<id>") that come before the manifest are
- * buffered (each within the file-size limit) and replayed once the call
- * has started; later ones are streamed to the backend as they arrive,
- * with the core's flow control. When the backend answers before the body
- * has ended, the answer is held: a multipart failure found later (bad
- * framing, a limit, a sentinel whose part never came) replaces it. */
+ * spooled (gateway/spool.h: the first GW_SPOOL_MEM_MAX bytes of a request
+ * in memory, the rest in unnamed temporary files under --spool-dir; each
+ * part within the file-size limit) and replayed once the call has
+ * started, in chunks and under the same flow control as live parts: the
+ * replay stops while the backend holds GW_INFLIGHT_MAX unconsumed bytes
+ * and goes on from the loop as it consumes them. Later parts are
+ * streamed to the backend as they arrive. A spool that cannot be written
+ * or read (ENOSPC, EIO...) fails the request with 500 INTERNAL_ERROR.
+ * When the backend answers before the body has ended, the answer is held:
+ * a multipart failure found later (bad framing, a limit, a sentinel whose
+ * part never came) replaces it. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,6 +22,7 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "gateway/gw.h"
+#include "gateway/spool.h"
 
 /* Files a manifest may name (each then needs its part). */
 #define MAX_SENTINELS 1024
@@ -25,14 +32,16 @@ enum cur { CUR_NONE, CUR_MANIFEST, CUR_EARLY, CUR_LIVE };
 struct sentinel {
     char *id;      /* owned */
     json_t *meta;  /* owned: the manifest's meta object (or NULL) */
-    bool received; /* its part began */
-    bool ended;    /* ... and ended */
+    bool received; /* its part began (or an early part was matched to it) */
+    bool opened;   /* the backend got file_open */
+    bool ended;    /* ... and the end of the stream */
 };
 
 struct early {
     struct early *next;
     char *id, *filename, *mime; /* owned */
-    struct cv_buf data;
+    struct sentinel *s;         /* borrowed: the sentinel it replays to, or NULL */
+    struct cv_spool data;
 };
 
 struct gw_upload {
@@ -46,6 +55,14 @@ struct gw_upload {
     size_t nsent;
     struct sentinel *live; /* the sentinel of the current live part */
     struct early *early, *cur_early;
+    struct cv_spool_budget budget; /* memory of the early parts' spools */
+    /* Replay of the early parts: the one being sent and its offset. */
+    struct early *replay;
+    uint64_t replay_off;
+    bool pumping; /* inside pump (re-entry guard) */
+    bool queued;  /* on gw->replayq */
+    struct gw_upload *qprev, *qnext;
+    struct cv_gw_req *r; /* borrowed: the request owning this */
     /* the failure to answer, set inside parser callbacks */
     int fail_status;
     const char *fail_code;
@@ -100,7 +117,7 @@ static int collect(struct gw_upload *u, json_t *v, int depth)
         u->sent = s;
         json_t *meta = json_object_get(v, "meta");
         s[u->nsent] = (struct sentinel){strdup(id), json_is_object(meta) ? json_incref(meta) : NULL,
-                                        false, false};
+                                        false, false, false};
         if (s[u->nsent].id == NULL)
             return CV_ENOMEM;
         u->nsent++;
@@ -139,6 +156,7 @@ static void open_file(struct cv_gw_req *r, struct sentinel *s, const char *filen
     s->received = true;
     if (r->finished)
         return;
+    s->opened = true;
     char *meta = merged_meta(s, filename, mime);
     if (meta == NULL) {
         gw_fail_call(r, 500, "INTERNAL_ERROR", "Internal Error");
@@ -146,6 +164,157 @@ static void open_file(struct cv_gw_req *r, struct sentinel *s, const char *filen
     }
     r->be->ops->file_open(r->be, r, s->id, meta, strlen(meta));
     free(meta);
+}
+
+/* ---- Replay of the early parts ---- */
+
+static void on_replayq(uv_idle_t *h);
+
+static void unqueue(struct gw_upload *u)
+{
+    if (!u->queued)
+        return;
+    struct cv_gateway *gw = u->r->gw;
+    if (u->qprev)
+        u->qprev->qnext = u->qnext;
+    else
+        gw->replayq = u->qnext;
+    if (u->qnext)
+        u->qnext->qprev = u->qprev;
+    else
+        gw->replayq_tail = u->qprev;
+    u->qprev = u->qnext = NULL;
+    u->queued = false;
+}
+
+/* The replay goes on from the loop: never inside the backend's call that
+ * released the bytes (it may be in the middle of its own bookkeeping). */
+static void enqueue(struct gw_upload *u)
+{
+    if (u->queued)
+        return;
+    struct cv_gateway *gw = u->r->gw;
+    u->qnext = NULL;
+    u->qprev = gw->replayq_tail;
+    if (gw->replayq_tail)
+        gw->replayq_tail->qnext = u;
+    else
+        gw->replayq = u;
+    gw->replayq_tail = u;
+    u->queued = true;
+    uv_idle_start(&gw->replay_idle, on_replayq);
+}
+
+/* No more replay: the spools' descriptors and memory go now. */
+static void drop_early(struct gw_upload *u)
+{
+    unqueue(u);
+    u->replay = NULL;
+    for (struct early *e = u->early; e; e = e->next)
+        cv_spool_fini(&e->data);
+}
+
+static void spool_failed(struct cv_gw_req *r, const char *what, int rc)
+{
+    cv_log_info("gateway: %s: %s a spooled file part failed: %s (rid %s)", r->id, what,
+                cv_strerror(rc), r->rid);
+    set_fail(r->up, 500, "INTERNAL_ERROR", "Internal Error");
+}
+
+/* Sends the next chunk of the early part being replayed, or opens or
+ * ends it. Returns 1 (more to do), 0 (stop: the backend holds enough, or
+ * the turn's share is used up) or -1 (spool read failure, set). */
+static int replay_step(struct cv_gw_req *r, uint8_t *chunk, size_t *turn)
+{
+    struct gw_upload *u = r->up;
+    struct early *e = u->replay;
+    if (e->s == NULL || e->s->ended) {
+        u->replay = e->next;
+        return 1;
+    }
+    if (!e->s->opened) {
+        open_file(r, e->s, e->filename, e->mime);
+        return 1;
+    }
+    if (u->replay_off == cv_spool_size(&e->data)) {
+        e->s->ended = true;
+        r->be->ops->stream_end(r->be, r, e->s->id, NULL);
+        cv_spool_fini(&e->data); /* its memory and descriptor, now */
+        u->replay = e->next;
+        u->replay_off = 0;
+        return 1;
+    }
+    if (r->inflight > GW_INFLIGHT_MAX)
+        return 0; /* gw_upload_consumed brings us back */
+    if (*turn >= GW_INFLIGHT_MAX) {
+        enqueue(u);
+        return 0;
+    }
+    size_t got;
+    int rc = cv_spool_read(&e->data, u->replay_off, chunk, GW_SPOOL_CHUNK, &got);
+    if (rc < 0) {
+        spool_failed(r, "reading", rc);
+        return -1;
+    }
+    u->replay_off += got;
+    *turn += got;
+    gw_stream_in(r, e->s->id, chunk, got);
+    return 1;
+}
+
+/* Moves early parts to the backend while it has room, at most
+ * GW_INFLIGHT_MAX bytes per loop turn so that a backend that consumes at
+ * once (native handlers) does not keep the loop for a whole file. The
+ * spool is read with plain blocking pread: a local temporary file, most
+ * likely still in the page cache, one GW_SPOOL_CHUNK at a time. Returns 0,
+ * or -1 with the failure set. */
+static int pump(struct cv_gw_req *r)
+{
+    struct gw_upload *u = r->up;
+    if (u->pumping || u->replay == NULL)
+        return 0;
+    uint8_t *chunk = malloc(GW_SPOOL_CHUNK);
+    if (chunk == NULL) {
+        set_fail(u, 500, "INTERNAL_ERROR", "Internal Error");
+        return -1;
+    }
+    u->pumping = true;
+    size_t turn = 0;
+    int rc = 1;
+    while (rc > 0 && u->replay != NULL && !r->finished && !u->failing)
+        rc = replay_step(r, chunk, &turn);
+    u->pumping = false;
+    free(chunk);
+    if (r->finished || u->failing)
+        drop_early(u); /* nobody wants the rest: descriptors go now */
+    return rc < 0 ? -1 : 0;
+}
+
+static void fail_now(struct cv_gw_req *r);
+
+static void on_replayq(uv_idle_t *h)
+{
+    struct cv_gateway *gw = h->data;
+    struct gw_upload *u;
+    /* One pass over the uploads queued so far: a pump that uses its turn
+     * up queues its upload again, at the tail, for the next turn. */
+    size_t n = 0;
+    for (u = gw->replayq; u; u = u->qnext)
+        n++;
+    while (n-- > 0 && (u = gw->replayq) != NULL) {
+        unqueue(u);
+        if (pump(u->r) < 0)
+            fail_now(u->r);
+    }
+    if (gw->replayq == NULL)
+        uv_idle_stop(&gw->replay_idle);
+}
+
+void gw_upload_consumed(struct cv_gw_req *r)
+{
+    struct gw_upload *u = r->up;
+    if (u->replay != NULL && !u->pumping && r->inflight <= GW_INFLIGHT_MAX / 2)
+        enqueue(u);
 }
 
 /* The manifest is complete: decode it and start the call. Returns 0, or
@@ -186,20 +355,22 @@ static int manifest_ready(struct cv_gw_req *r)
         r->call.input_len = sizeof(CV_RJ_UNDEFINED) - 1;
     }
     u->started = true;
-    gw_start(r);
-    /* Replay the file parts that came first. */
-    for (struct early *e = u->early; e && !r->finished && !r->answered; e = e->next) {
+    /* The file parts that came first claim their sentinels now (a later
+     * part with the same id is drained, and the end of the body does not
+     * count them missing while their replay is still going on); the rest
+     * are dropped at once. */
+    for (struct early *e = u->early; e; e = e->next) {
         struct sentinel *s = find_sentinel(u, e->id);
-        if (s == NULL || s->received)
+        if (s == NULL || s->received) {
+            cv_spool_fini(&e->data);
             continue;
-        open_file(r, s, e->filename, e->mime);
-        if (!r->finished && e->data.len > 0)
-            gw_stream_in(r, s->id, cv_buf_head(&e->data), e->data.len);
-        s->ended = true;
-        if (!r->finished)
-            r->be->ops->stream_end(r->be, r, s->id, NULL);
+        }
+        s->received = true;
+        e->s = s;
     }
-    return 0;
+    gw_start(r);
+    u->replay = u->early;
+    return pump(r);
 }
 
 static int on_part(void *ud, const struct cv_mp_part *part)
@@ -234,7 +405,7 @@ static int on_part(void *ud, const struct cv_mp_part *part)
     e->id = strdup(id);
     e->filename = strdup(part->filename ? part->filename : "upload");
     e->mime = strdup(part->mime_type);
-    cv_buf_init(&e->data, u->lim.max_file + 1);
+    cv_spool_init(&e->data, r->gw->spool_dir, &u->budget);
     e->next = u->early;
     u->early = e;
     if (e->id == NULL || e->filename == NULL || e->mime == NULL)
@@ -250,7 +421,14 @@ static int on_data(void *ud, const uint8_t *p, size_t n)
     struct gw_upload *u = r->up;
     switch (u->cur) {
     case CUR_MANIFEST: return cv_buf_append(&u->manifest, p, n) < 0 ? -1 : 0;
-    case CUR_EARLY: return cv_buf_append(&u->cur_early->data, p, n) < 0 ? -1 : 0;
+    case CUR_EARLY: {
+        int rc = cv_spool_append(&u->cur_early->data, p, n);
+        if (rc < 0) {
+            spool_failed(r, "writing", rc);
+            return -1;
+        }
+        return 0;
+    }
     case CUR_LIVE:
         if (!r->finished)
             gw_stream_in(r, u->live->id, p, n);
@@ -285,12 +463,13 @@ static void fail_now(struct cv_gw_req *r)
     u->done = true;
     u->failing = true;
     r->holding = false;
+    drop_early(u);
     cv_log_info("gateway: %s: multipart refused: %s (rid %s)", r->id, u->fail_msg, r->rid);
     if (r->started && !r->finished) {
         static const char err[] = "{\"message\":\"Internal Error\",\"code\":\"STREAM_ERROR\"}";
         for (size_t i = 0; i < u->nsent && !r->finished; i++) {
             struct sentinel *s = &u->sent[i];
-            if (s->received && !s->ended) {
+            if (s->opened && !s->ended) {
                 s->ended = true;
                 r->be->ops->stream_end(r->be, r, s->id, err);
             }
@@ -310,6 +489,8 @@ void gw_upload_begin(struct cv_gw_req *r, const char *ctype, size_t len)
         return;
     }
     r->up = u;
+    u->r = r;
+    u->budget.max = GW_SPOOL_MEM_MAX;
     u->lim = r->gw->mp;
     cv_buf_init(&u->manifest, u->lim.max_field + 1);
     if (cv_mp_boundary(ctype, len, boundary) != 0 ||
@@ -382,6 +563,7 @@ void gw_upload_abort(struct cv_gw_req *r)
     if (r->up != NULL) {
         r->up->done = true;
         r->holding = false;
+        drop_early(r->up);
     }
 }
 
@@ -390,6 +572,7 @@ void gw_upload_free(struct cv_gw_req *r)
     struct gw_upload *u = r->up;
     if (u == NULL)
         return;
+    unqueue(u);
     cv_mp_free(u->mp);
     cv_buf_fini(&u->manifest);
     for (size_t i = 0; i < u->nsent; i++) {
@@ -403,7 +586,7 @@ void gw_upload_free(struct cv_gw_req *r)
         free(e->id);
         free(e->filename);
         free(e->mime);
-        cv_buf_fini(&e->data);
+        cv_spool_fini(&e->data);
         free(e);
         e = next;
     }

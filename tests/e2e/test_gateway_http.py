@@ -921,6 +921,137 @@ def test_multipart_file_size_limit(gw):
     assert (st, b) == (413, err("PAYLOAD_TOO_LARGE", "File size limit exceeded"))
 
 
+# File parts before the manifest are spooled: past 256 KiB per request they go to an unnamed temporary file in
+# --spool-dir and are read back in chunks once the call starts, so the gateway's memory does not grow with them.
+
+SANITIZED = os.environ.get("CULVERT_SANITIZED") == "1"
+
+
+def status_kib(pid, key):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise AssertionError("no %s" % key)
+
+
+def spool_fds(pid, spool_dir):
+    """The process's descriptors open on files of spool_dir (O_TMPFILE and unlinked files: '/dir/#N (deleted)')."""
+    out = []
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+        except OSError:
+            continue
+        if target.startswith(str(spool_dir) + "/"):
+            out.append(target)
+    return out
+
+
+@pytest.mark.timeout_s(120)
+def test_multipart_big_file_before_manifest_is_spooled(gw, tmp_path):
+    p, port = gw("--max-file-size", str(64 << 20), "--spool-dir", str(tmp_path))
+    # warm up (first-use allocations), then the peak RSS so far
+    st, h, b, _ = upload(port, mp_body(mp_field("file:F1", b"w", filename="w"), manifest({"file": sentinel()})))
+    assert st == 200, b
+    hwm0 = status_kib(p.pid, "VmHWM")
+    data = os.urandom(40 << 20)
+    body = mp_body(mp_field("file:F1", data, filename="big.bin", ctype="application/x-big"),
+                   manifest({"file": sentinel()}))
+    st, h, b, _ = upload(port, body)
+    assert (st, env(b)) == (200, up_result("big.bin", "application/x-big", data))
+    grown = status_kib(p.pid, "VmHWM") - hwm0
+    if not SANITIZED:
+        print("spool: peak RSS grew by %d KiB for a 40 MiB early part" % grown)
+        assert grown < 20 * 1024, "peak RSS grew by %d KiB for a 40 MiB early part" % grown
+    assert spool_fds(p.pid, tmp_path) == []
+    assert os.listdir(tmp_path) == []  # unnamed files only
+
+
+@pytest.mark.timeout_s(60)
+def test_multipart_spool_file_closed_on_disconnect(gw, tmp_path):
+    p, port = gw("--spool-dir", str(tmp_path))
+    s, rd = raw(port)
+    part = mp_field("file:F1", b"d" * (6 << 20), filename="x")
+    body = mp_body(part, manifest({"file": sentinel()}))
+    s.sendall(req("POST", "/__runner/task/app.tasks.upload", None, extra=body[:len(part) - 1024],
+                  headers={"content-type": "multipart/form-data; boundary=%s" % BND, "content-length": str(len(body))}))
+    # mid-upload: past the memory budget, the part is in a file of the spool directory
+    deadline = time.monotonic() + 10
+    while not spool_fds(p.pid, tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert spool_fds(p.pid, tmp_path), "no spool file open during the upload"
+    s.close()
+    deadline = time.monotonic() + 10
+    while spool_fds(p.pid, tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert spool_fds(p.pid, tmp_path) == []
+    st, h, b, _ = upload(port, mp_body(manifest({"file": sentinel()}), mp_field("file:F1", b"ok", filename="a")))
+    assert st == 200, b
+
+
+@pytest.mark.timeout_s(60)
+def test_multipart_spool_at_shutdown(gw, tmp_path):
+    # SIGTERM while a spooled upload is open: the grace period (10 s) ends, the request is cut, the gateway exits 0
+    # (under ASan: nothing leaked).
+    p, port = gw("--spool-dir", str(tmp_path))
+    s, rd = raw(port)
+    part = mp_field("file:F1", b"d" * (2 << 20), filename="x")
+    body = mp_body(part, manifest({"file": sentinel()}))
+    s.sendall(req("POST", "/__runner/task/app.tasks.upload", None, extra=body[:len(part) - 1024],
+                  headers={"content-type": "multipart/form-data; boundary=%s" % BND, "content-length": str(len(body))}))
+    deadline = time.monotonic() + 10
+    while not spool_fds(p.pid, tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert spool_fds(p.pid, tmp_path), "no spool file open during the upload"
+    p.p.send_signal(signal.SIGTERM)
+    assert p.wait_exit(30) == 0
+    assert rd.at_eof(5)
+    s.close()
+
+
+@pytest.mark.timeout_s(60)
+def test_multipart_spool_write_failure(procs, tmp_path):
+    # RLIMIT_FSIZE (with SIGXFSZ ignored) makes writes past 1 MiB fail with EFBIG, as a full disk would.
+    wrap = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20)); os.execv(sys.argv[1], sys.argv[1:])")
+    p = procs.start(["/usr/bin/python3", "-c", wrap, NATIVE_BIN, "--listen", "127.0.0.1:0", "--token", TOKEN,
+                     "--spool-dir", str(tmp_path)], name="gateway_native")
+    port = int(p.wait_line(r"listening on http://127\.0\.0\.1:(\d+)", timeout=10).group(1))
+    fds0 = p.fd_count()
+    body = mp_body(mp_field("file:F1", b"e" * (3 << 20), filename="x"), manifest({"file": sentinel()}))
+    st, h, b, _ = call(port, "POST", "/__runner/task/app.tasks.upload", body,
+                       headers={"content-type": "multipart/form-data; boundary=%s" % BND,
+                                "x-runner-request-id": "spool-fail-1"})
+    assert (st, b) == (500, err("INTERNAL_ERROR", "Internal Error"))
+    p.wait_line(r"writing a spooled file part failed: .*\(rid spool-fail-1\)", timeout=5, stream="err")
+    # other requests are unaffected, below the memory budget and past it (within the file size limit)
+    data = os.urandom(200 * 1024)
+    st, h, b, _ = upload(port, mp_body(mp_field("file:F1", data, filename="s"), manifest({"file": sentinel()})))
+    assert (st, env(b)) == (200, up_result("s", "text/plain", data))
+    data = os.urandom(900 * 1024)
+    st, h, b, _ = upload(port, mp_body(mp_field("file:F1", data, filename="m"), manifest({"file": sentinel()})))
+    assert (st, env(b)) == (200, up_result("m", "text/plain", data))
+    deadline = time.monotonic() + 10
+    while p.fd_count() != fds0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert p.fd_count() == fds0 and spool_fds(p.pid, tmp_path) == []
+    p.p.send_signal(signal.SIGTERM)
+    assert p.wait_exit(15) == 0
+
+
+def test_spool_dir_checked_at_start(culvert, tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    for d, why in (("/nonexistent/spool", "No such file or directory"), (str(f), "Not a directory")):
+        rc, out, errt = culvert.run(["gateway", "--allow-anonymous", "--listen", "127.0.0.1:0", "--spool-dir", d],
+                                    timeout=10)
+        assert rc == 2, (rc, out, errt)
+        assert "spool directory '%s' is not a writable directory: %s" % (d, why) in errt, errt
+    rc, out, errt = culvert.run(["gateway", "--spool-dir", ""], timeout=10)
+    assert rc == 2 and "--spool-dir wants a directory" in errt, errt
+
+
 def test_multipart_stream_reply(gw):
     _, port = gw()
     st, h, b, _ = upload(port, mp_body(manifest({"x": 1})), task="app.tasks.stream")
@@ -1318,7 +1449,7 @@ def test_cli_help_lists_new_flags(culvert):
     for flag in ("--cors-origin-regex", "POSIX extended", "--cors-methods", "--cors-allowed-headers", "--cors-no-vary",
                  "--queue-max", "--max-inflight", "--max-requests", "--auth-worker", "--deadline-for",
                  "--no-async-context", "--max-file-size", "--max-files", "--max-fields", "--max-field-size",
-                 "--max-parts"):
+                 "--max-parts", "--spool-dir"):
         assert flag in out, flag
 
 

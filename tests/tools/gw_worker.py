@@ -43,7 +43,7 @@ Tasks (by taskId; input is the decoded "input"):
   app.tasks.stream {chunks,size} -> stream reply (201, text/csv, x-custom)
   app.tasks.upload -> octet: counts the body, acks as it reads -> {bytes,sha256}
   app.tasks.duplex -> octet: stream reply at once, echoes the body back
-  app.tasks.files -> multipart: {input, files: {id: {meta, bytes}}}
+  app.tasks.files -> multipart: {input, files: {id: {meta, bytes, sha256}}}
   app.tasks.big {bytes} (or header x-big-bytes) -> streams that many bytes, honouring the window
 Events: app.events.notify (returns payload), app.events.par (parallel),
   app.events.fail (error).
@@ -336,11 +336,12 @@ def on_frame(m):
         return
     s = m.get("stream")
     if t == "file":
-        c["files"][s] = {"meta": m.get("meta"), "bytes": 0}
+        c["files"][s] = {"meta": m.get("meta"), "bytes": 0, "sha": hashlib.sha256()}
     elif t == "data":
         b = base64.b64decode(m["b64"])
         if s in c["files"]:
             c["files"][s]["bytes"] += len(b)
+            c["files"][s]["sha"].update(b)
         else:
             c["bytes"] += len(b)
             c["sha"].update(b)
@@ -363,7 +364,8 @@ def on_frame(m):
             want = set(sentinels(c["msg"].get("input")))
             if want and all(c["files"].get(k, {}).get("done") for k in want):
                 ok(i, {"input": c["msg"].get("input"),
-                       "files": {k: {"meta": f["meta"], "bytes": f["bytes"]} for k, f in c["files"].items()}})
+                       "files": {k: {"meta": f["meta"], "bytes": f["bytes"], "sha256": f["sha"].hexdigest()}
+                                 for k, f in c["files"].items()}})
 
 
 def sentinels(v):
