@@ -5,7 +5,6 @@
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +14,7 @@
 #include "agent/agent.h"
 #include "cli/cmds.h"
 #include "cli/config.h"
+#include "cli/flags.h"
 #include "cli/signals.h"
 #include "codec/kohaku.h"
 #include "codec/url.h"
@@ -97,22 +97,6 @@ static void usage(FILE *f, const char *prog)
             prog);
 }
 
-static int usage_error(const char *prog, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static int usage_error(const char *prog, const char *fmt, ...)
-{
-    char msg[400];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    if (cv_cli_capturing())
-        cv_cli_error("", "%s", msg);
-    else
-        fprintf(stderr, "error: %s\n\nFor more information, try '%s --help'.\n", msg, prog);
-    return 2;
-}
-
 /* Whole decimal number, no sign or spaces, at most max. */
 static int parse_uint(const char *s, unsigned long long max, unsigned long long *out)
 {
@@ -187,15 +171,6 @@ static int parse_expose(const char *s, struct cv_agent_expose *x)
     return 0;
 }
 
-/* Environment fallback; an empty variable counts as unset. */
-static const char *env_or(const char *given, const char *name)
-{
-    if (given != NULL)
-        return given;
-    const char *v = getenv(name);
-    return v != NULL && *v != '\0' ? v : NULL;
-}
-
 static const struct option longopts[] = {
     {"runner-url", required_argument, NULL, 'r'},
     {"container-id", required_argument, NULL, 'c'},
@@ -236,82 +211,81 @@ static int parse_flags(int argc, char **argv, const char *prog, struct agent_arg
         case OPT_INSECURE: a->insecure = true; break;
         case OPT_EXPOSE:
             if (a->nexpose == MAX_EXPOSE || parse_expose(optarg, &a->expose[a->nexpose]) < 0)
-                return usage_error(prog,
-                                   "invalid value '%s' for '--expose <tcp|udp:LOCAL[:PUBLIC]>' or "
-                                   "'--expose <http|tls:LOCAL:NAME>' (NAME: a-z, 0-9, '-', 1-63 "
-                                   "characters, no '-' at either end)",
-                                   optarg);
+                return cv_cli_usage_error(
+                    prog,
+                    "invalid value '%s' for '--expose <tcp|udp:LOCAL[:PUBLIC]>' or "
+                    "'--expose <http|tls:LOCAL:NAME>' (NAME: a-z, 0-9, '-', 1-63 "
+                    "characters, no '-' at either end)",
+                    optarg);
             a->nexpose++;
             break;
         case 'h': usage(stdout, prog); return 0;
         case 'V': printf("%s %s\n", prog, CV_VERSION); return 0;
-        case ':': return usage_error(prog, "a value is required for '%s'", argv[optind - 1]);
-        default: return usage_error(prog, "unexpected argument '%s'", argv[optind - 1]);
+        case ':': return cv_cli_usage_error(prog, "a value is required for '%s'", argv[optind - 1]);
+        default: return cv_cli_usage_error(prog, "unexpected argument '%s'", argv[optind - 1]);
         }
     }
     if (optind < argc)
-        return usage_error(prog, "unexpected argument '%s'", argv[optind]);
+        return cv_cli_usage_error(prog, "unexpected argument '%s'", argv[optind]);
     return -1;
 }
 
 static int set_log_level(const char *prog, const char *level)
 {
-    enum cv_log_level lvl = CV_LOG_INFO;
     const char *rust = getenv("RUST_LOG");
-    if (rust != NULL && cv_log_parse_level(rust, &lvl) == 0) {
-        cv_log_set_level(lvl);
+    if (rust != NULL && cv_cli_log_level(rust) == 0)
         return -1;
-    }
-    if (level != NULL && cv_log_parse_level(level, &lvl) != 0)
-        return usage_error(prog, "invalid value '%s' for '--log-level <LEVEL>'", level);
-    cv_log_set_level(lvl);
+    if (cv_cli_log_level(level) != 0)
+        return cv_cli_usage_error(prog, "invalid value '%s' for '--log-level <LEVEL>'", level);
     return -1;
 }
 
 /* Fills opts from the flags and the environment. Returns -1 or an exit code. */
 static int resolve(const char *prog, struct agent_args *a, struct cv_agent_opts *o)
 {
-    a->url = env_or(a->url, "RUNNER_URL");
-    a->cid = env_or(a->cid, "CONTAINER_ID");
-    a->delay = env_or(a->delay, "RECONNECT_DELAY");
-    a->max = env_or(a->max, "MAX_RECONNECT");
-    a->level = env_or(a->level, "LOG_LEVEL");
+    a->url = cv_cli_env_or(a->url, "RUNNER_URL");
+    a->cid = cv_cli_env_or(a->cid, "CONTAINER_ID");
+    a->delay = cv_cli_env_or(a->delay, "RECONNECT_DELAY");
+    a->max = cv_cli_env_or(a->max, "MAX_RECONNECT");
+    a->level = cv_cli_env_or(a->level, "LOG_LEVEL");
     if (a->url == NULL)
-        return usage_error(prog, "the following required argument was not provided: %s",
-                           "--runner-url <RUNNER_URL>");
+        return cv_cli_usage_error(prog, "the following required argument was not provided: %s",
+                                  "--runner-url <RUNNER_URL>");
     if (a->cid == NULL)
-        return usage_error(prog, "the following required argument was not provided: %s",
-                           "--container-id <CONTAINER_ID>");
+        return cv_cli_usage_error(prog, "the following required argument was not provided: %s",
+                                  "--container-id <CONTAINER_ID>");
     unsigned long long v;
     cv_agent_opts_default(o);
     if (a->delay != NULL) {
         if (parse_uint(a->delay, 1000000000ull, &v) < 0)
-            return usage_error(prog, "invalid value '%s' for '--reconnect-delay <SECS>'",
-                               a->delay);
+            return cv_cli_usage_error(prog, "invalid value '%s' for '--reconnect-delay <SECS>'",
+                                      a->delay);
         o->reconnect_delay_ms = v * 1000;
     }
     if (a->max != NULL) {
         if (parse_uint(a->max, UINT32_MAX, &v) < 0)
-            return usage_error(prog, "invalid value '%s' for '--max-reconnect <N>'", a->max);
+            return cv_cli_usage_error(prog, "invalid value '%s' for '--max-reconnect <N>'", a->max);
         o->max_reconnect = (uint32_t)v;
     }
     o->runner_url = a->url;
     o->container_id = a->cid;
-    o->token = env_or(a->token, "CULVERT_TOKEN");
+    o->token = cv_cli_env_or(a->token, "CULVERT_TOKEN");
     o->native = !a->compat && strcmp(prog, "tunnel-client") != 0;
     o->expose = a->expose;
     o->nexpose = a->nexpose;
     if (a->ping != NULL) {
         if (parse_uint(a->ping, 86400, &v) < 0 || v == 0)
-            return usage_error(prog, "invalid value '%s' for '--ping-interval <SECS>'", a->ping);
+            return cv_cli_usage_error(prog, "invalid value '%s' for '--ping-interval <SECS>'",
+                                      a->ping);
         o->ping_interval_ms = (uint32_t)v * 1000;
     }
     if (a->nexpose > 0 && !o->native)
-        return usage_error(prog, "--expose needs native mode (not with --compat or tunnel-client)");
+        return cv_cli_usage_error(
+            prog, "--expose needs native mode (not with --compat or tunnel-client)");
     if (a->admin != NULL) {
         if (cv_addr_split(a->admin, a->admin_host, sizeof a->admin_host, &o->admin_port) != 0)
-            return usage_error(prog, "invalid value '%s' for '--admin <HOST:PORT>' (numeric host)",
-                               a->admin);
+            return cv_cli_usage_error(
+                prog, "invalid value '%s' for '--admin <HOST:PORT>' (numeric host)", a->admin);
         o->admin_host = a->admin_host;
     }
     return set_log_level(prog, a->level);
@@ -342,17 +316,7 @@ static int check_url(const char *prog, const struct agent_args *a, const struct 
                         o->runner_url);
         return -1;
     }
-    if (a->trust_ca && a->insecure)
-        return usage_error(prog, "--trust-ca and --insecure exclude each other");
-    char err[400];
-    if (cv_tls_client_setup(a->trust_ca, a->insecure, err, sizeof err) != 0) {
-        fprintf(stderr, "Error: %s\n", err);
-        return 2;
-    }
-    if (a->insecure)
-        cv_log_warn("--insecure: the relay's certificate is NOT verified; anyone on the path "
-                    "can impersonate the relay and read or alter the tunnel");
-    return -1;
+    return cv_cli_client_tls(prog, a->trust_ca, a->insecure, "tunnel");
 }
 
 /* Everything an agent runs with: flags from the config file, then the

@@ -5,7 +5,6 @@
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +13,7 @@
 #include <uv.h>
 
 #include "cli/cmds.h"
+#include "cli/flags.h"
 #include "cli/signals.h"
 #include "codec/kohaku.h"
 #include "core/log.h"
@@ -22,6 +22,7 @@
 #include "net/tls.h"
 
 #define DEFAULT_RELAY "ws://127.0.0.1:8001"
+#define PROG "culvert forward"
 
 enum { OPT_RELAY = 1000, OPT_LEVEL, OPT_TOKEN, OPT_COMPAT, OPT_TRUST_CA, OPT_INSECURE };
 
@@ -76,18 +77,6 @@ static void usage(FILE *f)
             "  -V, --version              print version\n");
 }
 
-static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int usage_error(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "error: ");
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "\n\nFor more information, try 'culvert forward --help'.\n");
-    return 2;
-}
-
 /* Returns -1 to go on, or an exit code. */
 static int parse_flags(int argc, char **argv, struct fwd_args *a)
 {
@@ -120,14 +109,14 @@ static int parse_flags(int argc, char **argv, struct fwd_args *a)
         case OPT_LEVEL: a->level = optarg; break;
         case 'h': usage(stdout); return 0;
         case 'V': printf("culvert forward %s\n", CV_VERSION); return 0;
-        case ':': return usage_error("a value is required for '%s'", argv[optind - 1]);
-        default: return usage_error("unexpected argument '%s'", argv[optind - 1]);
+        case ':': return cv_cli_usage_error(PROG, "a value is required for '%s'", argv[optind - 1]);
+        default: return cv_cli_usage_error(PROG, "unexpected argument '%s'", argv[optind - 1]);
         }
     }
     if (argc - optind < 2)
-        return usage_error("%s", "CONTAINER_ID and REMOTE_PORT are required");
+        return cv_cli_usage_error(PROG, "%s", "CONTAINER_ID and REMOTE_PORT are required");
     if (argc - optind > 2)
-        return usage_error("unexpected argument '%s'", argv[optind + 2]);
+        return cv_cli_usage_error(PROG, "unexpected argument '%s'", argv[optind + 2]);
     a->cid = argv[optind];
     a->remote = argv[optind + 1];
     return -1;
@@ -140,19 +129,16 @@ static int resolve(struct fwd_args *a, struct cv_forward_opts *o)
     o->relay_url = a->relay ? a->relay : DEFAULT_RELAY;
     o->container_id = a->cid;
     if (*a->cid == '\0' || strchr(a->cid, '/') != NULL)
-        return usage_error("invalid CONTAINER_ID '%s'", a->cid);
+        return cv_cli_usage_error(PROG, "invalid CONTAINER_ID '%s'", a->cid);
     if (cv_port_parse(a->remote, &o->remote_port) != 0 || o->remote_port == 0)
-        return usage_error("invalid REMOTE_PORT '%s' (1-65535)", a->remote);
+        return cv_cli_usage_error(PROG, "invalid REMOTE_PORT '%s' (1-65535)", a->remote);
     o->local_port = o->remote_port;
     if (a->local != NULL && cv_port_parse(a->local, &o->local_port) != 0)
-        return usage_error("invalid value '%s' for '--local-port' (0-65535)", a->local);
+        return cv_cli_usage_error(PROG, "invalid value '%s' for '--local-port' (0-65535)",
+                                  a->local);
     o->local_host = a->host ? a->host : "127.0.0.1";
     o->native = !a->compat;
-    o->token = a->token;
-    if (o->token == NULL) {
-        const char *env = getenv("CULVERT_TOKEN");
-        o->token = env && *env ? env : NULL;
-    }
+    o->token = cv_cli_env_or(a->token, "CULVERT_TOKEN");
     o->proto = CV_KH_TCP;
     if (a->proto != NULL) {
         if (strcasecmp(a->proto, "udp") == 0) {
@@ -162,22 +148,10 @@ static int resolve(struct fwd_args *a, struct cv_forward_opts *o)
             return 1;
         }
     }
-    enum cv_log_level lvl = CV_LOG_INFO;
-    if (a->level != NULL && cv_log_parse_level(a->level, &lvl) != 0)
-        return usage_error("invalid value '%s' for '--log-level'", a->level);
-    cv_log_set_level(lvl);
-    if (strncmp(o->relay_url, "wss://", 6) == 0 || strncmp(o->relay_url, "https://", 8) == 0) {
-        if (a->trust_ca && a->insecure)
-            return usage_error("--trust-ca and --insecure exclude each other");
-        char err[400];
-        if (cv_tls_client_setup(a->trust_ca, a->insecure, err, sizeof err) != 0) {
-            fprintf(stderr, "Error: %s\n", err);
-            return 2;
-        }
-        if (a->insecure)
-            cv_log_warn("--insecure: the relay's certificate is NOT verified; anyone on the "
-                        "path can impersonate the relay and read or alter the traffic");
-    }
+    if (cv_cli_log_level(a->level) != 0)
+        return cv_cli_usage_error(PROG, "invalid value '%s' for '--log-level'", a->level);
+    if (strncmp(o->relay_url, "wss://", 6) == 0 || strncmp(o->relay_url, "https://", 8) == 0)
+        return cv_cli_client_tls(PROG, a->trust_ca, a->insecure, "traffic");
     return -1;
 }
 

@@ -9,6 +9,7 @@
 #include <uv.h>
 
 #include "cli/cmds.h"
+#include "cli/flags.h"
 #include "cli/signals.h"
 #include "core/err.h"
 #include "core/log.h"
@@ -268,14 +269,11 @@ static int parse(int argc, char **argv, struct cfg *c)
     optind = 1;
     opterr = 0;
     while ((ch = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
-        enum cv_log_level lvl;
         switch (ch) {
         case 'l':
-            if (cv_addr_split(optarg, c->host, sizeof c->host, &c->o.port) != 0) {
-                fprintf(stderr, "culvert gateway: --listen wants HOST:PORT with a numeric host, "
-                                "got '%s'\n", optarg);
-                return 2;
-            }
+            if ((rc = cv_cli_hostport("culvert gateway: ", "listen", optarg, c->host,
+                                      sizeof c->host, &c->o.port)) >= 0)
+                return rc;
             break;
         case 'b': c->o.base_path = optarg; break;
         case 'T':
@@ -442,11 +440,10 @@ static int parse(int argc, char **argv, struct cfg *c)
                 c->o.max_octet_body = v;
             break;
         case 'L':
-            if (cv_log_parse_level(optarg, &lvl) != 0) {
+            if (cv_cli_log_level(optarg) != 0) {
                 fprintf(stderr, "culvert gateway: unknown log level '%s'\n", optarg);
                 return 2;
             }
-            cv_log_set_level(lvl);
             break;
         case 'h': usage(stdout); return 0;
         case ':':
@@ -577,11 +574,9 @@ int cv_cmd_gateway(int argc, char **argv)
     snprintf(c.host, sizeof c.host, "127.0.0.1");
     int rc = parse(argc, argv, &c);
     if (rc < 0) {
-        if (c.o.ntokens == 0) {
-            const char *env = getenv("CULVERT_GATEWAY_TOKEN");
-            if (env && *env)
-                c.tokens[c.o.ntokens++] = env;
-        }
+        const char *env = cv_cli_env_or(NULL, "CULVERT_GATEWAY_TOKEN");
+        if (c.o.ntokens == 0 && env != NULL)
+            c.tokens[c.o.ntokens++] = env;
         rc = run_gateway(&c);
     }
     free(c.file_tokens);

@@ -9,6 +9,7 @@
 
 #include "cli/cmds.h"
 #include "cli/config.h"
+#include "cli/flags.h"
 #include "cli/signals.h"
 #include "codec/kohaku.h"
 #include "core/err.h"
@@ -187,23 +188,22 @@ static char http_host[CV_ADDR_STRLEN], https_host[CV_ADDR_STRLEN];
 static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, size_t hostlen,
                  char *admin, size_t adminlen, struct tls_args *tls)
 {
-    int c;
+    int c, rc;
     optind = 1;
     tls->ncert = tls->nkey = 0;
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         struct sockaddr_storage ss;
-        enum cv_log_level lvl;
         switch (c) {
         case 'l':
+            if ((rc = cv_cli_hostport("culvert relay: ", "listen", optarg, host, hostlen,
+                                      &o->port)) >= 0)
+                return rc;
+            break;
         case 'D':
-            if (c == 'l' ? cv_addr_split(optarg, host, hostlen, &o->port) != 0
-                         : cv_addr_split(optarg, admin, adminlen, &o->admin_port) != 0) {
-                cv_cli_error("culvert relay: ", "--%s wants HOST:PORT with a numeric host, got '%s'\n",
-                        c == 'l' ? "listen" : "admin", optarg);
-                return 2;
-            }
-            if (c == 'D')
-                o->admin_host = admin;
+            if ((rc = cv_cli_hostport("culvert relay: ", "admin", optarg, admin, adminlen,
+                                      &o->admin_port)) >= 0)
+                return rc;
+            o->admin_host = admin;
             break;
         case 'i':
         case 't':
@@ -239,11 +239,9 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
                 tls->c[tls->nkey++].key_file = optarg;
             break;
         case 'S':
-            if (cv_addr_split(optarg, tls->listen, sizeof tls->listen, &o->tls_listen_port) != 0) {
-                cv_cli_error("culvert relay: ", "--tls-listen wants HOST:PORT with a numeric host, "
-                             "got '%s'\n", optarg);
-                return 2;
-            }
+            if ((rc = cv_cli_hostport("culvert relay: ", "tls-listen", optarg, tls->listen,
+                                      sizeof tls->listen, &o->tls_listen_port)) >= 0)
+                return rc;
             o->tls_listen_host = tls->listen;
             break;
         case 'M':
@@ -256,19 +254,15 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
             o->domain = optarg;
             break;
         case 'W':
-            if (cv_addr_split(optarg, http_host, sizeof http_host, &o->http_port) != 0) {
-                cv_cli_error("culvert relay: ", "--http-listen wants HOST:PORT with a numeric host, "
-                                "got '%s'\n", optarg);
-                return 2;
-            }
+            if ((rc = cv_cli_hostport("culvert relay: ", "http-listen", optarg, http_host,
+                                      sizeof http_host, &o->http_port)) >= 0)
+                return rc;
             o->http_host = http_host;
             break;
         case 's':
-            if (cv_addr_split(optarg, https_host, sizeof https_host, &o->https_port) != 0) {
-                cv_cli_error("culvert relay: ", "--https-listen wants HOST:PORT with a numeric "
-                             "host, got '%s'\n", optarg);
-                return 2;
-            }
+            if ((rc = cv_cli_hostport("culvert relay: ", "https-listen", optarg, https_host,
+                                      sizeof https_host, &o->https_port)) >= 0)
+                return rc;
             o->https_host = https_host;
             break;
         case 'a': o->any_port = true; break;
@@ -295,11 +289,10 @@ static int parse(int argc, char **argv, struct cv_relay_opts *o, char *host, siz
             }
             break;
         case 'L':
-            if (cv_log_parse_level(optarg, &lvl) != 0) {
+            if (cv_cli_log_level(optarg) != 0) {
                 cv_cli_error("culvert relay: ", "unknown log level '%s'\n", optarg);
                 return 2;
             }
-            cv_log_set_level(lvl);
             break;
         case 'F': break; /* read before parsing (see load) */
         case 'h': usage(stdout); return 0;
@@ -414,11 +407,7 @@ static struct relay_conf *load(int argc, char **argv, int *code, char *err, size
         return NULL;
     }
     c->o.host = c->host;
-    if (c->o.token == NULL) {
-        const char *env = getenv("CULVERT_TOKEN");
-        if (env && *env)
-            c->o.token = env;
-    }
+    c->o.token = cv_cli_env_or(c->o.token, "CULVERT_TOKEN");
     if (c->o.token == NULL && !c->o.allow_anonymous) {
         snprintf(err, errlen, "authentication is required: give --token SECRET (or "
                               "CULVERT_TOKEN), or --allow-anonymous to admit anyone");

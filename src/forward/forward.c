@@ -132,19 +132,10 @@ static int resolve(const char *host, uint16_t port, struct sockaddr_storage *ss)
 static int listen_tcp(struct cv_forward *f, const struct sockaddr *sa,
                       struct sockaddr_storage *bound)
 {
-    int rc = uv_tcp_init(f->loop, &f->server);
-    if (rc < 0)
-        return rc;
+    int rc = cv_tcp_listen(f->loop, &f->server, sa, 511, on_connection, bound);
     f->server.data = f;
-    f->has_server = true;
+    f->has_server = true; /* closed with the session, on failure too */
     f->nhandles++;
-    rc = uv_tcp_bind(&f->server, sa, 0);
-    if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&f->server, 511, on_connection);
-    if (rc == 0) {
-        int len = sizeof *bound;
-        rc = uv_tcp_getsockname(&f->server, (struct sockaddr *)bound, &len);
-    }
     return rc;
 }
 

@@ -141,3 +141,19 @@ int cv_addr_split(const char *s, char *host, size_t hostlen, uint16_t *port)
     *port = cv_addr_port((struct sockaddr *)&ss);
     return 0;
 }
+
+int cv_tcp_listen(uv_loop_t *loop, uv_tcp_t *tcp, const struct sockaddr *sa, int backlog,
+                  uv_connection_cb cb, struct sockaddr_storage *bound)
+{
+    /* No socket is made before the bind (AF_UNSPEC), so this cannot fail and
+     * the handle is always there to close. */
+    uv_tcp_init(loop, tcp);
+    int rc = uv_tcp_bind(tcp, sa, 0);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)tcp, backlog, cb);
+    if (rc == 0 && bound != NULL) {
+        int len = sizeof *bound;
+        rc = uv_tcp_getsockname(tcp, (struct sockaddr *)bound, &len);
+    }
+    return rc;
+}

@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <uv.h>
 
 #define CV_ADDR_STRLEN 64
 
@@ -22,5 +23,13 @@ const char *cv_addr_str(const struct sockaddr *sa, char *buf, size_t len);
 uint16_t cv_addr_port(const struct sockaddr *sa);
 /* Parses a decimal port 0..65535. Returns 0 or CV_EINVAL. */
 int cv_port_parse(const char *s, uint16_t *out);
+
+/* Initializes tcp on loop, binds it to sa and listens with backlog; cb gets
+ * the connections (never synchronously). bound, if not NULL, receives the
+ * address actually bound (port 0 picks one); it may be the storage sa points
+ * into. Returns 0 or a libuv error code. tcp is initialized on every return,
+ * failures included: the caller closes it with uv_close. */
+int cv_tcp_listen(uv_loop_t *loop, uv_tcp_t *tcp, const struct sockaddr *sa, int backlog,
+                  uv_connection_cb cb, struct sockaddr_storage *bound);
 
 #endif

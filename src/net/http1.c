@@ -957,17 +957,12 @@ int cv_http1_server_start(uv_loop_t *loop, const char *host, uint16_t port,
     srv->cbs = *cbs;
     srv->data = data;
     cv_http1_opts_init(&srv->opts);
-    uv_tcp_init(loop, &srv->tcp);
+    int rc = cv_tcp_listen(loop, &srv->tcp, (struct sockaddr *)&ss, 1024, on_connection, &ss);
     srv->tcp.data = srv;
-    int rc = uv_tcp_bind(&srv->tcp, (struct sockaddr *)&ss, 0);
-    if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&srv->tcp, 1024, on_connection);
     if (rc < 0) {
         uv_close((uv_handle_t *)&srv->tcp, (uv_close_cb)free);
         return rc;
     }
-    int len = sizeof ss;
-    uv_tcp_getsockname(&srv->tcp, (struct sockaddr *)&ss, &len);
     srv->port = cv_addr_port((struct sockaddr *)&ss);
     *out = srv;
     return 0;

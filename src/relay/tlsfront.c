@@ -253,19 +253,14 @@ int tlsfront_start(struct cv_relay *r)
         free(f);
         return CV_ENOMEM;
     }
-    uv_tcp_init(r->loop, &f->listener);
+    int rc = cv_tcp_listen(r->loop, &f->listener, (struct sockaddr *)&ss, 1024, on_connection, &ss);
     f->listener.data = f;
     r->closing_handles++;
-    int rc = uv_tcp_bind(&f->listener, (struct sockaddr *)&ss, 0);
-    if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&f->listener, 1024, on_connection);
     if (rc != 0) {
         cv_ratelimit_free(f->rl);
         uv_close((uv_handle_t *)&f->listener, on_listener_closed);
         return rc;
     }
-    int len = sizeof ss;
-    uv_tcp_getsockname(&f->listener, (struct sockaddr *)&ss, &len);
     r->tls_front_port = cv_addr_port((struct sockaddr *)&ss);
     r->tlsfront = f;
     return 0;

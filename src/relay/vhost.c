@@ -1115,18 +1115,13 @@ static int listen_on(struct cv_relay *r, const char *host, uint16_t port, bool t
         free(vh);
         return CV_ENOMEM;
     }
-    uv_tcp_init(r->loop, &vh->tcp);
+    int rc = cv_tcp_listen(r->loop, &vh->tcp, (struct sockaddr *)&ss, 1024, on_connection, &ss);
     vh->tcp.data = vh;
-    int rc = uv_tcp_bind(&vh->tcp, (struct sockaddr *)&ss, 0);
-    if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&vh->tcp, 1024, on_connection);
     if (rc != 0) {
         cv_ratelimit_free(vh->rl);
         uv_close((uv_handle_t *)&vh->tcp, (uv_close_cb)free);
         return rc;
     }
-    int len = sizeof ss;
-    uv_tcp_getsockname(&vh->tcp, (struct sockaddr *)&ss, &len);
     vh->port = cv_addr_port((struct sockaddr *)&ss);
     *out = vh;
     cv_log_info("%s virtual hosts NAME.%s on %s:%u", tls ? "HTTPS" : "HTTP", o->domain, host,

@@ -887,17 +887,31 @@ static void on_connect(uv_connect_t *req, int status)
         native_shut(c);
 }
 
-int cv_local_tcp_connect(struct cv_local *h, uint32_t id, uint16_t port)
+/* conn_new with its own handle (TCP, or a connected UDP flow) initialized.
+ * Returns NULL with *rc set on failure. */
+static struct cv_lconn *conn_open(struct cv_local *h, enum kind k, uint8_t proto, uint32_t id,
+                                  int *rc)
 {
-    struct cv_lconn *c = conn_new(h, K_TCP, CV_KH_TCP, id);
-    if (c == NULL)
-        return CV_ENOMEM;
-    int rc = uv_tcp_init(h->loop, &c->h.tcp);
-    if (rc < 0) {
+    struct cv_lconn *c = conn_new(h, k, proto, id);
+    if (c == NULL) {
+        *rc = CV_ENOMEM;
+        return NULL;
+    }
+    *rc = k == K_TCP ? uv_tcp_init(h->loop, &c->h.tcp) : uv_udp_init(h->loop, &c->h.udp);
+    if (*rc < 0) {
         c->state = S_CLOSING;
         conn_free(c);
-        return rc;
+        return NULL;
     }
+    return c;
+}
+
+int cv_local_tcp_connect(struct cv_local *h, uint32_t id, uint16_t port)
+{
+    int rc;
+    struct cv_lconn *c = conn_open(h, K_TCP, CV_KH_TCP, id, &rc);
+    if (c == NULL)
+        return rc;
     struct sockaddr_in sa;
     uv_ip4_addr("127.0.0.1", port, &sa);
     rc = uv_tcp_connect(&c->creq, &c->h.tcp, (const struct sockaddr *)&sa, on_connect);
@@ -913,15 +927,10 @@ int cv_local_tcp_connect(struct cv_local *h, uint32_t id, uint16_t port)
 
 int cv_local_udp_connect(struct cv_local *h, uint32_t id, uint16_t port)
 {
-    struct cv_lconn *c = conn_new(h, K_UDP_FLOW, CV_KH_UDP, id);
+    int rc;
+    struct cv_lconn *c = conn_open(h, K_UDP_FLOW, CV_KH_UDP, id, &rc);
     if (c == NULL)
-        return CV_ENOMEM;
-    int rc = uv_udp_init(h->loop, &c->h.udp);
-    if (rc < 0) {
-        c->state = S_CLOSING;
-        conn_free(c);
         return rc;
-    }
     struct sockaddr_in any, to;
     uv_ip4_addr("127.0.0.1", 0, &any);
     uv_ip4_addr("127.0.0.1", port, &to);
@@ -953,15 +962,10 @@ static int next_session_id(struct cv_local *h, uint32_t *id)
 
 int cv_local_tcp_accept(struct cv_local *h, uv_stream_t *server)
 {
-    struct cv_lconn *c = conn_new(h, K_TCP, CV_KH_TCP, 0);
+    int rc;
+    struct cv_lconn *c = conn_open(h, K_TCP, CV_KH_TCP, 0, &rc);
     if (c == NULL)
-        return CV_ENOMEM;
-    int rc = uv_tcp_init(h->loop, &c->h.tcp);
-    if (rc < 0) {
-        c->state = S_CLOSING;
-        conn_free(c);
         return rc;
-    }
     rc = uv_accept(server, &c->h.stream);
     if (rc == 0)
         rc = next_session_id(h, &c->id);
