@@ -1099,6 +1099,11 @@ static void on_connection(uv_stream_t *l, int status)
     update_reading(hv);
 }
 
+static void free_data(uv_handle_t *h)
+{
+    free(h->data);
+}
+
 static int listen_on(struct cv_relay *r, const char *host, uint16_t port, bool tls,
                      struct vhost **out)
 {
@@ -1119,7 +1124,7 @@ static int listen_on(struct cv_relay *r, const char *host, uint16_t port, bool t
     vh->tcp.data = vh;
     if (rc != 0) {
         cv_ratelimit_free(vh->rl);
-        uv_close((uv_handle_t *)&vh->tcp, (uv_close_cb)free);
+        uv_close((uv_handle_t *)&vh->tcp, free_data); /* tcp is not the first member */
         return rc;
     }
     vh->port = cv_addr_port((struct sockaddr *)&ss);
