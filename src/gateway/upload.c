@@ -396,8 +396,9 @@ static int on_part(void *ud, const struct cv_mp_part *part)
         u->cur = CUR_LIVE;
         return 0;
     }
-    for (struct early *e = u->early; e; e = e->next)
-        if (strcmp(e->id, id) == 0)
+    struct early **tail = &u->early; /* kept in arrival order, replayed in it */
+    for (; *tail != NULL; tail = &(*tail)->next)
+        if (strcmp((*tail)->id, id) == 0)
             return 0;
     struct early *e = calloc(1, sizeof *e);
     if (e == NULL)
@@ -406,8 +407,7 @@ static int on_part(void *ud, const struct cv_mp_part *part)
     e->filename = strdup(part->filename ? part->filename : "upload");
     e->mime = strdup(part->mime_type);
     cv_spool_init(&e->data, r->gw->spool_dir, &u->budget);
-    e->next = u->early;
-    u->early = e;
+    *tail = e;
     if (e->id == NULL || e->filename == NULL || e->mime == NULL)
         return -1;
     u->cur_early = e;

@@ -748,6 +748,9 @@ def test_multipart_files_before_manifest_spooled(gw, tmp_path):
     files = envelope(resp)["result"]["files"]
     for k, data in (("small", small), ("big", big), ("late", late)):
         assert (files[k]["bytes"], files[k]["sha256"]) == (len(data), hashlib.sha256(data).hexdigest()), k
+    # The files open in the order their parts came (early ones replayed in arrival order).
+    opened = [m["stream"] for m in g.received("file")]
+    assert opened[-3:] == ["small", "big", "late"], opened
     grown = hwm(g.proc.pid) - hwm0
     print("spool: peak RSS grew by %d KiB for 12 MiB of early parts (pool)" % grown)
     if not SANITIZED:
