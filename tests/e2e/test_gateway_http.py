@@ -968,19 +968,26 @@ def test_multipart_big_file_before_manifest_is_spooled(gw, tmp_path):
     assert os.listdir(tmp_path) == []  # unnamed files only
 
 
-@pytest.mark.timeout_s(60)
-def test_multipart_spool_file_closed_on_disconnect(gw, tmp_path):
-    p, port = gw("--spool-dir", str(tmp_path))
+def upload_until_spooled(p, port, spool_dir, size):
+    """Sends all but the last KiB of a `size`-byte file part that comes before the manifest; returns (socket,
+    reader) once the gateway holds a file open in spool_dir."""
     s, rd = raw(port)
-    part = mp_field("file:F1", b"d" * (6 << 20), filename="x")
+    part = mp_field("file:F1", b"d" * size, filename="x")
     body = mp_body(part, manifest({"file": sentinel()}))
     s.sendall(req("POST", "/__runner/task/app.tasks.upload", None, extra=body[:len(part) - 1024],
                   headers={"content-type": "multipart/form-data; boundary=%s" % BND, "content-length": str(len(body))}))
-    # mid-upload: past the memory budget, the part is in a file of the spool directory
     deadline = time.monotonic() + 10
-    while not spool_fds(p.pid, tmp_path) and time.monotonic() < deadline:
+    while not spool_fds(p.pid, spool_dir) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert spool_fds(p.pid, tmp_path), "no spool file open during the upload"
+    assert spool_fds(p.pid, spool_dir), "no spool file open during the upload"
+    return s, rd
+
+
+@pytest.mark.timeout_s(60)
+def test_multipart_spool_file_closed_on_disconnect(gw, tmp_path):
+    p, port = gw("--spool-dir", str(tmp_path))
+    # mid-upload: past the memory budget, the part is in a file of the spool directory
+    s, rd = upload_until_spooled(p, port, tmp_path, 6 << 20)
     s.close()
     deadline = time.monotonic() + 10
     while spool_fds(p.pid, tmp_path) and time.monotonic() < deadline:
@@ -995,15 +1002,7 @@ def test_multipart_spool_at_shutdown(gw, tmp_path):
     # SIGTERM while a spooled upload is open: the grace period (10 s) ends, the request is cut, the gateway exits 0
     # (under ASan: nothing leaked).
     p, port = gw("--spool-dir", str(tmp_path))
-    s, rd = raw(port)
-    part = mp_field("file:F1", b"d" * (2 << 20), filename="x")
-    body = mp_body(part, manifest({"file": sentinel()}))
-    s.sendall(req("POST", "/__runner/task/app.tasks.upload", None, extra=body[:len(part) - 1024],
-                  headers={"content-type": "multipart/form-data; boundary=%s" % BND, "content-length": str(len(body))}))
-    deadline = time.monotonic() + 10
-    while not spool_fds(p.pid, tmp_path) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert spool_fds(p.pid, tmp_path), "no spool file open during the upload"
+    s, rd = upload_until_spooled(p, port, tmp_path, 2 << 20)
     p.p.send_signal(signal.SIGTERM)
     assert p.wait_exit(30) == 0
     assert rd.at_eof(5)
