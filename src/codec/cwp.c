@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codec/gwroute.h"
 #include "core/err.h"
 
 /* ---- Compacting validator ----
@@ -961,33 +962,8 @@ static void w_u64(struct wr *w, uint64_t v)
 /* A JSON string of s (NUL-terminated, UTF-8). */
 static void w_str(struct wr *w, const char *s)
 {
-    static const char hex[] = "0123456789abcdef";
-    size_t n = strlen(s);
-    if (w->err != 0)
-        return;
-    /* Worst case 6 bytes per input byte, plus quotes. */
-    if ((w->err = cv_buf_reserve(w->b, n * 6 + 2)) != 0)
-        return;
-    char *d = (char *)cv_buf_tail(w->b), *d0 = d;
-    *d++ = '"';
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (ch == '"' || ch == '\\') {
-            *d++ = '\\';
-            *d++ = (char)ch;
-        } else if (ch < 0x20) {
-            *d++ = '\\';
-            *d++ = 'u';
-            *d++ = '0';
-            *d++ = '0';
-            *d++ = hex[ch >> 4];
-            *d++ = hex[ch & 15];
-        } else {
-            *d++ = (char)ch;
-        }
-    }
-    *d++ = '"';
-    cv_buf_commit(w->b, (size_t)(d - d0));
+    if (w->err == 0)
+        w->err = cv_gwr_json_str(w->b, s, strlen(s));
 }
 
 static void w_begin(struct wr *w, struct cv_buf *b)

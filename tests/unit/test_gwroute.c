@@ -149,11 +149,69 @@ static void test_utf8_json(void **st)
     cv_buf_fini(&b);
 }
 
+/* The straightforward escaper, to check the eight-bytes-at-a-time one. */
+static size_t ref_json_str(char *o, const unsigned char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t w = 0;
+    o[w++] = '"';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        if (c == '"' || c == '\\') {
+            o[w++] = '\\';
+            o[w++] = (char)c;
+        } else if (c == '\n' || c == '\r' || c == '\t' || c == '\b' || c == '\f') {
+            o[w++] = '\\';
+            o[w++] = c == '\n' ? 'n' : c == '\r' ? 'r' : c == '\t' ? 't' : c == '\b' ? 'b' : 'f';
+        } else if (c < 0x20) {
+            memcpy(o + w, "\\u00", 4);
+            w += 4;
+            o[w++] = hex[c >> 4];
+            o[w++] = hex[c & 15];
+        } else {
+            o[w++] = (char)c;
+        }
+    }
+    o[w++] = '"';
+    return w;
+}
+
+/* Every length up to 40 with one or two special bytes at every place
+ * (and bytes >= 0x80, which are copied as they are). */
+static void test_json_str_positions(void **state)
+{
+    (void)state;
+    static const unsigned char specials[] = {'"', '\\', '\n', 0x01, 0x1f, '\t', 0x7f, 0xc3};
+    unsigned char in[40];
+    char want[40 * 6 + 2];
+    struct cv_buf b;
+    cv_buf_init(&b, 1 << 16);
+    for (size_t n = 0; n <= sizeof in; n++) {
+        for (size_t at = 0; at <= n; at++) {
+            for (size_t k = 0; k < sizeof specials; k++) {
+                for (size_t i = 0; i < n; i++)
+                    in[i] = (unsigned char)('a' + i % 26);
+                if (at < n)
+                    in[at] = specials[k];
+                if (n > 0)
+                    in[n - 1 - at % n] = specials[(k + 3) % sizeof specials];
+                cv_buf_reset(&b);
+                assert_int_equal(cv_gwr_json_str(&b, (const char *)in, n), 0);
+                size_t wl = ref_json_str(want, in, n);
+                assert_int_equal(b.len, wl);
+                assert_memory_equal(cv_buf_head(&b), want, wl);
+            }
+        }
+    }
+    cv_buf_fini(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_routes), cmocka_unit_test(test_base),      cmocka_unit_test(test_rid),
         cmocka_unit_test(test_mode),   cmocka_unit_test(test_utf8_json),
+        cmocka_unit_test(test_json_str_positions),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
