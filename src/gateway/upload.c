@@ -2,7 +2,8 @@
  *
  * The call starts as soon as the __manifest field decodes; its input is
  * the manifest's "input" member, byte for byte, with the file sentinels
- * in place. File parts ("file:<id>") that come before the manifest are
+ * in place ({"$runnerFile":"File",...}, or "$ejson" as older clients wrote
+ * it). File parts ("file:<id>") that come before the manifest are
  * spooled (gateway/spool.h: the first GW_SPOOL_MEM_MAX bytes of a request
  * in memory, the rest in unnamed temporary files under --spool-dir; each
  * part within the file-size limit) and replayed once the call has
@@ -86,6 +87,14 @@ static struct sentinel *find_sentinel(struct gw_upload *u, const char *id)
     return NULL;
 }
 
+/* The file sentinel's tag: "$runnerFile", or "$ejson" as clients before
+ * 2026 wrote it (spec §8.3: MAY accept; same shape otherwise). */
+static const char *file_tag(const json_t *v)
+{
+    const char *t = json_string_value(json_object_get(v, "$runnerFile"));
+    return t != NULL ? t : json_string_value(json_object_get(v, "$ejson"));
+}
+
 /* Collects {"$runnerFile":"File","id":...,"meta":{...}} objects. */
 static int collect(struct gw_upload *u, json_t *v, int depth)
 {
@@ -104,7 +113,7 @@ static int collect(struct gw_upload *u, json_t *v, int depth)
     }
     if (!json_is_object(v))
         return 0;
-    const char *tag = json_string_value(json_object_get(v, "$runnerFile"));
+    const char *tag = file_tag(v);
     const char *id = json_string_value(json_object_get(v, "id"));
     if (tag != NULL && strcmp(tag, "File") == 0 && id != NULL) {
         if (find_sentinel(u, id) != NULL)

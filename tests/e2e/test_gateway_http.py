@@ -861,6 +861,19 @@ def test_multipart_capture_smart_client(gw):
     s.close()
 
 
+def test_multipart_ejson_sentinel(gw):
+    # Clients before 2026 tagged files {"$ejson":"File",...} (spec §8.3: MAY accept): same handling; a missing
+    # part for such a sentinel is reported like any other.
+    _, port = gw()
+    data = os.urandom(5000)
+    legacy = {"$ejson": "File", "id": "F1", "meta": {"name": "old.txt", "type": "text/plain"}}
+    st, h, b, _ = upload(port, mp_body(manifest({"file": legacy}),
+                                       mp_field("file:F1", data, filename="old.txt", ctype="text/plain")))
+    assert (st, env(b)) == (200, up_result("old.txt", "text/plain", data))
+    st, h, b, _ = upload(port, mp_body(manifest({"file": dict(legacy, id="F7")})))
+    assert (st, env(b)["error"]["code"]) == (400, "MISSING_FILE_PART")
+
+
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked-7"])
 def test_multipart_file_before_manifest_and_meta_gaps(gw, chunked):
     _, port = gw()

@@ -235,6 +235,15 @@ test("streamed result and multipart files", T, async () => {
     }
     w.send({ type: "end", id: 2, stream: "F1" });
     assert.deepEqual(await w.reply(2), { id: 2, ok: true, result: { name: "a.bin", type: "application/x-test", bytes: data.length, sha256: sha256(data) } });
+
+    // The same with the sentinel tag of clients before 2026 ("$ejson").
+    const old = pattern(3000);
+    w.send({ type: "task", id: 3, taskId: "app.tasks.upload", mode: "multipart", context: {},
+      input: { file: { $ejson: "File", id: "F2", meta: { name: "old.bin", type: "text/plain" } } } });
+    w.send({ type: "file", id: 3, stream: "F2", meta: { name: "old.bin" } });
+    w.send({ type: "data", id: 3, stream: "F2", b64: old.toString("base64") });
+    w.send({ type: "end", id: 3, stream: "F2" });
+    assert.deepEqual(await w.reply(3), { id: 3, ok: true, result: { name: "old.bin", type: "text/plain", bytes: old.length, sha256: sha256(old) } });
   } finally {
     await w.close();
   }

@@ -450,7 +450,9 @@ class Worker {
     call.files = new Map();
     const visit = (v) => {
       if (!v || typeof v !== "object") return v;
-      if (v.$runnerFile === "File" && typeof v.id === "string") {
+      // "$ejson" is how clients before 2026 tagged the same sentinel.
+      if ((v.$runnerFile === "File" || (v.$runnerFile === undefined && v.$ejson === "File")) &&
+          typeof v.id === "string") {
         const manifestMeta = v.meta && typeof v.meta === "object" ? v.meta : {};
         let known = call.files.get(v.id);
         if (!known) {
