@@ -105,6 +105,14 @@ int cv_rj_select_input(const char *compact, size_t len, const char **text, size_
  * Returns the tree (caller owns one reference) or NULL with a reason in
  * why[0..whylen) (why may be NULL). Not on the pass-through hot path. */
 json_t *cv_rj_decode(const char *in, size_t len, char *why, size_t whylen);
+/* The jansson tree of compact text p[0..n) that cv_rj_compact accepted (or
+ * a whole value sliced out of one): what json_loadb(JSON_DECODE_ANY |
+ * JSON_DECODE_INT_AS_REAL | JSON_ALLOW_NUL) gives, except that a number
+ * beyond the double range becomes a NonFiniteNumber record. NULL with a
+ * reason in *why (may be NULL) for what jansson cannot hold: a lone
+ * surrogate escape, NUL in a key. The raw tree: no record is checked, no
+ * key unescaped (cv_rj_decode does that). */
+json_t *cv_rj_build(const char *p, size_t n, const char **why);
 /* cv_rj_decode of a text cv_rj_compact already checked and compacted (or
  * a whole value sliced out of one, as the gateway's call inputs are): the
  * check and the copy are skipped. */

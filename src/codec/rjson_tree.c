@@ -848,54 +848,6 @@ static json_t *walk(struct dec *d, json_t *v, int depth, int *h)
     return walk_object(d, v, depth, h);
 }
 
-/* Copies compact JSON text p[0..n), writing each number that overflows a
- * double as a NonFiniteNumber record. Returns a malloc'd text, or NULL. */
-static char *infinities(const char *p, size_t n, size_t *out_len)
-{
-    static const char pos[] = "{\"__type\":\"NonFiniteNumber\",\"value\":\"Infinity\"}";
-    static const char neg[] = "{\"__type\":\"NonFiniteNumber\",\"value\":\"-Infinity\"}";
-    struct cv_buf b;
-    size_t i = 0;
-    int rc = 0;
-
-    cv_buf_init(&b, n * (sizeof neg) + 1);
-    while (i < n && rc == 0) {
-        size_t start = i;
-        if (p[i] == '"') {
-            for (i++; i < n && p[i] != '"'; i++)
-                if (p[i] == '\\')
-                    i++;
-            i++;
-        } else if (p[i] == '-' || (p[i] >= '0' && p[i] <= '9')) {
-            while (i < n && strchr("0123456789+-.eE", p[i]) != NULL)
-                i++;
-            char *tok = strndup(p + start, i - start);
-            if (tok == NULL) {
-                rc = CV_ENOMEM;
-                break;
-            }
-            double x = strtod(tok, NULL);
-            free(tok);
-            if (x == HUGE_VAL || x == -HUGE_VAL) {
-                rc = x > 0 ? cv_buf_append(&b, pos, sizeof pos - 1)
-                           : cv_buf_append(&b, neg, sizeof neg - 1);
-                continue;
-            }
-        } else {
-            i++;
-        }
-        if (i > n)
-            i = n;
-        rc = cv_buf_append(&b, p + start, i - start);
-    }
-    if (rc != 0) {
-        cv_buf_fini(&b);
-        return NULL;
-    }
-    *out_len = b.len;
-    return (char *)b.data; /* off is 0: nothing was consumed */
-}
-
 /* Whether walk() would return a copy of v equal to v (tree form): no
  * typed record, no key with the escape prefix or one that would gain it,
  * no unsafe key, not too deep. The usual input is such a tree, and then
@@ -959,22 +911,12 @@ static json_t *decode(const char *in, size_t len, bool compacted, char *why, siz
         }
         buf = own;
     }
-    json_error_t err;
-    root = json_loadb(buf, n, JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL | JSON_ALLOW_NUL, &err);
-    if (root == NULL && strstr(err.text, "overflow") != NULL) {
-        /* JSON.parse reads 1e400 as Infinity: retry with such numbers as
-         * NonFiniteNumber records (jansson reals cannot hold them). */
-        size_t n2;
-        char *b2 = infinities(buf, n, &n2);
-        if (b2 != NULL) {
-            root = json_loadb(b2, n2, JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL | JSON_ALLOW_NUL,
-                              &err);
-            free(b2);
-        }
-    }
+    /* JSON.parse reads 1e400 as Infinity: such numbers come out as
+     * NonFiniteNumber records (jansson reals cannot hold them). */
+    root = cv_rj_build(buf, n, &reason);
     if (root == NULL) {
         /* e.g. a lone surrogate escape ("\ud800"), which UTF-8 cannot hold. */
-        fail(&d, "%s", err.text);
+        fail(&d, "%s", reason);
         goto out;
     }
     int h;

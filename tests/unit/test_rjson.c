@@ -1011,6 +1011,68 @@ static void test_accessors(void **state)
     json_decref(v);
 }
 
+/* cv_rj_build gives json_loadb's tree, and makes records of numbers
+ * beyond the double range. */
+static void build_same(const char *in)
+{
+    const char *why = NULL;
+    json_error_t err;
+    json_t *ref = json_loadb(in, strlen(in), JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL | JSON_ALLOW_NUL, &err);
+    json_t *got = cv_rj_build(in, strlen(in), &why);
+    if (ref == NULL)
+        fail_msg("jansson refused %s: %s", in, err.text);
+    if (got == NULL)
+        fail_msg("builder refused %s: %s", in, why);
+    char *a = json_dumps(ref, JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(17));
+    char *b = json_dumps(got, JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(17));
+    if (strcmp(a, b) != 0 || !json_equal(ref, got))
+        fail_msg("%s: jansson %s, builder %s", in, a, b);
+    free(a);
+    free(b);
+    json_decref(ref);
+    json_decref(got);
+}
+
+static void test_build(void **state)
+{
+    (void)state;
+    build_same("{\"a\":1,\"b\":2}");
+    build_same("[0,-0,1,-1,123456789012345,1234567890123456,-999999999999999,9007199254740993]");
+    build_same("[1.5,-2.25e-3,1E+2,1e308,4.9e-324,1e-400,0.1,123456789012345678901234567890]");
+    build_same("{\"k\":\"a\\\"b\\\\c\\/d\\b\\f\\n\\r\\t\\u00e9\\ud83d\\ude00\\u0000z\"}");
+    build_same("{\"dup\":1,\"x\":2,\"dup\":3}");
+    build_same("{\"\\u00e9t\\u00e9\":[true,false,null,{},[],\"\"]}");
+    build_same("\"plain \xc3\xa9 text\"");
+    build_same("[[[[{\"a\":[{}]}]]]]");
+
+    const char *why = NULL;
+    json_t *v = cv_rj_build("[1e400,-1e400]", 14, &why);
+    assert_non_null(v);
+    char *t = json_dumps(v, JSON_COMPACT);
+    assert_string_equal(t, "[{\"__type\":\"NonFiniteNumber\",\"value\":\"Infinity\"},"
+                           "{\"__type\":\"NonFiniteNumber\",\"value\":\"-Infinity\"}]");
+    free(t);
+    json_decref(v);
+    double d;
+    v = cv_rj_build("-0", 2, &why);
+    assert_true(json_is_real(v));
+    d = json_real_value(v);
+    assert_true(d == 0 && signbit(d));
+    json_decref(v);
+    why = NULL;
+    assert_null(cv_rj_build("[\"\\ud800\"]", 10, &why));
+    assert_non_null(why);
+    why = NULL;
+    assert_null(cv_rj_build("\"\\udc00x\"", 9, &why));
+    assert_non_null(why);
+    why = NULL;
+    assert_null(cv_rj_build("\"\\ud800\\u0041\"", 14, &why));
+    assert_non_null(why);
+    why = NULL;
+    assert_null(cv_rj_build("{\"a\\u0000\":1}", 13, &why));
+    assert_non_null(strstr(why, "NUL"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1029,6 +1091,7 @@ int main(void)
         cmocka_unit_test(test_encode_strings),
         cmocka_unit_test(test_encode_limits),
         cmocka_unit_test(test_accessors),
+        cmocka_unit_test(test_build),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
