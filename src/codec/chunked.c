@@ -2,6 +2,7 @@
 
 #include <limits.h>
 
+#include "codec/text.h"
 #include "core/err.h"
 
 /* Sizes above this are refused: no real body needs them, and the bound keeps
@@ -36,17 +37,6 @@ bool cv_chunked_is_done(const struct cv_chunked *c)
     return c->state == S_DONE;
 }
 
-static int hexval(unsigned char ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
-
 /* Extension and trailer text: visible characters, SP and HTAB only. */
 static bool is_text(unsigned char ch)
 {
@@ -60,7 +50,7 @@ static int count_extra(struct cv_chunked *c)
 
 static int size_byte(struct cv_chunked *c, unsigned char ch)
 {
-    int v = hexval(ch);
+    int v = cv_hexval(ch);
     if (v >= 0) {
         if (c->remaining > (MAX_CHUNK >> 4))
             return CV_ETOOBIG;

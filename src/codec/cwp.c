@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "codec/gwroute.h"
+#include "codec/text.h"
 #include "core/err.h"
 
 /* ---- Compacting validator ----
@@ -349,37 +350,6 @@ bool cv_cwp_str_eq(const char *text, struct cv_cwp_slice s, const char *lit)
     return n >= 0 && (size_t)n == ll && memcmp(buf, lit, ll) == 0;
 }
 
-static int hexval(char ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    return (ch | 0x20) - 'a' + 10;
-}
-
-static size_t put_utf8(char *d, uint32_t cp)
-{
-    if (cp < 0x80) {
-        d[0] = (char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        d[0] = (char)(0xc0 | (cp >> 6));
-        d[1] = (char)(0x80 | (cp & 0x3f));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        d[0] = (char)(0xe0 | (cp >> 12));
-        d[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-        d[2] = (char)(0x80 | (cp & 0x3f));
-        return 3;
-    }
-    d[0] = (char)(0xf0 | (cp >> 18));
-    d[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-    d[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
-    d[3] = (char)(0x80 | (cp & 0x3f));
-    return 4;
-}
-
 int cv_cwp_str(const char *text, struct cv_cwp_slice s, char *dst, size_t cap)
 {
     size_t w = 0;
@@ -419,12 +389,12 @@ int cv_cwp_str(const char *text, struct cv_cwp_slice s, char *dst, size_t cap)
             case 'u': {
                 uint32_t cp = 0;
                 for (int i = 0; i < 4; i++)
-                    cp = cp << 4 | (uint32_t)hexval(p[i]);
+                    cp = cp << 4 | (uint32_t)cv_hexval((unsigned char)p[i]);
                 p += 4;
                 if (cp >= 0xd800 && cp <= 0xdbff && end - p >= 6 && p[0] == '\\' && p[1] == 'u') {
                     uint32_t lo = 0;
                     for (int i = 0; i < 4; i++)
-                        lo = lo << 4 | (uint32_t)hexval(p[2 + i]);
+                        lo = lo << 4 | (uint32_t)cv_hexval((unsigned char)p[2 + i]);
                     if (lo >= 0xdc00 && lo <= 0xdfff) {
                         cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
                         p += 6;
@@ -432,7 +402,7 @@ int cv_cwp_str(const char *text, struct cv_cwp_slice s, char *dst, size_t cap)
                 }
                 if (cp >= 0xd800 && cp <= 0xdfff)
                     cp = 0xfffd; /* a lone surrogate has no UTF-8 form */
-                k = put_utf8(tmp, cp);
+                k = cv_utf8_put(tmp, cp);
                 break;
             }
             default:

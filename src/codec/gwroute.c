@@ -4,6 +4,7 @@
 #include <strings.h>
 
 #include "codec/http.h"
+#include "codec/text.h"
 #include "core/err.h"
 
 #define ONES8 0x0101010101010101ull
@@ -108,17 +109,6 @@ static size_t resolve(const char *path, size_t n, char *out)
     return o;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Percent-decodes s[0..n) in place (out <= s). Returns the new length or
  * -1 on a bad escape or a NUL. */
 static long pct_decode(char *s, size_t n)
@@ -129,7 +119,7 @@ static long pct_decode(char *s, size_t n)
         if (c == '%') {
             if (i + 2 >= n)
                 return -1;
-            int h = hexval(s[i + 1]), l = hexval(s[i + 2]);
+            int h = cv_hexval((unsigned char)s[i + 1]), l = cv_hexval((unsigned char)s[i + 2]);
             if (h < 0 || l < 0)
                 return -1;
             c = (char)(h * 16 + l);

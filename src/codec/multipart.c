@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codec/text.h"
 #include "core/err.h"
 
 /* The body is read as if it began with CRLF, so that one delimiter pattern,
@@ -472,17 +473,6 @@ static long put_param(struct cv_mp *mp, const struct param *pa)
     return off;
 }
 
-static int hexval(unsigned char ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
-
 /* Decodes an RFC 8187 ext-value (charset'lang'pct-encoded) in place.
  * UTF-8 bytes are kept, ISO-8859-1 is converted to UTF-8; other charsets
  * keep their percent-decoded bytes as they are. Raw non-ASCII bytes are
@@ -503,7 +493,7 @@ static int decode_ext(char *s)
         if (c >= 0x80)
             return CV_EPROTO;
         if (c == '%') {
-            int h = hexval((unsigned char)r[0]), l = h < 0 ? -1 : hexval((unsigned char)r[1]);
+            int h = cv_hexval((unsigned char)r[0]), l = h < 0 ? -1 : cv_hexval((unsigned char)r[1]);
             if (l < 0 || (h | l) == 0)
                 return CV_EPROTO;
             c = (unsigned char)(h << 4 | l);

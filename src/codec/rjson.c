@@ -2,6 +2,7 @@
 
 #include <string.h>
 
+#include "codec/text.h"
 #include "core/err.h"
 
 /* ------------------------------------------------------------------------
@@ -34,16 +35,6 @@ static inline bool is_ws(unsigned char c)
 static inline bool is_digit(unsigned char c)
 {
     return c >= '0' && c <= '9';
-}
-
-static inline int hexval(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c |= 0x20;
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
 }
 
 /* Length of the valid UTF-8 sequence starting at p[0] (>= 0x80), or 0.
@@ -131,8 +122,8 @@ static int scan_string(struct scan *s)
             case 't': i += 2; break;
             case 'u':
                 /* Any four hex digits: JSON.parse accepts lone surrogates. */
-                if (i + 6 > n || hexval(p[i + 2]) < 0 || hexval(p[i + 3]) < 0 ||
-                    hexval(p[i + 4]) < 0 || hexval(p[i + 5]) < 0) {
+                if (i + 6 > n || cv_hexval(p[i + 2]) < 0 || cv_hexval(p[i + 3]) < 0 ||
+                    cv_hexval(p[i + 4]) < 0 || cv_hexval(p[i + 5]) < 0) {
                     s->why = "bad \\u escape";
                     return CV_EPROTO;
                 }
@@ -437,7 +428,7 @@ static int next_unit(const char *p, size_t n, size_t *i)
             return -1;
         c = 0;
         for (size_t j = 2; j < 6; j++) {
-            int h = hexval((unsigned char)p[k + j]);
+            int h = cv_hexval((unsigned char)p[k + j]);
             if (h < 0)
                 return -1;
             c = c * 16 + (unsigned)h;

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codec/text.h"
 #include "core/buf.h"
 
 struct bld {
@@ -36,38 +37,13 @@ static json_t *bad(struct bld *b, const char *why)
     return NULL;
 }
 
+/* Four hex digits (checked by cv_rj_compact). */
 static int hex4(const char *s)
 {
     int v = 0;
-    for (int k = 0; k < 4; k++) {
-        char c = s[k];
-        v = v * 16 + (c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
-    }
+    for (int k = 0; k < 4; k++)
+        v = v * 16 + cv_hexval((unsigned char)s[k]);
     return v;
-}
-
-static size_t put_utf8(char *o, unsigned cp)
-{
-    if (cp < 0x80) {
-        o[0] = (char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        o[0] = (char)(0xc0 | cp >> 6);
-        o[1] = (char)(0x80 | (cp & 0x3f));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        o[0] = (char)(0xe0 | cp >> 12);
-        o[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-        o[2] = (char)(0x80 | (cp & 0x3f));
-        return 3;
-    }
-    o[0] = (char)(0xf0 | cp >> 18);
-    o[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-    o[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
-    o[3] = (char)(0x80 | (cp & 0x3f));
-    return 4;
 }
 
 /* The string at p[i] ('"'): its bytes, in the text itself when it has no
@@ -125,7 +101,7 @@ static int string(struct bld *b, const char **s, size_t *len)
                 i += 6;
                 cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
             }
-            w += put_utf8(o + w, cp);
+            w += cv_utf8_put(o + w, cp);
             break;
         }
         default: o[w++] = e; break; /* '"', '\\', '/' */

@@ -27,6 +27,7 @@
 #include "codec/digest.h"
 #include "codec/gwroute.h"
 #include "codec/rjson.h"
+#include "codec/text.h"
 #include "core/err.h"
 #include "core/log.h"
 #include "gateway/gw.h"
@@ -481,25 +482,14 @@ static void call_free(struct cv_gw_req *r)
     free(r);
 }
 
-static int hexdig(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* application/x-www-form-urlencoded decoding as URLSearchParams does it:
  * '+' is a space, a bad escape stays as written. Returns the length. */
 static size_t form_decode(const char *s, size_t n, char *out)
 {
     size_t o = 0;
     for (size_t i = 0; i < n; i++) {
-        int h = s[i] == '%' && i + 2 < n ? hexdig(s[i + 1]) : -1;
-        int l = h >= 0 ? hexdig(s[i + 2]) : -1;
+        int h = s[i] == '%' && i + 2 < n ? cv_hexval((unsigned char)s[i + 1]) : -1;
+        int l = h >= 0 ? cv_hexval((unsigned char)s[i + 2]) : -1;
         if (l >= 0) {
             out[o++] = (char)(h * 16 + l);
             i += 2;

@@ -16,6 +16,7 @@
 
 #include "codec/auth.h"
 #include "codec/kohaku.h"
+#include "codec/text.h"
 #include "core/err.h"
 #include "core/limits.h"
 #include "core/log.h"
@@ -238,14 +239,6 @@ static void accept_session(struct cv_relay *r, struct cv_http_req *req, const ch
 
 /* ---- HTTP dispatch ------------------------------------------------------- */
 
-static int hexval(unsigned d)
-{
-    if (d >= '0' && d <= '9')
-        return (int)(d - '0');
-    d |= 32;
-    return d >= 'a' && d <= 'f' ? (int)(d - 'a' + 10) : -1;
-}
-
 /* Percent-decodes one path segment into out (NUL-terminated). Returns false
  * if it is empty, too long, badly escaped or decodes to a control byte. */
 static bool decode_segment(const char *p, size_t n, char *out, size_t cap)
@@ -254,8 +247,8 @@ static bool decode_segment(const char *p, size_t n, char *out, size_t cap)
     for (size_t i = 0; i < n; i++) {
         int c = (unsigned char)p[i];
         if (c == '%') {
-            int hi = i + 2 < n ? hexval((unsigned char)p[i + 1]) : -1;
-            int lo = i + 2 < n ? hexval((unsigned char)p[i + 2]) : -1;
+            int hi = i + 2 < n ? cv_hexval((unsigned char)(unsigned char)p[i + 1]) : -1;
+            int lo = i + 2 < n ? cv_hexval((unsigned char)(unsigned char)p[i + 2]) : -1;
             if (hi < 0 || lo < 0)
                 return false;
             c = hi * 16 + lo;
