@@ -20,6 +20,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "micro.h"
+
 #define MAXFD 65536
 
 static int peer[MAXFD];
@@ -45,19 +47,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: fwd LISTEN_PORT UPSTREAM_PORT\n");
         return 2;
     }
-    struct sockaddr_in la = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    struct sockaddr_in ua = la;
-    la.sin_port = htons((uint16_t)atoi(argv[1]));
+    struct sockaddr_in ua = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     ua.sin_port = htons((uint16_t)atoi(argv[2]));
-    int one = 1, l = socket(AF_INET, SOCK_STREAM, 0);
-    setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(l, (struct sockaddr *)&la, sizeof la) != 0 || listen(l, 128) != 0) {
-        perror("fwd: listen");
-        return 1;
-    }
-    int ep = epoll_create1(0);
-    struct epoll_event e = {.events = EPOLLIN, .data.fd = l};
-    epoll_ctl(ep, EPOLL_CTL_ADD, l, &e);
+    int l;
+    uint16_t bound;
+    int ep = micro_listen("fwd", (uint16_t)atoi(argv[1]), &l, &bound);
+    struct epoll_event e = {.events = EPOLLIN};
     for (;;) {
         struct epoll_event ev[256];
         int n = epoll_wait(ep, ev, 256, -1);

@@ -21,6 +21,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "micro.h"
+
 static const char resp[] = "HTTP/1.1 200 OK\r\n"
                            "x-runner-request-id: 00000000-0000-4000-8000-000000000000\r\n"
                            "Access-Control-Allow-Origin: *\r\n"
@@ -41,21 +43,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: httpfloor LISTEN_PORT\n");
         return 2;
     }
-    struct sockaddr_in la = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    la.sin_port = htons((uint16_t)atoi(argv[1]));
-    int one = 1, l = socket(AF_INET, SOCK_STREAM, 0);
-    setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    socklen_t sl = sizeof la;
-    if (bind(l, (struct sockaddr *)&la, sizeof la) != 0 || listen(l, 128) != 0 ||
-        getsockname(l, (struct sockaddr *)&la, &sl) != 0) {
-        perror("httpfloor: listen");
-        return 1;
-    }
-    printf("listening on 127.0.0.1:%u\n", ntohs(la.sin_port));
+    int l, one = 1;
+    uint16_t bound;
+    int ep = micro_listen("httpfloor", (uint16_t)atoi(argv[1]), &l, &bound);
+    printf("listening on 127.0.0.1:%u\n", bound);
     fflush(stdout);
-    int ep = epoll_create1(0);
-    struct epoll_event e = {.events = EPOLLIN, .data.fd = l};
-    epoll_ctl(ep, EPOLL_CTL_ADD, l, &e);
+    struct epoll_event e = {.events = EPOLLIN};
     for (;;) {
         struct epoll_event ev[256];
         int n = epoll_wait(ep, ev, 256, -1);

@@ -1033,6 +1033,14 @@ static void build_same(const char *in)
     json_decref(got);
 }
 
+static void build_refused(const char *in, const char *why_part)
+{
+    const char *why = NULL;
+    assert_null(cv_rj_build(in, strlen(in), &why));
+    assert_non_null(why);
+    assert_non_null(strstr(why, why_part));
+}
+
 static void test_build(void **state)
 {
     (void)state;
@@ -1059,18 +1067,10 @@ static void test_build(void **state)
     d = json_real_value(v);
     assert_true(d == 0 && signbit(d));
     json_decref(v);
-    why = NULL;
-    assert_null(cv_rj_build("[\"\\ud800\"]", 10, &why));
-    assert_non_null(why);
-    why = NULL;
-    assert_null(cv_rj_build("\"\\udc00x\"", 9, &why));
-    assert_non_null(why);
-    why = NULL;
-    assert_null(cv_rj_build("\"\\ud800\\u0041\"", 14, &why));
-    assert_non_null(why);
-    why = NULL;
-    assert_null(cv_rj_build("{\"a\\u0000\":1}", 13, &why));
-    assert_non_null(strstr(why, "NUL"));
+    build_refused("[\"\\ud800\"]", "surrogate");
+    build_refused("\"\\udc00x\"", "surrogate");
+    build_refused("\"\\ud800\\u0041\"", "surrogate");
+    build_refused("{\"a\\u0000\":1}", "NUL");
 }
 
 int main(void)
