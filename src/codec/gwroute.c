@@ -7,8 +7,6 @@
 #include "codec/text.h"
 #include "core/err.h"
 
-#define ONES8 0x0101010101010101ull
-
 int cv_gwr_base_norm(const char *in, char *out, size_t cap)
 {
     size_t n = strlen(in);
@@ -242,7 +240,7 @@ bool cv_gwr_utf8_ok(const uint8_t *p, size_t n)
     size_t i = 0;
     while (i < n) {
         uint64_t x;
-        if (n - i >= 8 && (memcpy(&x, p + i, 8), (x & (ONES8 * 0x80)) == 0)) {
+        if (n - i >= 8 && (memcpy(&x, p + i, 8), !cv_nonascii8(x))) {
             i += 8; /* eight ASCII bytes */
             continue;
         }
@@ -295,12 +293,9 @@ int cv_gwr_json_str(struct cv_buf *out, const char *s, size_t n)
          * byte < 0x20, '"' or '\\'): header values of a worker call's
          * context are mostly plain. */
         while (n - i >= 8) {
-            uint64_t x, q, b;
+            uint64_t x;
             memcpy(&x, s + i, 8);
-            q = x ^ (ONES8 * '"');
-            b = x ^ (ONES8 * '\\');
-            if ((((x - ONES8 * 0x20) & ~x) | ((q - ONES8) & ~q) | ((b - ONES8) & ~b)) &
-                (ONES8 * 0x80))
+            if (cv_json_special8(x) != 0)
                 break;
             memcpy(o + w, s + i, 8);
             w += 8;

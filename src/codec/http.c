@@ -295,9 +295,8 @@ bool cv_http_has_token(const char *value, size_t len, const char *token)
     return false;
 }
 
-/* Node's http.STATUS_CODES: clients of the gateway compare against a Node
- * server, which also sends "unknown" for codes it has no name for. */
-const char *cv_http_reason_node(int status)
+/* Node's http.STATUS_CODES (NULL for a code it has no name for). */
+static const char *reason(int status)
 {
     switch (status) {
     case 100: return "Continue";
@@ -363,14 +362,22 @@ const char *cv_http_reason_node(int status)
     case 509: return "Bandwidth Limit Exceeded";
     case 510: return "Not Extended";
     case 511: return "Network Authentication Required";
-    default: return "unknown";
+    default: return NULL;
     }
+}
+
+/* Clients of the gateway compare against a Node server, which also sends
+ * "unknown" for codes it has no name for. */
+const char *cv_http_reason_node(int status)
+{
+    const char *r = reason(status);
+    return r != NULL ? r : "unknown";
 }
 
 const char *cv_http_reason(int status)
 {
     if (status == 413)
         return "Content Too Large"; /* RFC 9110's name; Node keeps the older one */
-    const char *r = cv_http_reason_node(status);
-    return strcmp(r, "unknown") == 0 ? "Unknown" : r;
+    const char *r = reason(status);
+    return r != NULL ? r : "Unknown";
 }

@@ -70,8 +70,6 @@ static size_t utf8_len(const unsigned char *p, size_t avail)
     return n;
 }
 
-#define ONES UINT64_C(0x0101010101010101)
-
 struct scan {
     const unsigned char *p;
     size_t n, i;
@@ -91,10 +89,7 @@ static int scan_string(struct scan *s)
         while (n - i >= 8) {
             uint64_t w;
             memcpy(&w, p + i, 8);
-            uint64_t q = w ^ (ONES * '"'), b = w ^ (ONES * '\\');
-            uint64_t ctl = (w - ONES * 0x20) & ~w;                      /* some byte < 0x20 */
-            uint64_t quote = (q - ONES) & ~q, bslash = (b - ONES) & ~b; /* some byte zero */
-            if (((ctl | quote | bslash | w) & (ONES * 0x80)) != 0)
+            if (cv_json_special8(w) != 0 || cv_nonascii8(w))
                 break;
             i += 8;
         }

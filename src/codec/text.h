@@ -1,8 +1,9 @@
-/* Small text helpers the codecs share: hex digits and UTF-8 encoding.
- * Pure, header-only. */
+/* Small text helpers the codecs share: hex digits, UTF-8 encoding, and
+ * eight-bytes-at-a-time tests for JSON strings. Pure, header-only. */
 #ifndef CV_TEXT_H
 #define CV_TEXT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -41,6 +42,25 @@ static inline size_t cv_utf8_put(char *o, uint32_t cp)
     o[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
     o[3] = (char)(0x80 | (cp & 0x3f));
     return 4;
+}
+
+#define CV_ONES8 UINT64_C(0x0101010101010101)
+
+/* Of the eight bytes in w, whether any is < 0x20, '"' or '\\' (one that a
+ * JSON string must escape), as a mask of high bits: nonzero exactly when
+ * one is (SWAR; which bit is set may be off, whether any is, is not). */
+static inline uint64_t cv_json_special8(uint64_t w)
+{
+    uint64_t q = w ^ (CV_ONES8 * '"'), b = w ^ (CV_ONES8 * '\\');
+    uint64_t ctl = (w - CV_ONES8 * 0x20) & ~w;                          /* some byte < 0x20 */
+    uint64_t quote = (q - CV_ONES8) & ~q, bslash = (b - CV_ONES8) & ~b; /* some byte zero */
+    return (ctl | quote | bslash) & (CV_ONES8 * 0x80);
+}
+
+/* Whether any of the eight bytes in w is non-ASCII (>= 0x80). */
+static inline bool cv_nonascii8(uint64_t w)
+{
+    return (w & (CV_ONES8 * 0x80)) != 0;
 }
 
 #endif

@@ -52,7 +52,6 @@ struct conn {
     uv_tcp_t tcp;
     uv_timer_t timer; /* head, idle, body and linger deadlines */
     uint64_t due;     /* loop time of the current deadline, 0: none */
-    uint64_t fire_at; /* loop time the timer is set for */
     uv_timer_t kick;  /* runs pump() or a deferred close on the next iteration */
     uv_write_t wreq;
     uv_shutdown_t sreq;
@@ -134,12 +133,9 @@ static void on_timer(uv_timer_t *t);
  * start/stop were ~4% of the gateway's user instructions per request). */
 static void arm(struct conn *c, uint64_t ms)
 {
-    uint64_t due = uv_now(c->tcp.loop) + ms;
-    c->due = due;
-    if (!uv_is_active((uv_handle_t *)&c->timer) || c->fire_at > due) {
+    c->due = uv_now(c->tcp.loop) + ms;
+    if (!uv_is_active((uv_handle_t *)&c->timer) || uv_timer_get_due_in(&c->timer) > ms)
         uv_timer_start(&c->timer, on_timer, ms, 0);
-        c->fire_at = due;
-    }
 }
 
 static void disarm(struct conn *c)
@@ -359,7 +355,6 @@ static void conn_close(struct conn *c, int err)
         c->cbs.on_done(r, err < 0 ? err : CV_ECLOSED);
     }
     unlink_conn(c);
-    disarm(c);
     uv_timer_stop(&c->timer);
     uv_timer_stop(&c->kick);
     uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
@@ -440,7 +435,6 @@ static void on_timer(uv_timer_t *t)
     if (now < c->due) {
         /* moved later since it was armed */
         uv_timer_start(&c->timer, on_timer, c->due - now, 0);
-        c->fire_at = c->due;
         return;
     }
     c->due = 0;
